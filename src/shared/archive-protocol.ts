@@ -1,0 +1,76 @@
+/**
+ * Tasks run by the archive pool (piscina, src/workers/archive-worker.ts).
+ * Packing and unpacking a CODEX_HOME is CPU and disk work that must never run
+ * on the front thread or on a shard's event loop.
+ *
+ * Tasks never throw across the thread boundary: a failure comes back as
+ * `{ ok: false, error }` so its stable code survives (see errors.ts).
+ */
+import type { SerializedError } from './errors.js';
+import type { StoreSpec } from './store-spec.js';
+
+export interface UnpackLimits {
+  /** Total bytes after decompression. Past it: GW_ARCHIVE_INVALID (decompression bomb). */
+  maxBytes: number;
+  /** Number of entries in the archive. */
+  maxEntries: number;
+  /** Size of any one file. */
+  maxFileBytes: number;
+}
+
+export const DEFAULT_UNPACK_LIMITS: UnpackLimits = {
+  maxBytes: 8 * 1024 ** 3,
+  maxEntries: 1_000_000,
+  maxFileBytes: 4 * 1024 ** 3,
+};
+
+/**
+ * Paths (relative to CODEX_HOME, `/`-separated) that never enter an archive
+ * and are never extracted from one. `config.toml` and `auth.json` hold
+ * secrets; `tmp` and `.tmp` are scratch space codex rebuilds;
+ * `.cxg-child.json` names the process of one run and means nothing later.
+ */
+export const DEFAULT_ARCHIVE_EXCLUDES: readonly string[] = ['config.toml', 'auth.json', 'tmp', '.tmp', '.cxg-child.json'];
+
+export interface PackTask {
+  op: 'pack';
+  store: StoreSpec;
+  workspaceId: string;
+  /** Absolute path of the CODEX_HOME to archive. Left untouched. */
+  home: string;
+  exclude: readonly string[];
+}
+
+export interface UnpackTask {
+  op: 'unpack';
+  store: StoreSpec;
+  workspaceId: string;
+  /** Absolute path of an existing, empty directory to extract into. */
+  home: string;
+  exclude: readonly string[];
+  limits: UnpackLimits;
+}
+
+export type ArchiveTask = PackTask | UnpackTask;
+
+export interface PackResult {
+  /** Object key (or file name) written. */
+  key: string;
+  /** Compressed bytes stored. */
+  bytes: number;
+  /** Regular files archived. */
+  files: number;
+  durationMs: number;
+}
+
+export interface UnpackResult {
+  key: string;
+  /** False when the store has no object for the workspace: a fresh workspace. */
+  found: boolean;
+  /** Compressed bytes read. */
+  bytes: number;
+  files: number;
+  durationMs: number;
+}
+
+export type ArchiveOutcome<T> = { ok: true; value: T } | { ok: false; error: SerializedError };

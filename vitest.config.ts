@@ -1,0 +1,20 @@
+import { fileURLToPath } from 'node:url';
+import { defineConfig } from 'vitest/config';
+
+// Tests exercise the built package (dist/): shard and archive workers are
+// plain JavaScript files started with worker_threads, which Vite does not
+// transform. `npm test` builds first.
+export default defineConfig({
+  resolve: {
+    alias: {
+      'codex-app-gateway': fileURLToPath(new URL('./dist/index.js', import.meta.url)),
+    },
+  },
+  test: {
+    pool: 'forks',
+    include: ['test/**/*.test.ts'],
+    testTimeout: 30_000,
+    hookTimeout: 60_000,
+    teardownTimeout: 30_000,
+  },
+});
