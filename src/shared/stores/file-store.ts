@@ -1,0 +1,106 @@
+/**
+ * An object store in a local directory: `<dir>/<workspaceId>.tar.gz`. The
+ * embedded default, and the store tests use when the S3 protocol is not the
+ * subject.
+ */
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { pathToFileURL } from 'node:url';
+import { GatewayError, toGatewayError } from '../errors.js';
+import type { FileStoreSpec } from '../store-spec.js';
+import { objectName } from '../store-spec.js';
+import { validateWorkspaceId } from '../workspace-id.js';
+import type { ObjectHead, ObjectStore } from './object-store.js';
+
+export class FileObjectStore implements ObjectStore {
+  readonly spec: FileStoreSpec;
+  readonly dir: string;
+
+  constructor(dir: string) {
+    this.dir = resolve(dir);
+    this.spec = { kind: 'file', dir: this.dir };
+  }
+
+  key(workspaceId: string): string {
+    return objectName(validateWorkspaceId(workspaceId));
+  }
+
+  describe(workspaceId: string): string {
+    return pathToFileURL(this.path(workspaceId)).href;
+  }
+
+  async get(workspaceId: string): Promise<Readable | undefined> {
+    const path = this.path(workspaceId);
+    try {
+      // Reading through an open descriptor keeps the bytes of the object as it
+      // was when opened, even if a put renames a newer one over it meanwhile.
+      const handle = await open(path, 'r');
+      return handle.createReadStream();
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return undefined;
+      throw new GatewayError('GW_STORE_DOWNLOAD', `download ${this.describe(workspaceId)}`, { cause: err });
+    }
+  }
+
+  /**
+   * Writes a temp file in the same directory (so the rename cannot cross file
+   * systems), flushes it to disk, then renames it over the object. Temp names
+   * end in `.tmp`, never in `.tar.gz`, so they can never be taken for objects.
+   */
+  async put(workspaceId: string, body: Readable): Promise<{ bytes: number }> {
+    const target = this.path(workspaceId);
+    const temp = join(this.dir, `.${objectName(workspaceId)}.${randomBytes(6).toString('hex')}.tmp`);
+    try {
+      await mkdir(this.dir, { recursive: true, mode: 0o700 });
+      const out = createWriteStream(temp, { flags: 'wx', mode: 0o600, flush: true });
+      await pipeline(body, out);
+      await rename(temp, target);
+      await syncDirectory(this.dir);
+      return { bytes: out.bytesWritten };
+    } catch (err) {
+      body.destroy();
+      await rm(temp, { force: true });
+      throw toGatewayError(err, 'GW_STORE_UPLOAD', `upload ${this.describe(workspaceId)}`);
+    }
+  }
+
+  async head(workspaceId: string): Promise<ObjectHead | undefined> {
+    try {
+      const info = await stat(this.path(workspaceId));
+      return { bytes: info.size, modified: info.mtime };
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return undefined;
+      throw new GatewayError('GW_STORE_DOWNLOAD', `stat ${this.describe(workspaceId)}`, { cause: err });
+    }
+  }
+
+  async delete(workspaceId: string): Promise<void> {
+    try {
+      await rm(this.path(workspaceId), { force: true });
+    } catch (err) {
+      throw new GatewayError('GW_STORE_UPLOAD', `delete ${this.describe(workspaceId)}`, { cause: err });
+    }
+  }
+
+  private path(workspaceId: string): string {
+    return join(this.dir, this.key(workspaceId));
+  }
+}
+
+/** Makes a completed rename durable: the new directory entry reaches the disk. */
+async function syncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function errno(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}

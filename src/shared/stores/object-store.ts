@@ -1,0 +1,59 @@
+/**
+ * Where a workspace's CODEX_HOME lives between runs: one `<workspaceId>.tar.gz`
+ * object per workspace. Stores run inside the archive pool; other threads only
+ * ever hold the cloneable StoreSpec and rebuild a store from it.
+ */
+import type { Readable } from 'node:stream';
+import { GatewayError } from '../errors.js';
+import type { StoreSpec } from '../store-spec.js';
+import { FileObjectStore } from './file-store.js';
+import { S3ObjectStore } from './s3-store.js';
+
+export interface ObjectHead {
+  /** Size of the stored object in bytes. */
+  bytes: number;
+  modified: Date;
+}
+
+/**
+ * Errors: every method rejects with a GatewayError whose message names the
+ * object (see `describe`): GW_STORE_UNAVAILABLE when the store cannot be
+ * reached, GW_STORE_DOWNLOAD for failed reads (`get`, `head`), GW_STORE_UPLOAD
+ * for failed writes (`put`, `delete`). The stream `get` returns emits
+ * GW_STORE_UNAVAILABLE when the store goes away mid-read; any other error it
+ * emits is a failed download.
+ */
+export interface ObjectStore {
+  readonly spec: StoreSpec;
+  /** Key of the workspace's object inside the store: `<prefix>/<id>.tar.gz` for S3, the file name for a directory. */
+  key(workspaceId: string): string;
+  /** A URL naming the object for messages: `file:///dir/ws.tar.gz`, `s3://bucket/prefix/ws.tar.gz`. */
+  describe(workspaceId: string): string;
+  /** The object's bytes, or undefined when there is no object. */
+  get(workspaceId: string): Promise<Readable | undefined>;
+  /**
+   * Stores `body` as the workspace's object. Atomic: the object becomes
+   * visible only when complete, and a failed put (including `body` emitting
+   * an error) leaves any previous object intact. `body` is consumed, and
+   * destroyed when the put fails.
+   */
+  put(workspaceId: string, body: Readable): Promise<{ bytes: number }>;
+  head(workspaceId: string): Promise<ObjectHead | undefined>;
+  /** Removes the object; removing a missing object succeeds. */
+  delete(workspaceId: string): Promise<void>;
+}
+
+export function storeFromSpec(spec: StoreSpec): ObjectStore {
+  switch (spec.kind) {
+    case 'file':
+      return new FileObjectStore(spec.dir);
+    case 's3': {
+      const { kind: _kind, ...opts } = spec;
+      return new S3ObjectStore(opts);
+    }
+    default: {
+      const unknown: never = spec;
+      throw new GatewayError('GW_SETTINGS', `unknown object store kind ${JSON.stringify((unknown as { kind?: unknown }).kind)}`);
+    }
+  }
+}

@@ -1,0 +1,48 @@
+/**
+ * The archive pool's task file (piscina). Each call packs or unpacks one
+ * CODEX_HOME. It never throws: errors lose their class and code when they
+ * cross a thread, so a failure comes back as `{ ok: false, error }` with its
+ * stable code, for the caller to rebuild with deserializeError.
+ */
+import type { ArchiveOutcome, ArchiveTask, PackResult, UnpackResult } from '../shared/archive-protocol.js';
+import { GatewayError, serializeError } from '../shared/errors.js';
+import type { StoreSpec } from '../shared/store-spec.js';
+import type { ObjectStore } from '../shared/stores/object-store.js';
+import { storeFromSpec } from '../shared/stores/object-store.js';
+import { validateWorkspaceId } from '../shared/workspace-id.js';
+import { pack, unpack } from './archive.js';
+
+/**
+ * One store per distinct spec for the life of this worker thread, so an S3
+ * client (and its connection pool) is reused across tasks.
+ */
+const stores = new Map<string, ObjectStore>();
+
+function storeFor(spec: StoreSpec): ObjectStore {
+  const key = JSON.stringify(spec);
+  let store = stores.get(key);
+  if (store === undefined) {
+    store = storeFromSpec(spec);
+    stores.set(key, store);
+  }
+  return store;
+}
+
+export default async function run(task: ArchiveTask): Promise<ArchiveOutcome<PackResult | UnpackResult>> {
+  try {
+    validateWorkspaceId(task.workspaceId);
+    const store = storeFor(task.store);
+    switch (task.op) {
+      case 'pack':
+        return { ok: true, value: await pack(task, store) };
+      case 'unpack':
+        return { ok: true, value: await unpack(task, store) };
+      default: {
+        const unknown: never = task;
+        throw new GatewayError('GW_INTERNAL', `unknown archive task op ${JSON.stringify((unknown as { op?: unknown }).op)}`);
+      }
+    }
+  } catch (err) {
+    return { ok: false, error: serializeError(err) };
+  }
+}
