@@ -1,0 +1,375 @@
+/**
+ * The library API: one codex app-server per workspace, spread over shard
+ * worker threads by a stable hash of the workspace id. This class runs on the
+ * caller's thread; it routes each call to the shard that owns the key and
+ * keeps only what the caller needs (handles, config builders).
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { MessageChannel, Worker } from 'node:worker_threads';
+import type { MessagePort } from 'node:worker_threads';
+import type { Logger } from 'pino';
+import { DEFAULT_ARCHIVE_EXCLUDES, DEFAULT_UNPACK_LIMITS } from '../shared/archive-protocol.js';
+import type { UnpackLimits } from '../shared/archive-protocol.js';
+import { DEFAULT_ENV_ALLOWLIST, parseEnvEntries } from '../shared/child-env.js';
+import { defaultCodexBin } from '../shared/codex-bin.js';
+import type { SpawnConfig } from '../shared/codex-config.js';
+import { GatewayError, toGatewayError } from '../shared/errors.js';
+import { createThreadLogger, defaultLogLevel } from '../shared/logger.js';
+import type { DataPlaneLimits, HostMethods, HostNotices, ReapOptions, ShardInit, ShardMethods, ShardNotices, ShardStats, StopResult, WorkspaceStatus } from '../shared/protocol.js';
+import { RpcPeer } from '../shared/rpc.js';
+import type { ObjectStore } from '../shared/stores/object-store.js';
+import type { StoreSpec } from '../shared/store-spec.js';
+import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
+import { ArchivePool } from './archive-pool.js';
+import { ChildHandle } from './child-handle.js';
+
+export interface WorkspaceKey {
+  workspaceId: string;
+}
+
+/**
+ * Produces the spawn configuration for a new child. Receives the per-spawn
+ * loopback token (32 random bytes, hex) so it can be embedded where needed.
+ * May be async and hit the network; a rejection fails the ensure cleanly.
+ */
+export type ConfigBuilder = (loopbackToken: string, key: WorkspaceKey) => SpawnConfig | Promise<SpawnConfig>;
+
+export interface SupervisorOptions {
+  /** Default: the native binary inside the installed @openai/codex. */
+  codexBin?: string;
+  /** Directory under which CODEX_HOMEs live. */
+  homeRoot: string;
+  store: ObjectStore | StoreSpec;
+  /** `K=V` entries given to every child. */
+  extraEnv?: string[];
+  /** Gateway environment variables children may inherit. */
+  envAllowlist?: string[];
+  /** Shard worker threads. Default: available cores. */
+  shards?: number;
+  logger?: Logger;
+  /** Builder for children started by client connections (the data plane). */
+  configBuilder?: ConfigBuilder;
+  /** Time from spawn until /readyz must answer 200. Default 5 s. */
+  readyTimeoutMs?: number;
+  /** SIGTERM → SIGKILL grace. Default 10 s. */
+  stopGraceMs?: number;
+  /** Children stopped at once by shutdownAll and close. Default 16. */
+  shutdownConcurrency?: number;
+  /** Time a ConfigBuilder may take. Default 30 s. */
+  builderTimeoutMs?: number;
+  /** Paths under CODEX_HOME never archived. Default: config.toml, auth.json, tmp, .tmp. */
+  archiveExclude?: string[];
+  unpackLimits?: Partial<UnpackLimits>;
+  /** Threads of the archive pool. Default: max(2, cores). */
+  archiveThreads?: number;
+  /** First retry delay of a failed upload; doubles up to spoolRetryMaxMs. Default 1 s / 5 min. */
+  spoolRetryBaseMs?: number;
+  spoolRetryMaxMs?: number;
+  dataPlane?: Partial<DataPlaneLimits>;
+}
+
+interface ShardRef {
+  index: number;
+  worker: Worker;
+  rpc: RpcPeer<HostMethods, ShardMethods, HostNotices, ShardNotices>;
+  data: MessagePort;
+  failed: boolean;
+}
+
+const MiB = 1024 * 1024;
+
+export const DEFAULT_DATA_PLANE: DataPlaneLimits = {
+  maxFrameBytes: 64 * MiB,
+  maxPendingToChildBytes: 80 * MiB,
+  windowBytes: 1 * MiB,
+};
+
+export class Supervisor {
+  private readonly handles = new Map<string, ChildHandle>();
+  private readonly builders = new Map<number, ConfigBuilder>();
+  private readonly pids = new Map<string, number>();
+  private nextBuilderId = 1;
+  private closing: Promise<StopResult[]> | undefined;
+  private readonly shardRefs: ShardRef[] = [];
+
+  private constructor(
+    private readonly opts: SupervisorOptions,
+    readonly log: Logger,
+    private readonly pool: ArchivePool,
+    readonly shutdownConcurrency: number,
+  ) {}
+
+  static async start(options: SupervisorOptions): Promise<Supervisor> {
+    const init = resolveInit(options);
+    const log = options.logger ?? createThreadLogger({ level: defaultLogLevel(), pretty: process.stdout.isTTY === true, base: { thread: 'main' } });
+    const shards = options.shards ?? Math.max(1, os.availableParallelism());
+    if (!Number.isInteger(shards) || shards < 1 || shards > 256) throw new GatewayError('GW_BAD_OPTIONS', `shards must be an integer from 1 to 256, got ${String(shards)}`);
+    const concurrency = options.shutdownConcurrency ?? 16;
+    const sup = new Supervisor(options, log, new ArchivePool(options.archiveThreads), concurrency);
+    const level = (log.level as string | undefined) ?? defaultLogLevel();
+    for (let i = 0; i < shards; i++) {
+      sup.startShard({
+        ...init,
+        shard: i,
+        shards,
+        logLevel: level,
+        shutdownConcurrency: Math.max(1, Math.ceil(concurrency / shards)),
+      });
+    }
+    process.once('exit', sup.killAllOnExit);
+    try {
+      await Promise.all(sup.shardRefs.map((s) => s.rpc.call('stats', {})));
+    } catch (err) {
+      await sup.destroy();
+      throw toGatewayError(err, 'GW_SHARD_FAILED', 'a shard worker failed to start');
+    }
+    log.info({ shards, homeRoot: init.homeRoot, store: describeStore(init.store), codexBin: init.codexBin }, 'supervisor started');
+    return sup;
+  }
+
+  private startShard(init: ShardInit): void {
+    const control = new MessageChannel();
+    const data = new MessageChannel();
+    const worker = new Worker(new URL('../workers/shard.js', import.meta.url), {
+      workerData: { init, control: control.port2, data: data.port2 },
+      transferList: [control.port2, data.port2],
+      name: `shard-${init.shard}`,
+    });
+    const ref: ShardRef = {
+      index: init.shard,
+      worker,
+      data: data.port1,
+      failed: false,
+      rpc: new RpcPeer(
+        control.port1,
+        {
+          buildConfig: (p) => this.buildConfig(p.builderId, p.workspaceId, p.loopbackToken),
+          archive: (task) => this.pool.run(task),
+        },
+        {
+          childStarted: (p) => this.pids.set(p.generation, p.pid),
+          childExited: (p) => {
+            this.pids.delete(p.generation);
+            const h = this.handles.get(p.generation);
+            if (h !== undefined) {
+              this.handles.delete(p.generation);
+              h.markExited({ code: p.code, signal: p.signal });
+            }
+          },
+        },
+        (what) => this.log.error({ shard: init.shard, what }, 'unknown control message from shard'),
+      ),
+    };
+    const fail = (why: string): void => {
+      if (ref.failed) return;
+      ref.failed = true;
+      ref.rpc.failAll('GW_SHARD_FAILED', `shard ${init.shard} ${why}`);
+      if (this.closing === undefined) this.log.fatal({ shard: init.shard }, `shard worker ${why}`);
+    };
+    worker.on('error', (err) => {
+      this.log.fatal({ shard: init.shard, err }, 'shard worker crashed');
+      fail(`crashed: ${err.message}`);
+    });
+    worker.on('exit', (code) => fail(`exited with code ${code}`));
+    this.shardRefs.push(ref);
+  }
+
+  get shardCount(): number {
+    return this.shardRefs.length;
+  }
+
+  /** True while every shard worker runs. */
+  get healthy(): boolean {
+    return this.shardRefs.every((s) => !s.failed) && this.closing === undefined;
+  }
+
+  /** @internal The front thread's end of shard i's frame port. */
+  dataPort(i: number): MessagePort {
+    const ref = this.shardRefs[i];
+    if (ref === undefined) throw new GatewayError('GW_INTERNAL', `no shard ${i}`);
+    return ref.data;
+  }
+
+  shardFor(workspaceId: string): number {
+    return shardOf(workspaceId, this.shardRefs.length);
+  }
+
+  private shard(workspaceId: string): ShardRef {
+    if (this.closing !== undefined) throw new GatewayError('GW_CLOSED', 'supervisor is closed');
+    return this.shardRefs[this.shardFor(workspaceId)] as ShardRef;
+  }
+
+  /**
+   * A live child for the workspace, spawning one if needed. Concurrent calls
+   * for one key share one start: one builder call, one download, one process.
+   */
+  async ensureSubprocess(key: WorkspaceKey, build: ConfigBuilder): Promise<ChildHandle> {
+    const workspaceId = validateWorkspaceId(key?.workspaceId);
+    if (typeof build !== 'function') throw new GatewayError('GW_BAD_OPTIONS', 'ensureSubprocess needs a ConfigBuilder function');
+    const ref = this.shard(workspaceId);
+    const builderId = this.nextBuilderId++;
+    this.builders.set(builderId, build);
+    try {
+      const info = await ref.rpc.call('ensure', { workspaceId, builderId });
+      let h = this.handles.get(info.generation);
+      if (h === undefined) {
+        h = new ChildHandle(info);
+        this.handles.set(info.generation, h);
+      }
+      return h;
+    } finally {
+      this.builders.delete(builderId);
+    }
+  }
+
+  private async buildConfig(builderId: number, workspaceId: string, loopbackToken: string): Promise<SpawnConfig> {
+    const build = builderId === 0 ? this.opts.configBuilder : this.builders.get(builderId);
+    if (build === undefined) throw new GatewayError('GW_BUILDER_FAILED', 'no config builder is configured');
+    return await build(loopbackToken, { workspaceId });
+  }
+
+  /** Bumps the workspace's last activity, for the idle reaper. */
+  touch(key: WorkspaceKey): void {
+    const workspaceId = validateWorkspaceId(key?.workspaceId);
+    this.shard(workspaceId).rpc.notify('touch', { workspaceId });
+  }
+
+  /**
+   * Stops the child (SIGTERM, SIGKILL after the grace period), uploads its
+   * CODEX_HOME, drops the entry and its loopback token. Safe on a missing
+   * key. When the upload fails the directory stays in the spool and the
+   * result says so (`saved: false`).
+   */
+  async shutdown(key: WorkspaceKey): Promise<StopResult> {
+    const workspaceId = validateWorkspaceId(key?.workspaceId);
+    return this.shard(workspaceId).rpc.call('shutdown', { workspaceId, reason: 'shutdown' });
+  }
+
+  /** Shuts every child down, in parallel with a concurrency bound. */
+  async shutdownAll(): Promise<StopResult[]> {
+    if (this.closing !== undefined) throw new GatewayError('GW_CLOSED', 'supervisor is closed');
+    const per = await Promise.all(this.liveShards().map((s) => s.rpc.call('shutdownAll', { reason: 'shutdown', concurrency: Math.max(1, Math.ceil(this.shutdownConcurrency / this.shardRefs.length)) })));
+    return per.flat();
+  }
+
+  /** The workspace whose live child holds this loopback token. Asks every shard at once. */
+  async lookupWorkspaceForLoopbackToken(token: string): Promise<string | undefined> {
+    if (typeof token !== 'string' || token.length === 0 || token.length > 256) return undefined;
+    const answers = await Promise.all(this.liveShards().map((s) => s.rpc.call('lookup', { token })));
+    return answers.find((a) => a !== null) ?? undefined;
+  }
+
+  /** Live status of one workspace, or undefined when it has no child. */
+  async workspaceStatus(key: WorkspaceKey): Promise<WorkspaceStatus | undefined> {
+    const workspaceId = validateWorkspaceId(key?.workspaceId);
+    return (await this.shard(workspaceId).rpc.call('status', { workspaceId })) ?? undefined;
+  }
+
+  async stats(): Promise<ShardStats[]> {
+    return Promise.all(this.liveShards().map((s) => s.rpc.call('stats', {})));
+  }
+
+  /** Stops children idle beyond the limits (see IdleReaper). */
+  async reapIdle(o: ReapOptions): Promise<StopResult[]> {
+    if (this.closing !== undefined) return [];
+    const per = await Promise.all(this.liveShards().map((s) => s.rpc.call('reapIdle', o)));
+    return per.flat();
+  }
+
+  private liveShards(): ShardRef[] {
+    return this.shardRefs.filter((s) => !s.failed);
+  }
+
+  /**
+   * Graceful and idempotent: stops every child and uploads every home (what
+   * cannot be uploaded stays on disk for the next start), then ends the
+   * shard workers and the archive pool.
+   */
+  close(): Promise<StopResult[]> {
+    this.closing ??= (async () => {
+      const per = await Promise.all(
+        this.liveShards().map((s) =>
+          s.rpc.call('close', {}).then(
+            (results) => results,
+            (err: unknown) => {
+              this.log.error({ shard: s.index, err: toGatewayError(err).describe() }, 'shard did not close cleanly');
+              return [] as StopResult[];
+            },
+          ),
+        ),
+      );
+      await this.destroy();
+      return per.flat();
+    })();
+    return this.closing;
+  }
+
+  /** Immediate: ends workers and the pool without stopping children cleanly. */
+  async destroy(): Promise<void> {
+    for (const s of this.shardRefs) {
+      s.failed = true;
+      s.rpc.close();
+      s.data.close();
+    }
+    await Promise.all(this.shardRefs.map((s) => s.worker.terminate()));
+    await this.pool.close();
+    this.killAllOnExit();
+    process.removeListener('exit', this.killAllOnExit);
+  }
+
+  /** Last resort when the process exits without close(): no child outlives the gateway. */
+  private readonly killAllOnExit = (): void => {
+    for (const pid of this.pids.values()) {
+      try {
+        process.kill(-pid, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }
+    this.pids.clear();
+  };
+}
+
+type ResolvedInit = Omit<ShardInit, 'shard' | 'shards' | 'logLevel' | 'shutdownConcurrency'>;
+
+function positive(name: string, v: number | undefined, dflt: number): number {
+  const n = v ?? dflt;
+  if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0) throw new GatewayError('GW_BAD_OPTIONS', `${name} must be a positive number, got ${String(v)}`);
+  return n;
+}
+
+function resolveInit(o: SupervisorOptions): ResolvedInit {
+  if (o === null || typeof o !== 'object') throw new GatewayError('GW_BAD_OPTIONS', 'options are required');
+  if (typeof o.homeRoot !== 'string' || o.homeRoot.length === 0) throw new GatewayError('GW_BAD_OPTIONS', 'homeRoot is required');
+  const store = storeSpecOf(o.store);
+  parseEnvEntries(o.extraEnv, 'extraEnv');
+  return {
+    codexBin: o.codexBin ?? defaultCodexBin(),
+    homeRoot: path.resolve(o.homeRoot),
+    store,
+    extraEnv: [...(o.extraEnv ?? [])],
+    envAllowlist: [...(o.envAllowlist ?? DEFAULT_ENV_ALLOWLIST)],
+    readyTimeoutMs: positive('readyTimeoutMs', o.readyTimeoutMs, 5000),
+    stopGraceMs: positive('stopGraceMs', o.stopGraceMs, 10_000),
+    builderTimeoutMs: positive('builderTimeoutMs', o.builderTimeoutMs, 30_000),
+    archiveExclude: [...(o.archiveExclude ?? DEFAULT_ARCHIVE_EXCLUDES)],
+    unpackLimits: { ...DEFAULT_UNPACK_LIMITS, ...(o.unpackLimits ?? {}) },
+    spoolRetryBaseMs: positive('spoolRetryBaseMs', o.spoolRetryBaseMs, 1000),
+    spoolRetryMaxMs: positive('spoolRetryMaxMs', o.spoolRetryMaxMs, 5 * 60_000),
+    logPretty: process.stdout.isTTY === true,
+    dataPlane: { ...DEFAULT_DATA_PLANE, ...(o.dataPlane ?? {}) },
+  };
+}
+
+function storeSpecOf(store: ObjectStore | StoreSpec | undefined): StoreSpec {
+  if (store === undefined || store === null) throw new GatewayError('GW_BAD_OPTIONS', 'store is required (FileObjectStore or S3ObjectStore)');
+  const spec = 'spec' in store ? store.spec : store;
+  if (spec?.kind === 'file' && typeof spec.dir === 'string' && spec.dir.length > 0) return { kind: 'file', dir: path.resolve(spec.dir) };
+  if (spec?.kind === 's3' && typeof spec.bucket === 'string' && spec.bucket.length > 0) return { ...spec };
+  throw new GatewayError('GW_BAD_OPTIONS', 'store must be a FileObjectStore, an S3ObjectStore, or a store spec');
+}
+
+export function describeStore(s: StoreSpec): string {
+  return s.kind === 'file' ? `file://${s.dir}` : `s3://${s.bucket}/${s.prefix ?? ''}${s.endpoint !== undefined ? ` at ${s.endpoint}` : ''}`;
+}

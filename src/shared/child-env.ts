@@ -1,0 +1,76 @@
+/**
+ * The environment a codex child receives. The gateway's own environment holds
+ * its secrets (store credentials, JWT keys, API keys), so only an allowlist of
+ * harmless variables passes through; everything else a child needs is given
+ * explicitly.
+ */
+import { GatewayError } from './errors.js';
+
+export const DEFAULT_ENV_ALLOWLIST: readonly string[] = [
+  'PATH',
+  'HOME',
+  'USER',
+  'LOGNAME',
+  'SHELL',
+  'TERM',
+  'LANG',
+  'LANGUAGE',
+  'LC_ALL',
+  'LC_CTYPE',
+  'LC_MESSAGES',
+  'TZ',
+  'TMPDIR',
+  'SSL_CERT_FILE',
+  'SSL_CERT_DIR',
+  'HTTP_PROXY',
+  'HTTPS_PROXY',
+  'NO_PROXY',
+  'http_proxy',
+  'https_proxy',
+  'no_proxy',
+  'RUST_LOG',
+  'RUST_BACKTRACE',
+];
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** Parses `K=V` entries; a malformed one is GW_BAD_CONFIG naming where it came from. */
+export function parseEnvEntries(entries: readonly string[] | undefined, source: string): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  for (const entry of entries ?? []) {
+    if (typeof entry !== 'string') throw new GatewayError('GW_BAD_CONFIG', `${source}: env entry is not a string`);
+    const eq = entry.indexOf('=');
+    const name = eq > 0 ? entry.slice(0, eq) : '';
+    if (!ENV_NAME.test(name)) {
+      throw new GatewayError('GW_BAD_CONFIG', `${source}: env entry ${JSON.stringify(entry.slice(0, 40))} is not NAME=value`);
+    }
+    out.push([name, entry.slice(eq + 1)]);
+  }
+  return out;
+}
+
+export interface ChildEnvParts {
+  parent: NodeJS.ProcessEnv;
+  allowlist: readonly string[];
+  extraEnv: readonly string[];
+  builderEnv: readonly string[] | undefined;
+  codexHome: string;
+  loopbackToken: string;
+}
+
+/**
+ * Allowlisted parent variables, then extraEnv, then the builder's env (later
+ * wins), then CODEX_HOME and CXG_LOOPBACK_TOKEN, which nothing overrides.
+ */
+export function buildChildEnv(p: ChildEnvParts): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of p.allowlist) {
+    const v = p.parent[name];
+    if (v !== undefined) env[name] = v;
+  }
+  for (const [k, v] of parseEnvEntries(p.extraEnv, 'extraEnv')) env[k] = v;
+  for (const [k, v] of parseEnvEntries(p.builderEnv, 'config builder env')) env[k] = v;
+  env.CODEX_HOME = p.codexHome;
+  env.CXG_LOOPBACK_TOKEN = p.loopbackToken;
+  return env;
+}

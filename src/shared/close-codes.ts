@@ -1,0 +1,46 @@
+/**
+ * WebSocket close codes a client of the gateway can see, and why.
+ */
+export const CloseCode = {
+  Normal: 1000,
+  /** The gateway is shutting down, or the workspace was stopped (idle, admin). */
+  GoingAway: 1001,
+  /** Slow client or slow child past its limit. */
+  PolicyViolation: 1008,
+  /** A frame above the size limit. */
+  MessageTooBig: 1009,
+  /** The child failed to start, exited, or its connection failed. */
+  InternalError: 1011,
+  /** The gateway is restarting the workspace's child: reconnect. */
+  ServiceRestart: 1012,
+  /** Crash-loop backoff, capacity, or shutdown in progress: retry later. */
+  TryAgainLater: 1013,
+} as const;
+
+export type GoneReasonName = 'shutdown' | 'idle' | 'restart' | 'drain' | 'evict' | 'crash';
+
+export function closeCodeForGone(reason: GoneReasonName): { code: number; text: string } {
+  switch (reason) {
+    case 'crash':
+      return { code: CloseCode.InternalError, text: 'GW_CHILD_EXITED: codex app-server exited' };
+    case 'restart':
+      return { code: CloseCode.ServiceRestart, text: 'workspace restarting' };
+    case 'idle':
+      return { code: CloseCode.GoingAway, text: 'workspace stopped after being idle' };
+    case 'drain':
+      return { code: CloseCode.GoingAway, text: 'gateway shutting down' };
+    case 'evict':
+      return { code: CloseCode.GoingAway, text: 'workspace stopped to make room' };
+    case 'shutdown':
+      return { code: CloseCode.GoingAway, text: 'workspace stopped' };
+  }
+}
+
+/**
+ * A close code the child sent that may be passed on to the client as it is;
+ * others (1005, 1006, reserved ranges) become 1011.
+ */
+export function forwardableCloseCode(code: number): number {
+  if (code === 1000 || code === 1001 || code === 1003 || (code >= 1007 && code <= 1014 && code !== 1010) || (code >= 3000 && code <= 4999)) return code;
+  return CloseCode.InternalError;
+}

@@ -1,0 +1,156 @@
+/**
+ * The data plane between the front thread and a shard: records packed into
+ * transferred ArrayBuffers, flushed once per tick or at ~64 KiB. One
+ * postMessage per frame costs ~3 µs; a batch costs a tenth of that per frame
+ * (LIBRARY-NOTES.md).
+ *
+ * Record layout (little endian), 12-byte header then payload:
+ *   u8 kind | u8 flags | u16 code | u32 connId | u32 length | payload
+ * A zero kind byte (or the end of the buffer) ends a batch.
+ */
+
+export const RecordKind = {
+  /** front → shard: a client connected; payload = workspace id. */
+  Open: 1,
+  /** both ways: one WebSocket message; flags bit 0 = binary. */
+  Frame: 2,
+  /** both ways: the connection is closed; code = close code, payload = reason. */
+  Close: 3,
+  /**
+   * both ways: credit. The receiver of Frame bytes returns them as an Ack
+   * (payload = u32 byte count) once they have left its hands: the front when
+   * the client socket took them without backing up, the shard when the child
+   * connection did. Each side bounds what is sent but not yet acked.
+   */
+  Ack: 4,
+} as const;
+export type RecordKind = (typeof RecordKind)[keyof typeof RecordKind];
+
+export const FLAG_BINARY = 1;
+export const HEADER_BYTES = 12;
+const DEFAULT_BATCH_BYTES = 64 * 1024;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export type RecordHandler = (kind: RecordKind, flags: number, code: number, connId: number, payload: Uint8Array) => void;
+
+export class FrameBatcher {
+  private buf: ArrayBuffer | undefined;
+  private view: DataView | undefined;
+  private bytes: Uint8Array | undefined;
+  private used = 0;
+  private scheduled = false;
+  /** Batches posted so far (for stats). */
+  posted = 0;
+
+  constructor(
+    private readonly post: (batch: ArrayBuffer) => void,
+    private readonly batchBytes = DEFAULT_BATCH_BYTES,
+  ) {}
+
+  /** Queues one record; `payload` is copied, so the caller may reuse its memory at once. */
+  push(kind: RecordKind, flags: number, code: number, connId: number, payload?: Uint8Array | string): void {
+    const body = typeof payload === 'string' ? encoder.encode(payload) : payload;
+    const len = body?.byteLength ?? 0;
+    const need = HEADER_BYTES + len;
+    if (need > this.batchBytes) {
+      // A large frame travels alone, in a buffer of exactly its size.
+      this.flush();
+      const ab = new ArrayBuffer(need);
+      writeRecord(new DataView(ab), new Uint8Array(ab), 0, kind, flags, code, connId, body);
+      this.posted++;
+      this.post(ab);
+      return;
+    }
+    if (this.buf === undefined || this.used + need > this.batchBytes) {
+      this.flush();
+      this.buf = new ArrayBuffer(this.batchBytes);
+      this.view = new DataView(this.buf);
+      this.bytes = new Uint8Array(this.buf);
+      this.used = 0;
+    }
+    writeRecord(this.view as DataView, this.bytes as Uint8Array, this.used, kind, flags, code, connId, body);
+    this.used += need;
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.flushSoon);
+    }
+  }
+
+  private readonly flushSoon = (): void => {
+    this.scheduled = false;
+    this.flush();
+  };
+
+  /** Posts what is queued now. */
+  flush(): void {
+    if (this.buf === undefined || this.used === 0) return;
+    const ab = this.buf;
+    if (this.used < ab.byteLength) (this.bytes as Uint8Array)[this.used] = 0;
+    this.buf = undefined;
+    this.view = undefined;
+    this.bytes = undefined;
+    this.used = 0;
+    this.posted++;
+    this.post(ab);
+  }
+}
+
+function writeRecord(view: DataView, bytes: Uint8Array, at: number, kind: number, flags: number, code: number, connId: number, body: Uint8Array | undefined): void {
+  view.setUint8(at, kind);
+  view.setUint8(at + 1, flags);
+  view.setUint16(at + 2, code, true);
+  view.setUint32(at + 4, connId, true);
+  view.setUint32(at + 8, body?.byteLength ?? 0, true);
+  if (body !== undefined && body.byteLength > 0) bytes.set(body, at + HEADER_BYTES);
+}
+
+/**
+ * Calls `onRecord` for each record of a batch. Payloads are views into the
+ * batch (no copy); the batch was transferred, so nothing else writes to it.
+ */
+export function readBatch(batch: ArrayBuffer, onRecord: RecordHandler): void {
+  const view = new DataView(batch);
+  let at = 0;
+  while (at + HEADER_BYTES <= batch.byteLength) {
+    const kind = view.getUint8(at);
+    if (kind === 0) return;
+    const len = view.getUint32(at + 8, true);
+    if (at + HEADER_BYTES + len > batch.byteLength) throw new RangeError(`frame batch record overruns its buffer at ${at}`);
+    onRecord(kind as RecordKind, view.getUint8(at + 1), view.getUint16(at + 2, true), view.getUint32(at + 4, true), new Uint8Array(batch, at + HEADER_BYTES, len));
+    at += HEADER_BYTES + len;
+  }
+}
+
+/** Payload of an Ack record. */
+export function ackPayload(bytes: number): Uint8Array {
+  const p = new Uint8Array(4);
+  new DataView(p.buffer).setUint32(0, Math.min(bytes, 0xffffffff), true);
+  return p;
+}
+
+export function readAck(payload: Uint8Array): number {
+  return payload.byteLength >= 4 ? new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true) : 0;
+}
+
+/**
+ * Per-connection byte counts gathered while one batch is read, sent back as
+ * one Ack record per connection afterwards.
+ */
+export class AckTally {
+  private readonly counts = new Map<number, number>();
+
+  add(connId: number, bytes: number): void {
+    this.counts.set(connId, (this.counts.get(connId) ?? 0) + bytes);
+  }
+
+  flushTo(out: FrameBatcher): void {
+    for (const [id, n] of this.counts) out.push(RecordKind.Ack, 0, 0, id, ackPayload(n));
+    this.counts.clear();
+  }
+}
+
+export function decodeText(payload: Uint8Array): string {
+  return decoder.decode(payload);
+}

@@ -1,0 +1,171 @@
+/**
+ * Every message that crosses between the front (main) thread and a shard
+ * worker is declared here. The control plane is request/response RPC over a
+ * MessagePort (rpc.ts); the data plane is batched binary frames over a second
+ * port (frames.ts).
+ */
+import type { MessagePort } from 'node:worker_threads';
+import type { ArchiveOutcome, ArchiveTask, PackResult, UnpackLimits, UnpackResult } from './archive-protocol.js';
+import type { SpawnConfig } from './codex-config.js';
+import type { SerializedError } from './errors.js';
+import type { StoreSpec } from './store-spec.js';
+
+/** What a shard reports about a live child; the main thread wraps it in a ChildHandle. */
+export interface ChildInfo {
+  workspaceId: string;
+  /** Unique per start; names the CODEX_HOME directory. */
+  generation: string;
+  pid: number;
+  wsUrl: string;
+  /** Capability secret for the child's WebSocket: send as `Authorization: Bearer`. */
+  wsToken: string;
+  httpUrl: string;
+  codexHome: string;
+  startedAt: number;
+  shard: number;
+}
+
+export type WorkspaceState = 'starting' | 'running' | 'stopping';
+
+export interface WorkspaceStatus {
+  workspaceId: string;
+  state: WorkspaceState;
+  generation: string;
+  pid: number | undefined;
+  shard: number;
+  clients: number;
+  lastActivity: number;
+  startedAt: number;
+  codexHome: string;
+}
+
+export interface SpoolStatus {
+  workspaceId: string;
+  dir: string;
+  attempts: number;
+  since: number;
+  nextRetryAt: number | undefined;
+  lastError: string | undefined;
+}
+
+export interface ShardStats {
+  shard: number;
+  workspaces: WorkspaceStatus[];
+  spool: SpoolStatus[];
+  connections: number;
+  eventLoopDelayP99Ms: number;
+}
+
+/** Why a child is being stopped; decides the close code its clients see. */
+export type StopReason = 'shutdown' | 'idle' | 'restart' | 'drain' | 'evict';
+
+export interface StopResult {
+  workspaceId: string;
+  /** True when there was a child (or a dead home) to stop. */
+  stopped: boolean;
+  /** True when its CODEX_HOME reached the store and the directory was removed. */
+  saved: boolean;
+  /** Set when the upload failed; the directory is kept in the spool. */
+  error?: string;
+  spooledDir?: string;
+}
+
+export interface ReapOptions {
+  idleAfterMs: number;
+  /** Entries with clients attached are reaped only past this idle time. */
+  hardIdleAfterMs: number;
+  /** Entries older than this are reaped regardless of activity (optional). */
+  maxAgeMs?: number;
+}
+
+/** Settings every shard receives at start (cloneable). */
+export interface ShardInit {
+  shard: number;
+  shards: number;
+  codexBin: string;
+  homeRoot: string;
+  store: StoreSpec;
+  extraEnv: string[];
+  envAllowlist: string[];
+  readyTimeoutMs: number;
+  stopGraceMs: number;
+  /** Children this shard stops at once during shutdownAll and close. */
+  shutdownConcurrency: number;
+  builderTimeoutMs: number;
+  archiveExclude: string[];
+  unpackLimits: UnpackLimits;
+  spoolRetryBaseMs: number;
+  spoolRetryMaxMs: number;
+  logLevel: string;
+  logPretty: boolean;
+  dataPlane: DataPlaneLimits;
+}
+
+export interface DataPlaneLimits {
+  /** Largest frame either way. */
+  maxFrameBytes: number;
+  /** Bytes queued toward a child (before it is connected, or unsent) before the client is closed. */
+  maxPendingToChildBytes: number;
+  /** Bytes sent toward a client and not yet acked by the front before its child connection is paused. */
+  windowBytes: number;
+}
+
+/** Calls the main thread makes into a shard. */
+export type ShardMethods = {
+  ensure: { params: { workspaceId: string; builderId: number }; result: ChildInfo };
+  shutdown: { params: { workspaceId: string; reason: StopReason }; result: StopResult };
+  shutdownAll: { params: { reason: StopReason; concurrency: number }; result: StopResult[] };
+  lookup: { params: { token: string }; result: string | null };
+  status: { params: { workspaceId: string }; result: WorkspaceStatus | null };
+  stats: { params: Record<string, never>; result: ShardStats };
+  reapIdle: { params: ReapOptions; result: StopResult[] };
+  close: { params: Record<string, never>; result: StopResult[] };
+};
+
+/** Calls a shard makes into the main thread. */
+export type HostMethods = {
+  buildConfig: { params: { builderId: number; workspaceId: string; loopbackToken: string }; result: SpawnConfig };
+  archive: { params: ArchiveTask; result: ArchiveOutcome<PackResult | UnpackResult> };
+};
+
+/** One-way notices. */
+export type ShardNotices = {
+  touch: { workspaceId: string };
+};
+
+export type HostNotices = {
+  childStarted: { workspaceId: string; generation: string; pid: number };
+  childExited: { workspaceId: string; generation: string; code: number | null; signal: string | null };
+};
+
+// ---- wire format of the control ports -------------------------------------
+
+export interface RpcRequestMessage {
+  type: 'rpc/request';
+  id: number;
+  method: string;
+  params: unknown;
+}
+
+export interface RpcResponseMessage {
+  type: 'rpc/response';
+  id: number;
+  ok: boolean;
+  value?: unknown;
+  error?: SerializedError;
+}
+
+export interface RpcNoticeMessage {
+  type: 'rpc/notice';
+  method: string;
+  params: unknown;
+}
+
+export type ControlMessage = RpcRequestMessage | RpcResponseMessage | RpcNoticeMessage;
+
+/** The data the worker receives as workerData. */
+export interface ShardWorkerData {
+  init: ShardInit;
+  control: MessagePort;
+  data: MessagePort;
+}

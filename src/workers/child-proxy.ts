@@ -1,0 +1,228 @@
+/**
+ * The shard's half of the data plane. For each client connection the front
+ * thread reports, it ensures the workspace's child, opens a WebSocket to it
+ * with the capability secret, and moves frames both ways in order.
+ *
+ * Memory stays bounded both ways:
+ * - toward the client: at most `windowBytes` per connection are sent to the
+ *   front and not yet acked (the front acks what the client socket took
+ *   without backing up); past it the child connection is paused, which is
+ *   TCP backpressure on the child, until acks bring it under half.
+ * - toward the child: frames queued before the child connection opens, plus
+ *   what the child has not read yet, may not pass `maxPendingToChildBytes`;
+ *   past it the client is closed with 1008 GW_SLOW_CHILD. The front is acked
+ *   for every client frame handled here, so its own bound holds too.
+ * Nothing is dropped silently.
+ */
+import type { MessagePort } from 'node:worker_threads';
+import type { Logger } from 'pino';
+import WebSocket from 'ws';
+import { ERROR_CODES, toGatewayError } from '../shared/errors.js';
+import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, decodeText, readAck, readBatch } from '../shared/frames.js';
+import type { ChildInfo, DataPlaneLimits } from '../shared/protocol.js';
+import { CloseCode, closeCodeForGone, forwardableCloseCode } from '../shared/close-codes.js';
+import type { GoneReason, WorkspaceTable } from './workspaces.js';
+
+interface Conn {
+  id: number;
+  workspaceId: string;
+  generation: string | undefined;
+  ws: WebSocket | undefined;
+  open: boolean;
+  closed: boolean;
+  /** Client frames waiting for the child connection to open. */
+  queue: Array<{ data: Uint8Array; binary: boolean }>;
+  queuedBytes: number;
+  /** Bytes sent toward the client and not yet acked by the front. */
+  unacked: number;
+  /** The child connection is paused because `unacked` passed the window. */
+  paused: boolean;
+}
+
+export class ChildProxy {
+  private readonly conns = new Map<number, Conn>();
+  private readonly out: FrameBatcher;
+  private readonly acks = new AckTally();
+
+  constructor(
+    port: MessagePort,
+    private readonly table: WorkspaceTable,
+    private readonly limits: DataPlaneLimits,
+    private readonly log: Logger,
+  ) {
+    this.out = new FrameBatcher((batch) => port.postMessage(batch, [batch]));
+    port.on('message', (batch: ArrayBuffer) => {
+      try {
+        readBatch(batch, this.onRecord);
+      } catch (err) {
+        this.log.error({ err: toGatewayError(err).describe() }, 'bad frame batch from front');
+      }
+      this.acks.flushTo(this.out);
+    });
+  }
+
+  get connectionCount(): number {
+    return this.conns.size;
+  }
+
+  private readonly onRecord = (kind: RecordKind, flags: number, code: number, connId: number, payload: Uint8Array): void => {
+    switch (kind) {
+      case RecordKind.Frame:
+        this.acks.add(connId, payload.byteLength);
+        this.fromClient(connId, payload, (flags & FLAG_BINARY) !== 0);
+        return;
+      case RecordKind.Open:
+        this.open(connId, decodeText(payload));
+        return;
+      case RecordKind.Close:
+        this.clientClosed(connId, code);
+        return;
+      case RecordKind.Ack:
+        this.acked(connId, readAck(payload));
+        return;
+      default:
+        this.log.error({ kind }, 'unknown data-plane record');
+    }
+  };
+
+  private open(id: number, workspaceId: string): void {
+    const c: Conn = { id, workspaceId, generation: undefined, ws: undefined, open: false, closed: false, queue: [], queuedBytes: 0, unacked: 0, paused: false };
+    this.conns.set(id, c);
+    this.table.ensure(workspaceId, 0).then(
+      (info) => this.connectChild(c, info, 1),
+      (err: unknown) => {
+        const e = toGatewayError(err);
+        const code = e.code === 'GW_CRASH_LOOP' || e.code === 'GW_CAPACITY' || e.code === 'GW_CLOSED' ? CloseCode.TryAgainLater : CloseCode.InternalError;
+        this.closeClient(c, code, `${e.code}: ${e.message}`);
+      },
+    );
+  }
+
+  private connectChild(c: Conn, info: ChildInfo, attempt: number): void {
+    if (c.closed) return;
+    if (!this.table.attachClient(c.workspaceId, info.generation)) {
+      // The child went away between ensure and now: start over once.
+      if (attempt > 1) {
+        this.closeClient(c, CloseCode.InternalError, `GW_CHILD_EXITED: ${ERROR_CODES.GW_CHILD_EXITED}`);
+        return;
+      }
+      this.table.ensure(c.workspaceId, 0).then(
+        (next) => this.connectChild(c, next, attempt + 1),
+        (err: unknown) => this.closeClient(c, CloseCode.InternalError, toGatewayError(err).describe()),
+      );
+      return;
+    }
+    c.generation = info.generation;
+    const ws = new WebSocket(info.wsUrl, {
+      headers: { authorization: `Bearer ${info.wsToken}` },
+      perMessageDeflate: false,
+      maxPayload: this.limits.maxFrameBytes,
+      skipUTF8Validation: true,
+    });
+    c.ws = ws;
+    ws.on('open', () => {
+      c.open = true;
+      for (const f of c.queue) ws.send(f.data, { binary: f.binary });
+      c.queue = [];
+      c.queuedBytes = 0;
+    });
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      this.table.touch(c.workspaceId);
+      this.out.push(RecordKind.Frame, isBinary ? FLAG_BINARY : 0, 0, c.id, data);
+      c.unacked += data.byteLength;
+      if (!c.paused && c.unacked > this.limits.windowBytes) {
+        c.paused = true;
+        ws.pause();
+      }
+    });
+    ws.on('close', (code: number, reason: Buffer) => {
+      if (c.closed) return;
+      const why = reason.length > 0 ? reason.toString() : `${ERROR_CODES.GW_CHILD_EXITED}`;
+      this.closeClient(c, forwardableCloseCode(code), code === 1009 ? 'message too big' : `child connection closed: ${why}`);
+    });
+    ws.on('error', (err) => {
+      this.log.warn({ workspaceId: c.workspaceId, connId: c.id, err: err.message }, 'child connection error');
+      if (!c.open && !c.closed) this.closeClient(c, CloseCode.InternalError, `GW_CHILD_CONNECT: ${err.message}`);
+    });
+  }
+
+  private fromClient(id: number, data: Uint8Array, binary: boolean): void {
+    const c = this.conns.get(id);
+    if (c === undefined || c.closed) return;
+    this.table.touch(c.workspaceId);
+    if (c.open && c.ws !== undefined) {
+      c.ws.send(data, { binary });
+      if (c.ws.bufferedAmount > this.limits.maxPendingToChildBytes) {
+        this.closeClient(c, CloseCode.PolicyViolation, `GW_SLOW_CHILD: ${ERROR_CODES.GW_SLOW_CHILD}`);
+      }
+      return;
+    }
+    c.queuedBytes += data.byteLength;
+    if (c.queuedBytes > this.limits.maxPendingToChildBytes) {
+      this.closeClient(c, CloseCode.PolicyViolation, `GW_SLOW_CHILD: more than ${this.limits.maxPendingToChildBytes} bytes sent before the workspace was ready`);
+      return;
+    }
+    // The payload is a view into a transferred batch that nothing reuses.
+    c.queue.push({ data, binary });
+  }
+
+  private clientClosed(id: number, code: number): void {
+    const c = this.conns.get(id);
+    if (c === undefined) return;
+    this.conns.delete(id);
+    if (c.closed) return;
+    c.closed = true;
+    this.release(c, code === 1000 || code === 1001 ? code : 1000);
+  }
+
+  private acked(id: number, bytes: number): void {
+    const c = this.conns.get(id);
+    if (c === undefined || c.closed) return;
+    c.unacked = Math.max(0, c.unacked - bytes);
+    if (c.paused && c.unacked <= this.limits.windowBytes / 2) {
+      c.paused = false;
+      c.ws?.resume();
+    }
+  }
+
+  /** Closes the client side (the front ends its socket) and the child side. */
+  private closeClient(c: Conn, code: number, reason: string): void {
+    if (c.closed) return;
+    c.closed = true;
+    this.out.push(RecordKind.Close, 0, code, c.id, truncateReason(reason));
+    this.release(c, 1000);
+    // The front answers with its own Close once the socket is gone, which removes the entry.
+  }
+
+  private release(c: Conn, code: number): void {
+    c.queue = [];
+    c.queuedBytes = 0;
+    if (c.generation !== undefined) this.table.detachClient(c.workspaceId, c.generation);
+    const ws = c.ws;
+    if (ws === undefined) return;
+    if (ws.readyState === WebSocket.OPEN) ws.close(code);
+    else if (ws.readyState === WebSocket.CONNECTING) ws.terminate();
+  }
+
+  /** The child of `generation` is going away: its clients learn why. */
+  childGone(workspaceId: string, generation: string, reason: GoneReason): void {
+    const { code, text } = closeCodeForGone(reason);
+    for (const c of this.conns.values()) {
+      if (c.workspaceId === workspaceId && c.generation === generation) this.closeClient(c, code, text);
+    }
+  }
+
+  closeAll(code: number, reason: string): void {
+    for (const c of this.conns.values()) this.closeClient(c, code, reason);
+    this.out.flush();
+  }
+}
+
+/** Close reasons are limited to 123 bytes by the protocol. */
+export function truncateReason(reason: string): string {
+  const buf = Buffer.from(reason);
+  if (buf.byteLength <= 123) return reason;
+  let s = buf.subarray(0, 120).toString();
+  while (Buffer.byteLength(s) > 120) s = s.slice(0, -1);
+  return `${s.replace(/\uFFFD$/, '')}…`;
+}

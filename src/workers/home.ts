@@ -1,0 +1,123 @@
+/**
+ * CODEX_HOME directories: `<homeRoot>/<workspaceId>/<generation>`, one per
+ * start, so no start ever shares a directory with a process still exiting.
+ *
+ * `deleteHome` is the only code that removes one, and it refuses unless the
+ * directory is safely stored (invariant 4 of ARCHITECTURE.md).
+ */
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { GatewayError } from '../shared/errors.js';
+
+export type HomeOrigin = 'fresh' | 'store' | 'spool';
+
+/** File in each home naming the process that runs in it (excluded from archives). */
+export const CHILD_PID_FILE = '.cxg-child.json';
+
+export interface ChildPidRecord {
+  pid: number;
+  /** Process start time in clock ticks since boot (/proc/PID/stat field 22), to tell a reused pid apart. */
+  startTicks: number | null;
+  workspaceId: string;
+  generation: string;
+  gatewayPid: number;
+}
+
+export class Home {
+  /** True once a codex process has run in it: its contents may differ from the store. */
+  ran = false;
+  /** Set once its contents reached the store. */
+  uploaded = false;
+
+  constructor(
+    readonly workspaceId: string,
+    readonly generation: string,
+    readonly dir: string,
+    readonly origin: HomeOrigin,
+  ) {}
+
+  /**
+   * Whether deleting loses nothing: its upload succeeded, or no process ever
+   * ran in it and it did not come from the spool (so it holds at most a copy
+   * of what the store already has).
+   */
+  get disposable(): boolean {
+    return this.uploaded || (!this.ran && this.origin !== 'spool');
+  }
+}
+
+/** Sorts by creation time, also across gateway restarts. */
+export function newGeneration(now = Date.now()): string {
+  return `g${now.toString(36).padStart(9, '0')}-${randomBytes(3).toString('hex')}`;
+}
+
+export function homePath(homeRoot: string, workspaceId: string, generation: string): string {
+  return path.join(homeRoot, workspaceId, generation);
+}
+
+/** Creates the workspace directory and a new, empty generation directory, both 0700. */
+export async function createHomeDir(homeRoot: string, workspaceId: string, generation: string): Promise<string> {
+  const dir = homePath(homeRoot, workspaceId, generation);
+  try {
+    await fs.mkdir(path.dirname(dir), { recursive: true, mode: 0o700 });
+    await fs.mkdir(dir, { mode: 0o700 });
+    await fs.chmod(dir, 0o700);
+  } catch (err) {
+    throw new GatewayError('GW_HOME_UNWRITABLE', `cannot create CODEX_HOME ${dir}`, { cause: err });
+  }
+  return dir;
+}
+
+/** Moves a spooled directory into place as a new generation's home. */
+export async function adoptDir(from: string, homeRoot: string, workspaceId: string, generation: string): Promise<string> {
+  const dir = homePath(homeRoot, workspaceId, generation);
+  try {
+    await fs.mkdir(path.dirname(dir), { recursive: true, mode: 0o700 });
+    await fs.rename(from, dir);
+    await fs.chmod(dir, 0o700);
+  } catch (err) {
+    throw new GatewayError('GW_HOME_UNWRITABLE', `cannot move ${from} to ${dir}`, { cause: err });
+  }
+  return dir;
+}
+
+export async function writePrivateFile(file: string, content: string): Promise<void> {
+  try {
+    await fs.rm(file, { force: true });
+    await fs.writeFile(file, content, { mode: 0o600, flag: 'wx' });
+  } catch (err) {
+    throw new GatewayError('GW_HOME_UNWRITABLE', `cannot write ${file}`, { cause: err });
+  }
+}
+
+export async function writePidFile(dir: string, rec: ChildPidRecord): Promise<void> {
+  await writePrivateFile(path.join(dir, CHILD_PID_FILE), `${JSON.stringify(rec)}\n`);
+}
+
+/** Start time of a process in clock ticks since boot, or null when unknown or gone. */
+export async function processStartTicks(pid: number): Promise<number | null> {
+  try {
+    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+    // Field 2 (comm) may hold spaces and parentheses: parse after the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ticks = Number(rest[19]);
+    return Number.isFinite(ticks) ? ticks : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The only way a CODEX_HOME is removed. Throws GW_INTERNAL for a directory
+ * whose contents are not safely stored: that is a bug, and losing work is
+ * worse than leaving a directory behind.
+ */
+export async function deleteHome(home: Home): Promise<void> {
+  if (!home.disposable) {
+    throw new GatewayError('GW_INTERNAL', `refusing to delete ${home.dir}: its contents are not stored`);
+  }
+  await fs.rm(home.dir, { recursive: true, force: true, maxRetries: 3 });
+  // The workspace directory goes too once its last generation is gone.
+  await fs.rmdir(path.dirname(home.dir)).catch(() => {});
+}

@@ -1,0 +1,64 @@
+/**
+ * Entry of a shard worker: one event loop that owns a slice of the workspace
+ * map and the client connections of those workspaces. Started by the
+ * Supervisor with a control port (RPC) and a data port (frames).
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { workerData } from 'node:worker_threads';
+import { createThreadLogger, flushLogger } from '../shared/logger.js';
+import type { HostMethods, HostNotices, ShardMethods, ShardNotices, ShardStats, ShardWorkerData } from '../shared/protocol.js';
+import { RpcPeer } from '../shared/rpc.js';
+import { ChildProxy } from './child-proxy.js';
+import { WorkspaceTable } from './workspaces.js';
+
+const { init, control, data } = workerData as ShardWorkerData;
+const log = createThreadLogger({ level: init.logLevel, pretty: init.logPretty, base: { thread: `shard-${init.shard}` } });
+const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+loopDelay.enable();
+
+
+const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
+  control,
+  {
+    ensure: (p) => table.ensure(p.workspaceId, p.builderId),
+    shutdown: (p) => table.shutdown(p.workspaceId, p.reason),
+    shutdownAll: (p) => table.shutdownAll(p.reason, p.concurrency),
+    lookup: (p) => table.lookup(p.token),
+    status: (p) => table.status(p.workspaceId),
+    stats: (): ShardStats => {
+      const s: ShardStats = {
+        shard: init.shard,
+        workspaces: table.statuses(),
+        spool: table.spool.status(),
+        connections: proxy.connectionCount,
+        eventLoopDelayP99Ms: loopDelay.percentile(99) / 1e6,
+      };
+      loopDelay.reset();
+      return s;
+    },
+    reapIdle: (p) => table.reapIdle(p),
+    close: async () => {
+      proxy.closeAll(1001, 'gateway shutting down');
+      const results = await table.close(Math.max(1, Math.ceil(init.shutdownConcurrency)));
+      log.info({ stopped: results.length, unsaved: results.filter((r) => r.stopped && !r.saved).length }, 'shard closed');
+      flushLogger(log);
+      return results;
+    },
+  },
+  { touch: (p) => table.touch(p.workspaceId) },
+  (what) => log.error({ what }, 'unknown control message'),
+);
+
+const table: WorkspaceTable = new WorkspaceTable(
+  init,
+  {
+    buildConfig: (builderId, workspaceId, loopbackToken) => peer.call('buildConfig', { builderId, workspaceId, loopbackToken }),
+    archive: (task) => peer.call('archive', task),
+    childStarted: (workspaceId, generation, pid) => peer.notify('childStarted', { workspaceId, generation, pid }),
+    childExited: (workspaceId, generation, exit) => peer.notify('childExited', { workspaceId, generation, code: exit.code, signal: exit.signal }),
+  },
+  { childGone: (workspaceId, generation, reason) => proxy.childGone(workspaceId, generation, reason) },
+  log,
+);
+
+const proxy: ChildProxy = new ChildProxy(data, table, init.dataPlane, log);

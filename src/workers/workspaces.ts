@@ -1,0 +1,450 @@
+/**
+ * A shard's slice of the process map: workspaceId → codex child. Everything
+ * about one workspace happens here, on this shard's event loop, in order; no
+ * locks are needed because per-key state lives in one place.
+ *
+ * Invariants kept here (ARCHITECTURE.md):
+ * 1. One spawn per key: concurrent ensures share the entry's `ready` promise.
+ * 2. A start waits for any earlier stop or upload of its key (`busy`), and
+ *    takes a spooled home before it would download older state.
+ * 3. Each start gets a new generation directory.
+ * 4. Homes are deleted only through deleteHome, after their upload.
+ * 6. Stopping a child stops its process group (spawn.ts).
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { ArchiveOutcome, ArchiveTask, PackResult, UnpackResult } from '../shared/archive-protocol.js';
+import { buildChildEnv, parseEnvEntries } from '../shared/child-env.js';
+import { renderCodexConfig } from '../shared/codex-config.js';
+import type { SpawnConfig } from '../shared/codex-config.js';
+import { mapLimit, withTimeout } from '../shared/concurrency.js';
+import { GatewayError, deserializeError, toGatewayError } from '../shared/errors.js';
+import type { ChildInfo, ReapOptions, ShardInit, StopReason, StopResult, WorkspaceState, WorkspaceStatus } from '../shared/protocol.js';
+import { shouldReap } from '../shared/reap-policy.js';
+import { validateWorkspaceId } from '../shared/workspace-id.js';
+import { Home, adoptDir, createHomeDir, deleteHome, newGeneration, processStartTicks, writePidFile, writePrivateFile } from './home.js';
+import { describeExit, reapGroup, spawnAppServer, stopProcessGroup } from './spawn.js';
+import type { ExitInfo, RunningChild } from './spawn.js';
+import { Spool } from './spool.js';
+
+export interface TableHost {
+  buildConfig(builderId: number, workspaceId: string, loopbackToken: string): Promise<SpawnConfig>;
+  archive(task: ArchiveTask): Promise<ArchiveOutcome<PackResult | UnpackResult>>;
+  childStarted(workspaceId: string, generation: string, pid: number): void;
+  childExited(workspaceId: string, generation: string, exit: ExitInfo): void;
+}
+
+/** Why a child's clients lose it: a stop reason, or the child ended by itself. */
+export type GoneReason = StopReason | 'crash';
+
+export interface TableEvents {
+  /** The child of `generation` is going away; its client connections must close. */
+  childGone(workspaceId: string, generation: string, reason: GoneReason): void;
+}
+
+interface Entry {
+  workspaceId: string;
+  generation: string;
+  state: WorkspaceState;
+  ready: Promise<ChildInfo>;
+  info: ChildInfo | undefined;
+  home: Home | undefined;
+  child: RunningChild | undefined;
+  pid: number | undefined;
+  loopbackToken: string;
+  loopbackKey: string;
+  wsToken: string;
+  lastActivity: number;
+  startedAt: number;
+  clients: number;
+  exitHandled: boolean;
+}
+
+function tokenKey(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
+}
+
+export class WorkspaceTable {
+  private readonly live = new Map<string, Entry>();
+  private readonly busy = new Map<string, Promise<unknown>>();
+  private readonly tokens = new Map<string, { token: Buffer; workspaceId: string }>();
+  readonly spool: Spool;
+  private closed = false;
+
+  constructor(
+    private readonly init: ShardInit,
+    private readonly host: TableHost,
+    private readonly events: TableEvents,
+    private readonly log: Logger,
+  ) {
+    this.spool = new Spool({
+      baseMs: init.spoolRetryBaseMs,
+      maxMs: init.spoolRetryMaxMs,
+      logger: log,
+      save: (home) => this.save(home),
+    });
+  }
+
+  // ---- ensure --------------------------------------------------------------
+
+  /** A live child for the workspace, starting one if needed. */
+  async ensure(workspaceId: string, builderId: number): Promise<ChildInfo> {
+    validateWorkspaceId(workspaceId);
+    for (;;) {
+      if (this.closed) throw new GatewayError('GW_CLOSED', 'supervisor is shutting down');
+      const e = this.live.get(workspaceId);
+      if (e !== undefined) {
+        if (e.state === 'starting') return await e.ready;
+        if (e.state === 'running' && e.child?.exitInfo() === undefined && e.info !== undefined) {
+          e.lastActivity = Date.now();
+          return e.info;
+        }
+        // Its process died and the exit is not processed yet: evict now.
+        if (e.state === 'running' && e.child !== undefined) this.onExit(e, e.child.exitInfo() as ExitInfo);
+        continue;
+      }
+      const pending = this.busy.get(workspaceId);
+      if (pending !== undefined) {
+        await pending.catch(() => {});
+        continue;
+      }
+      return await this.begin(workspaceId, builderId).ready;
+    }
+  }
+
+  private begin(workspaceId: string, builderId: number): Entry {
+    const loopbackToken = randomBytes(32).toString('hex');
+    const now = Date.now();
+    const e: Entry = {
+      workspaceId,
+      generation: newGeneration(now),
+      state: 'starting',
+      ready: undefined as unknown as Promise<ChildInfo>,
+      info: undefined,
+      home: undefined,
+      child: undefined,
+      pid: undefined,
+      loopbackToken,
+      loopbackKey: tokenKey(loopbackToken),
+      wsToken: randomBytes(32).toString('base64url'),
+      lastActivity: now,
+      startedAt: now,
+      clients: 0,
+      exitHandled: false,
+    };
+    this.live.set(workspaceId, e);
+    e.ready = this.start(e, builderId).then(
+      (info) => {
+        e.info = info;
+        e.state = 'running';
+        this.tokens.set(e.loopbackKey, { token: Buffer.from(e.loopbackToken), workspaceId });
+        // A crash during the last await of start is handled once we are running.
+        const exit = e.child?.exitInfo();
+        if (exit !== undefined) this.onExit(e, exit);
+        return info;
+      },
+      (err: unknown) => {
+        if (this.live.get(workspaceId) === e) this.live.delete(workspaceId);
+        throw err;
+      },
+    );
+    // Callers observe `ready`; a rejection nobody awaits is not a crash.
+    e.ready.catch(() => {});
+    return e;
+  }
+
+  private async start(e: Entry, builderId: number): Promise<ChildInfo> {
+    const t0 = Date.now();
+    const log = this.log.child({ workspaceId: e.workspaceId, generation: e.generation });
+    const spawnConfig = await this.build(e, builderId);
+    const toml = renderCodexConfig(spawnConfig.config, e.loopbackToken);
+    parseEnvEntries(spawnConfig.env, 'config builder env');
+
+    const home = await this.prepareHome(e);
+    e.home = home;
+    try {
+      await writePrivateFile(path.join(home.dir, 'config.toml'), toml);
+      const env = buildChildEnv({
+        parent: process.env,
+        allowlist: this.init.envAllowlist,
+        extraEnv: this.init.extraEnv,
+        builderEnv: spawnConfig.env,
+        codexHome: home.dir,
+        loopbackToken: e.loopbackToken,
+      });
+      let pidFile: Promise<void> = Promise.resolve();
+      const child = await spawnAppServer({
+        codexBin: this.init.codexBin,
+        codexHome: home.dir,
+        env,
+        wsToken: e.wsToken,
+        readyTimeoutMs: this.init.readyTimeoutMs,
+        onSpawned: (pid) => {
+          home.ran = true;
+          e.pid = pid;
+          this.host.childStarted(e.workspaceId, e.generation, pid);
+          pidFile = this.recordPid(home, pid);
+        },
+        onOutput: (stream, line) => log.info({ pid: e.pid, stream }, `[codex ${e.workspaceId}] ${line}`),
+      });
+      await pidFile;
+      e.child = child;
+      void child.exited.then((exit) => this.onExit(e, exit));
+      log.info({ pid: child.pid, wsUrl: child.wsUrl, origin: home.origin, ms: Date.now() - t0 }, 'codex app-server ready');
+      return {
+        workspaceId: e.workspaceId,
+        generation: e.generation,
+        pid: child.pid,
+        wsUrl: child.wsUrl,
+        wsToken: e.wsToken,
+        httpUrl: child.httpUrl,
+        codexHome: home.dir,
+        startedAt: e.startedAt,
+        shard: this.init.shard,
+      };
+    } catch (err) {
+      // spawnAppServer kills and reaps the process before it throws.
+      if (e.pid !== undefined) this.host.childExited(e.workspaceId, e.generation, { code: null, signal: null });
+      log.warn({ err: toGatewayError(err).describe() }, 'start failed');
+      this.abandon(home, log);
+      throw err;
+    }
+  }
+
+  private async build(e: Entry, builderId: number): Promise<SpawnConfig> {
+    let cfg: SpawnConfig;
+    try {
+      cfg = await withTimeout(
+        this.host.buildConfig(builderId, e.workspaceId, e.loopbackToken),
+        this.init.builderTimeoutMs,
+        () => new GatewayError('GW_BUILDER_FAILED', `config builder did not answer within ${this.init.builderTimeoutMs} ms`),
+      );
+    } catch (err) {
+      if (err instanceof GatewayError && err.code === 'GW_BUILDER_FAILED') throw err;
+      throw new GatewayError('GW_BUILDER_FAILED', `config builder failed for workspace ${e.workspaceId}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    }
+    if (cfg === null || typeof cfg !== 'object') throw new GatewayError('GW_BAD_CONFIG', 'config builder returned no SpawnConfig');
+    return cfg;
+  }
+
+  /** A spooled home if there is one (newest state), else the stored object, else empty. */
+  private async prepareHome(e: Entry): Promise<Home> {
+    const spooled = await this.spool.claim(e.workspaceId);
+    if (spooled !== undefined) {
+      try {
+        const dir = await adoptDir(spooled.dir, this.init.homeRoot, e.workspaceId, e.generation);
+        const home = new Home(e.workspaceId, e.generation, dir, 'spool');
+        home.ran = true;
+        return home;
+      } catch (err) {
+        this.spool.add(spooled, `could not reuse: ${toGatewayError(err).describe()}`, 1);
+        throw err;
+      }
+    }
+    const dir = await createHomeDir(this.init.homeRoot, e.workspaceId, e.generation);
+    const outcome = await this.host.archive({
+      op: 'unpack',
+      store: this.init.store,
+      workspaceId: e.workspaceId,
+      home: dir,
+      exclude: this.init.archiveExclude,
+      limits: this.init.unpackLimits,
+    });
+    const home = new Home(e.workspaceId, e.generation, dir, 'fresh');
+    if (!outcome.ok) {
+      await deleteHome(home);
+      throw deserializeError(outcome.error);
+    }
+    const r = outcome.value as UnpackResult;
+    return r.found ? new Home(e.workspaceId, e.generation, dir, 'store') : home;
+  }
+
+  private async recordPid(home: Home, pid: number): Promise<void> {
+    try {
+      await writePidFile(home.dir, { pid, startTicks: await processStartTicks(pid), workspaceId: home.workspaceId, generation: home.generation, gatewayPid: process.pid });
+    } catch (err) {
+      this.log.warn({ workspaceId: home.workspaceId, err: toGatewayError(err).describe() }, 'could not write pid file');
+    }
+  }
+
+  /** After a failed start: delete what holds nothing new, persist the rest. */
+  private abandon(home: Home, log: Logger): void {
+    if (home.disposable) {
+      this.setBusy(home.workspaceId, deleteHome(home).catch((err: unknown) => log.error({ err: toGatewayError(err).describe() }, 'could not remove home')));
+    } else {
+      this.setBusy(home.workspaceId, this.persist(home));
+    }
+  }
+
+  // ---- exit, stop, persist --------------------------------------------------
+
+  private onExit(e: Entry, exit: ExitInfo): void {
+    if (e.exitHandled) return;
+    if (e.state === 'starting') return; // start() reports it and cleans up
+    e.exitHandled = true;
+    this.tokens.delete(e.loopbackKey);
+    this.host.childExited(e.workspaceId, e.generation, exit);
+    if (e.state !== 'running') return; // a stop in progress owns the rest
+    this.log.warn({ workspaceId: e.workspaceId, generation: e.generation, pid: e.pid, exit: describeExit(exit) }, 'codex app-server exited unexpectedly');
+    e.state = 'stopping';
+    if (this.live.get(e.workspaceId) === e) this.live.delete(e.workspaceId);
+    this.events.childGone(e.workspaceId, e.generation, 'crash');
+    const home = e.home as Home;
+    this.setBusy(
+      e.workspaceId,
+      (async () => {
+        await reapGroup(e.pid as number, 1000);
+        return this.persist(home);
+      })(),
+    );
+  }
+
+  async shutdown(workspaceId: string, reason: StopReason): Promise<StopResult> {
+    validateWorkspaceId(workspaceId);
+    for (;;) {
+      const e = this.live.get(workspaceId);
+      if (e === undefined) {
+        const pending = this.busy.get(workspaceId);
+        if (pending !== undefined) await pending.catch(() => {});
+        return { workspaceId, stopped: false, saved: false };
+      }
+      if (e.state === 'starting') {
+        await e.ready.catch(() => {});
+        continue;
+      }
+      const p = this.stop(e, reason);
+      this.setBusy(workspaceId, p);
+      return await p;
+    }
+  }
+
+  async shutdownAll(reason: StopReason, concurrency: number): Promise<StopResult[]> {
+    const ids = [...new Set([...this.live.keys(), ...this.busy.keys()])];
+    return mapLimit(ids, concurrency, (id) => this.shutdown(id, reason));
+  }
+
+  async reapIdle(o: ReapOptions): Promise<StopResult[]> {
+    const now = Date.now();
+    const idle = [...this.live.values()].filter((e) => e.state === 'running' && shouldReap(e, now, o));
+    return mapLimit(idle, 8, (e) => {
+      this.log.info({ workspaceId: e.workspaceId, idleMs: now - e.lastActivity, clients: e.clients }, 'reaping idle child');
+      return this.shutdown(e.workspaceId, 'idle');
+    });
+  }
+
+  private async stop(e: Entry, reason: StopReason): Promise<StopResult> {
+    e.state = 'stopping';
+    this.live.delete(e.workspaceId);
+    this.tokens.delete(e.loopbackKey);
+    this.events.childGone(e.workspaceId, e.generation, reason);
+    const child = e.child as RunningChild;
+    const exit = await stopProcessGroup(child, this.init.stopGraceMs);
+    this.log.info({ workspaceId: e.workspaceId, pid: child.pid, reason, exit: describeExit(exit) }, 'codex app-server stopped');
+    return this.persist(e.home as Home);
+  }
+
+  /** Uploads and deletes a home; on failure keeps it in the spool. */
+  private async persist(home: Home): Promise<StopResult> {
+    try {
+      await this.save(home);
+      return { workspaceId: home.workspaceId, stopped: true, saved: true };
+    } catch (err) {
+      const msg = toGatewayError(err, 'GW_STORE_UPLOAD').describe();
+      this.spool.add(home, msg);
+      return { workspaceId: home.workspaceId, stopped: true, saved: false, error: msg, spooledDir: home.dir };
+    }
+  }
+
+  /** Upload then delete; throws only when the upload failed. */
+  private async save(home: Home): Promise<void> {
+    const t0 = Date.now();
+    const outcome = await this.host.archive({ op: 'pack', store: this.init.store, workspaceId: home.workspaceId, home: home.dir, exclude: this.init.archiveExclude });
+    if (!outcome.ok) throw deserializeError(outcome.error);
+    home.uploaded = true;
+    const r = outcome.value;
+    this.log.info({ workspaceId: home.workspaceId, key: r.key, bytes: r.bytes, files: r.files, ms: Date.now() - t0 }, 'home uploaded');
+    try {
+      await deleteHome(home);
+    } catch (err) {
+      this.log.error({ workspaceId: home.workspaceId, dir: home.dir, err: toGatewayError(err).describe() }, 'home uploaded but not removed');
+    }
+  }
+
+  private setBusy(workspaceId: string, p: Promise<unknown>): void {
+    this.busy.set(workspaceId, p);
+    const clear = (): void => {
+      if (this.busy.get(workspaceId) === p) this.busy.delete(workspaceId);
+    };
+    p.then(clear, clear);
+  }
+
+  // ---- activity, lookup, status ----------------------------------------------
+
+  touch(workspaceId: string): void {
+    const e = this.live.get(workspaceId);
+    if (e !== undefined) e.lastActivity = Date.now();
+  }
+
+  /** Counts a data-plane client of the current child (for the reaper). */
+  attachClient(workspaceId: string, generation: string): boolean {
+    const e = this.live.get(workspaceId);
+    if (e === undefined || e.generation !== generation || e.state !== 'running') return false;
+    e.clients += 1;
+    e.lastActivity = Date.now();
+    return true;
+  }
+
+  detachClient(workspaceId: string, generation: string): void {
+    const e = this.live.get(workspaceId);
+    if (e !== undefined && e.generation === generation && e.clients > 0) {
+      e.clients -= 1;
+      e.lastActivity = Date.now();
+    }
+  }
+
+  lookup(token: string): string | null {
+    if (typeof token !== 'string' || token.length === 0) return null;
+    const hit = this.tokens.get(tokenKey(token));
+    if (hit === undefined) return null;
+    const given = Buffer.from(token);
+    return given.length === hit.token.length && timingSafeEqual(given, hit.token) ? hit.workspaceId : null;
+  }
+
+  status(workspaceId: string): WorkspaceStatus | null {
+    const e = this.live.get(workspaceId);
+    return e === undefined ? null : this.describe(e);
+  }
+
+  statuses(): WorkspaceStatus[] {
+    return [...this.live.values()].map((e) => this.describe(e));
+  }
+
+  private describe(e: Entry): WorkspaceStatus {
+    return {
+      workspaceId: e.workspaceId,
+      state: e.state,
+      generation: e.generation,
+      pid: e.pid,
+      shard: this.init.shard,
+      clients: e.clients,
+      lastActivity: e.lastActivity,
+      startedAt: e.startedAt,
+      codexHome: e.home?.dir ?? '',
+    };
+  }
+
+  get liveCount(): number {
+    return this.live.size;
+  }
+
+  /** Stops every child and uploads every home; spooled ones stay for the next start. */
+  async close(concurrency: number): Promise<StopResult[]> {
+    // New ensures fail from here on; starts already under way finish and are stopped.
+    this.closed = true;
+    const results = await this.shutdownAll('drain', concurrency);
+    await Promise.all([...this.busy.values()].map((p) => p.catch(() => {})));
+    this.spool.close();
+    return results;
+  }
+}
