@@ -1,0 +1,40 @@
+/**
+ * Authentication at the front door: the bearer token of an upgrade request
+ * becomes a workspace id, or the upgrade is refused. `createAuthenticator`
+ * picks the remote verifier when auth.verify_url is set, else HS256 JWTs.
+ */
+import type { Authenticator } from './authenticator.js';
+import { ensureJwtSecret } from './jwt-secret.js';
+import { JwtAuthenticator } from './jwt-auth.js';
+import { RemoteAuthenticator } from './remote-auth.js';
+import type { Settings } from './settings-spec.js';
+
+export type { Authenticator } from './authenticator.js';
+export { MAX_TOKEN_LENGTH } from './authenticator.js';
+export { JwtAuthenticator, signWorkspaceToken } from './jwt-auth.js';
+export type { JwtAuthenticatorOptions, SignWorkspaceTokenOptions } from './jwt-auth.js';
+export { RemoteAuthenticator } from './remote-auth.js';
+export type { RemoteAuthenticatorOptions } from './remote-auth.js';
+
+/** The token of `Authorization: Bearer <token>` (scheme in any case), else undefined. */
+export function bearerToken(headerValue: string | undefined): string | undefined {
+  const m = /^Bearer[ \t]+(\S+)$/i.exec(headerValue?.trim() ?? '');
+  return m?.[1];
+}
+
+/**
+ * The authenticator the settings describe. Async because the JWT secret may
+ * live in a file that is created on first use (see ensureJwtSecret).
+ */
+export async function createAuthenticator(settings: Settings): Promise<Authenticator> {
+  const { auth } = settings;
+  if (auth.verifyUrl !== undefined) {
+    return new RemoteAuthenticator({ url: auth.verifyUrl, cacheMs: auth.verifyCacheMs });
+  }
+  return new JwtAuthenticator({
+    secret: await ensureJwtSecret(settings),
+    issuer: auth.jwt.issuer,
+    audience: auth.jwt.audience,
+    workspaceClaim: auth.jwt.workspaceClaim,
+  });
+}

@@ -1,0 +1,186 @@
+/**
+ * Every gateway setting, described once. Parsing, validation, the `Settings`
+ * type, `serve --help` and `config check` output are all derived from this
+ * table; adding a row is all it takes to add a setting.
+ *
+ * Names are mechanical: the environment variable of `store.s3.force_path_style`
+ * is CXG_STORE_S3_FORCE_PATH_STYLE, its TOML home is `[store.s3]
+ * force_path_style`, and its field is `settings.store.s3.forcePathStyle`.
+ * Durations become `…Ms` fields (milliseconds) and sizes `…Bytes` fields.
+ */
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { DEFAULT_ENV_ALLOWLIST } from '../shared/child-env.js';
+import type { Kind, KindValue, SettingValue } from './setting-kinds.js';
+import { isStoreUrl } from './store-url.js';
+
+/** What computed defaults may depend on (resolved before any of them). */
+export interface DefaultInputs {
+  cwd: string;
+  dataDir: string;
+  listenPort: number;
+  cores: number;
+}
+
+export interface SettingSpec {
+  /** Dotted, snake_case: `auth.jwt.secret`. */
+  readonly key: string;
+  readonly kind: Kind;
+  /** TOML-shaped (durations in ms, sizes in bytes). No default: the setting is optional. */
+  readonly default?: SettingValue | ((d: DefaultInputs) => SettingValue);
+  /** How help shows a computed default. */
+  readonly defaultText?: string;
+  readonly flag?: `--${string}`;
+  /** Masked in output and never echoed in error messages. */
+  readonly secret?: boolean;
+  readonly description: string;
+}
+
+const PORT = { type: 'int', min: 0, max: 65535 } as const;
+const COUNT = { type: 'int', min: 1, max: Number.MAX_SAFE_INTEGER } as const;
+const HTTP_URL = { type: 'url', protocols: ['http:', 'https:'] } as const;
+// 24 days: setTimeout treats anything above 2^31-1 ms as 1 ms.
+const MAX_TIMER_MS = 24 * 24 * 3_600_000;
+const TIMEOUT = { type: 'duration', min: 1, max: MAX_TIMER_MS } as const;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const ENV_VAR = { type: 'string', pattern: ENV_NAME, expected: 'an environment variable name like OPENAI_API_KEY' } as const;
+const KiB = 1024;
+
+export const SETTINGS = [
+  { key: 'data.dir', kind: { type: 'path' }, default: './data', flag: '--data-dir',
+    description: 'Directory for the gateway\'s own state (homes, file store, generated JWT secret); relative to the working directory.' },
+  { key: 'listen.host', kind: { type: 'string' }, default: '127.0.0.1', flag: '--host',
+    description: 'Address of the public WebSocket endpoint.' },
+  { key: 'listen.port', kind: PORT, default: 8080, flag: '--port',
+    description: 'Port of the public WebSocket endpoint (0 picks a free one).' },
+  { key: 'internal.host', kind: { type: 'string' }, default: '127.0.0.1',
+    description: 'Address of the internal endpoint (/internal/*) that children call back over loopback.' },
+  { key: 'internal.port', kind: PORT, default: (d) => (d.listenPort === 0 ? 0 : d.listenPort + 1), defaultText: 'listen.port + 1', flag: '--internal-port',
+    description: 'Port of the internal endpoint.' },
+  { key: 'internal.upstream_url', kind: HTTP_URL,
+    description: 'When set, /internal/connected adds what GET <url>/connected?workspace_id=… returns.' },
+  { key: 'codex.bin', kind: { type: 'path', command: true }, defaultText: 'the native binary of the installed @openai/codex', flag: '--codex-bin',
+    description: 'The codex binary children run.' },
+  { key: 'homes.root', kind: { type: 'path' }, default: (d) => path.join(d.dataDir, 'homes'), defaultText: '<data.dir>/homes',
+    description: 'Directory under which each running workspace gets its CODEX_HOME.' },
+  { key: 'store.url', kind: { type: 'url', protocols: ['file:', 's3:'], check: isStoreUrl, expected: 'file:///absolute/dir or s3://bucket[/prefix]' },
+    default: (d) => pathToFileURL(path.join(d.dataDir, 'store')).href,
+    defaultText: 'file://<data.dir>/store', flag: '--store-url',
+    description: 'Where workspace state is kept between runs.' },
+  { key: 'store.s3.endpoint', kind: HTTP_URL,
+    description: 'S3 endpoint for S3-compatible stores (default: AWS).' },
+  { key: 'store.s3.region', kind: { type: 'string' }, default: 'us-east-1',
+    description: 'S3 region.' },
+  { key: 'store.s3.force_path_style', kind: { type: 'bool' }, default: false,
+    description: 'Address buckets as <endpoint>/<bucket> instead of <bucket>.<endpoint>.' },
+  { key: 'auth.jwt.secret', kind: { type: 'string', minLength: 32 }, secret: true,
+    description: 'HS256 key for client bearer tokens (at least 32 characters).' },
+  { key: 'auth.jwt.secret_file', kind: { type: 'path' },
+    default: (d) => path.join(d.dataDir, 'jwt.secret'), defaultText: '<data.dir>/jwt.secret, created on first use',
+    description: 'File holding the HS256 key, used when auth.jwt.secret and auth.verify_url are unset.' },
+  { key: 'auth.jwt.issuer', kind: { type: 'string' },
+    description: 'Required `iss` claim of bearer tokens.' },
+  { key: 'auth.jwt.audience', kind: { type: 'string' },
+    description: 'Required `aud` claim of bearer tokens.' },
+  { key: 'auth.jwt.workspace_claim', kind: { type: 'string' }, default: 'workspace_id',
+    description: 'Claim that names the workspace a token is for.' },
+  { key: 'auth.verify_url', kind: HTTP_URL, flag: '--auth-verify-url',
+    description: 'Verify bearer tokens by POSTing {"token"} here instead of checking a JWT.' },
+  { key: 'auth.verify_cache', kind: { type: 'duration', min: 0, max: MAX_TIMER_MS }, default: 30_000,
+    description: 'How long a positive answer of auth.verify_url is reused.' },
+  { key: 'model.provider', kind: { type: 'string' }, default: 'openai',
+    description: 'Model provider id written to each child\'s config.toml.' },
+  { key: 'model.name', kind: { type: 'string' }, default: 'gpt-5.1-codex',
+    description: 'Model children use.' },
+  { key: 'model.base_url', kind: HTTP_URL, default: 'https://api.openai.com/v1',
+    description: 'Base URL of the model provider\'s API.' },
+  { key: 'model.env_key', kind: ENV_VAR, default: 'OPENAI_API_KEY',
+    description: 'Variable under which each child receives the API key.' },
+  { key: 'model.wire_api', kind: { type: 'enum', values: ['responses', 'chat'] }, default: 'responses',
+    description: 'Wire protocol of the model provider.' },
+  { key: 'model.api_key_env', kind: ENV_VAR, default: 'OPENAI_API_KEY',
+    description: 'Gateway variable whose value every child gets under model.env_key.' },
+  { key: 'model.reasoning_effort', kind: { type: 'enum', values: ['minimal', 'low', 'medium', 'high', 'xhigh'] },
+    description: 'Reasoning effort written to config.toml (default: codex\'s own).' },
+  { key: 'spawn.env_url', kind: HTTP_URL,
+    description: 'Endpoint that returns per-workspace child env (e.g. a scoped API key) at spawn time.' },
+  { key: 'spawn.ready_timeout', kind: TIMEOUT, default: 5000,
+    description: 'Time a new child has to answer /readyz.' },
+  { key: 'spawn.stop_grace', kind: { type: 'duration', min: 0, max: MAX_TIMER_MS }, default: 10_000,
+    description: 'Time between SIGTERM and SIGKILL when a child is stopped.' },
+  { key: 'spawn.extra_env', kind: { type: 'list', item: /^[A-Za-z_][A-Za-z0-9_]*=/, itemExpected: 'NAME=value entries' }, default: [],
+    description: 'Variables given to every child.' },
+  { key: 'spawn.env_allowlist', kind: { type: 'list', item: ENV_NAME, itemExpected: 'environment variable names' }, default: DEFAULT_ENV_ALLOWLIST,
+    description: 'Gateway variables children may inherit (replaces the default list).' },
+  { key: 'reaper.idle_after', kind: TIMEOUT, default: 30 * 60_000,
+    description: 'Stop a child after this long without traffic and with no client attached.' },
+  { key: 'reaper.interval', kind: TIMEOUT, default: 60_000,
+    description: 'How often the idle reaper looks.' },
+  { key: 'reaper.hard_idle_after', kind: TIMEOUT, default: 2 * 3_600_000,
+    description: 'Stop a child after this long without traffic even with clients attached.' },
+  { key: 'reaper.max_age', kind: TIMEOUT,
+    description: 'Stop a child this long after it started, whatever its activity.' },
+  { key: 'limits.max_children', kind: COUNT,
+    description: 'Most children running at once (default: no limit).' },
+  { key: 'limits.max_concurrent_spawns', kind: COUNT,
+    description: 'Most children starting at once (default: no limit).' },
+  { key: 'limits.max_frame', kind: { type: 'size', min: KiB, max: 1024 ** 3 }, default: 64 * 1024 * KiB,
+    description: 'Largest WebSocket frame accepted from a client or a child.' },
+  { key: 'shutdown.budget', kind: TIMEOUT, default: 60_000,
+    description: 'Time a drain may take (stop children, save their state) before the gateway exits anyway.' },
+  { key: 'shutdown.concurrency', kind: COUNT, default: 16,
+    description: 'Children stopped at once during a drain.' },
+  { key: 'admin.token', kind: { type: 'string', minLength: 16 }, secret: true,
+    description: 'Bearer token for the admin API on the internal endpoint (unset: admin API off).' },
+  { key: 'log.level', kind: { type: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }, default: 'info', flag: '--log-level',
+    description: 'Log level.' },
+  { key: 'shards', kind: COUNT, default: (d) => d.cores, defaultText: 'available cores', flag: '--shards',
+    description: 'Shard worker threads.' },
+] as const satisfies readonly SettingSpec[];
+
+export type SettingKey = (typeof SETTINGS)[number]['key'];
+
+/** `auth.jwt.secret` → CXG_AUTH_JWT_SECRET. */
+export function envName(key: string): string {
+  return `CXG_${key.toUpperCase().replace(/\./g, '_')}`;
+}
+
+/** CXG_* variables that are not settings: the config file, and what the gateway or tests set. */
+export const CONFIG_ENV = 'CXG_CONFIG';
+const NOT_SETTINGS = new Set([CONFIG_ENV, 'CXG_LOOPBACK_TOKEN', 'CXG_WORKSPACE_TOKEN']);
+export function isNonSettingEnv(name: string): boolean {
+  return NOT_SETTINGS.has(name) || name.startsWith('CXG_TEST_');
+}
+
+/** `store.s3.force_path_style` (a bool) → ['store', 's3', 'forcePathStyle']; durations end in Ms, sizes in Bytes. */
+export function fieldPath(spec: SettingSpec): string[] {
+  const parts = spec.key.split('.').map(camel);
+  const suffix = spec.kind.type === 'duration' ? 'Ms' : spec.kind.type === 'size' ? 'Bytes' : '';
+  return [...parts.slice(0, -1), `${parts.at(-1) ?? ''}${suffix}`];
+}
+
+function camel(s: string): string {
+  return s.replace(/_([a-z0-9])/g, (_m, c: string) => c.toUpperCase());
+}
+
+// ---- the Settings type, derived from the table ----------------------------
+// The same renaming as fieldPath, done by the type checker, so a consumer's
+// `settings.reaper.idleAfterMs` is checked against the table.
+
+type Camel<S extends string> = S extends `${infer H}_${infer T}` ? `${H}${Capitalize<Camel<T>>}` : S;
+type Leaf<S extends string, K> = K extends { type: 'duration' } ? `${Camel<S>}Ms` : K extends { type: 'size' } ? `${Camel<S>}Bytes` : Camel<S>;
+type Nest<Key extends string, K, V> = Key extends `${infer H}.${infer T}`
+  ? { readonly [P in Camel<H>]: Nest<T, K, V> }
+  : { readonly [P in Leaf<Key, K>]: V };
+type ValueOfSpec<E> = E extends { kind: infer K; default: unknown } ? KindValue<K> : E extends { kind: infer K } ? KindValue<K> | undefined : never;
+type NestSpec<E> = E extends { key: infer Key extends string; kind: infer K } ? Nest<Key, K, ValueOfSpec<E>> : never;
+type UnionToIntersection<U> = (U extends unknown ? (u: U) => void : never) extends (i: infer I) => void ? I : never;
+type Expand<T> = T extends readonly unknown[] ? T : T extends object ? { readonly [P in keyof T]: Expand<T[P]> } : T;
+
+/**
+ * The resolved settings, nested by key with camelCase names, for example
+ * `settings.listen.port: number`, `settings.auth.jwt.secret: string | undefined`,
+ * `settings.limits.maxFrameBytes: number`, `settings.model.wireApi: 'responses' | 'chat'`.
+ * Optional settings without a default are `T | undefined`.
+ */
+export type Settings = Expand<UnionToIntersection<NestSpec<(typeof SETTINGS)[number]>>>;
