@@ -1,0 +1,335 @@
+/**
+ * The front door: uWebSockets.js on the main thread. It authenticates each
+ * upgrade, hashes the workspace to its shard and moves frames between client
+ * sockets and that shard's data port. It never spawns, never touches a
+ * workspace's disk, never tars: it routes.
+ *
+ * Flow control is by credit (frames.ts, Ack). Frames from a shard are acked
+ * as soon as the client's socket takes them without backing up; while its
+ * buffer is above `clientHighWaterBytes` the acks wait for it to drain below
+ * `clientLowWaterBytes`, so the shard stops reading that child connection.
+ * A client still behind after `slowClientTimeoutMs`, or whose buffer would
+ * pass `clientMaxBufferedBytes`, is closed with 1008 GW_SLOW_CLIENT. Toward
+ * the shard, bytes not yet acked may not pass `maxUnackedToShardBytes`
+ * (1008 GW_SLOW_CHILD).
+ */
+import type { Logger } from 'pino';
+import { CloseCode } from '../shared/close-codes.js';
+import { toGatewayError } from '../shared/errors.js';
+import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, ackPayload, decodeText, readAck, readBatch } from '../shared/frames.js';
+import type { Authenticator } from './auth.js';
+import { bearerToken } from './auth.js';
+import { sendJson } from './http-util.js';
+import type { Supervisor } from './supervisor.js';
+import { closeApp, listen, uws } from './uws.js';
+import type { HttpRequest, HttpResponse, ListenSocket, SocketContext, TemplatedApp, UwsSocket } from './uws.js';
+
+export interface FrontLimits {
+  maxFrameBytes: number;
+  clientHighWaterBytes: number;
+  clientLowWaterBytes: number;
+  clientMaxBufferedBytes: number;
+  slowClientTimeoutMs: number;
+  maxUnackedToShardBytes: number;
+}
+
+export const DEFAULT_FRONT_LIMITS: Omit<FrontLimits, 'maxFrameBytes'> = {
+  clientHighWaterBytes: 1024 * 1024,
+  clientLowWaterBytes: 256 * 1024,
+  clientMaxBufferedBytes: 16 * 1024 * 1024,
+  slowClientTimeoutMs: 30_000,
+  maxUnackedToShardBytes: 80 * 1024 * 1024,
+};
+
+export interface FrontOptions {
+  sup: Supervisor;
+  auth: Authenticator;
+  host: string;
+  port: number;
+  limits: FrontLimits;
+  log: Logger;
+  /** Extra HTTP routes (metrics, admin) registered before the catch-all. */
+  routes?: (app: TemplatedApp) => void;
+  /** Observes data-plane events (metrics). */
+  observer?: FrontObserver;
+}
+
+export interface FrontObserver {
+  connectionOpened?(): void;
+  connectionClosed?(): void;
+  frame?(direction: 'in' | 'out', bytes: number): void;
+  backpressure?(what: 'pause' | 'resume' | 'close'): void;
+  authFailed?(code: string): void;
+}
+
+interface ClientData {
+  id: number;
+  workspaceId: string;
+  shard: number;
+  closed: boolean;
+  /** The client socket is above its high-water mark; acks wait for its drain. */
+  behind: boolean;
+  behindSince: number;
+  /** Bytes written to the client whose ack waits for the drain. */
+  pendingAck: number;
+  /** Bytes sent toward the shard and not yet acked by it. */
+  toShard: number;
+}
+
+type Client = UwsSocket<ClientData>;
+
+const WS_PATHS = ['/', '/codex-app/ws'];
+
+export class Front {
+  private readonly conns = new Map<number, Client>();
+  private readonly behind = new Set<Client>();
+  private readonly toShard: FrameBatcher[];
+  private readonly acks: AckTally[];
+  private nextId = 1;
+  private listenSocket: ListenSocket | undefined;
+  private sweep: NodeJS.Timeout | undefined;
+  private closedAll: (() => void) | undefined;
+  draining = false;
+  port = 0;
+
+  private constructor(
+    private readonly o: FrontOptions,
+    private readonly app: TemplatedApp,
+  ) {
+    const sup = o.sup;
+    this.acks = Array.from({ length: sup.shardCount }, () => new AckTally());
+    this.toShard = Array.from({ length: sup.shardCount }, (_, i) => {
+      const port = sup.dataPort(i);
+      port.on('message', (batch: ArrayBuffer) => this.fromShard(i, batch));
+      return new FrameBatcher((batch) => port.postMessage(batch, [batch]));
+    });
+  }
+
+  static async start(o: FrontOptions): Promise<Front> {
+    const u = uws();
+    const app = u.App();
+    const front = new Front(o, app);
+    const behavior = {
+      compression: u.DISABLED,
+      // uWS cuts the TCP connection (no close frame) on a frame above its
+      // limit, so its limit sits above ours and the message handler answers
+      // 1009 for frames up to twice the limit; beyond that the cut remains.
+      maxPayloadLength: o.limits.maxFrameBytes + Math.min(o.limits.maxFrameBytes, 64 * 1024 * 1024),
+      // uWS itself must never drop a frame: its limit sits above ours, which closes with 1008 first.
+      maxBackpressure: o.limits.clientMaxBufferedBytes + o.limits.maxFrameBytes + 1024 * 1024,
+      closeOnBackpressureLimit: 1,
+      idleTimeout: 120,
+      sendPingsAutomatically: true,
+      upgrade: (res: HttpResponse, req: HttpRequest, ctx: SocketContext) => front.upgrade(res, req, ctx),
+      open: (ws: Client) => front.opened(ws),
+      message: (ws: Client, msg: ArrayBuffer, isBinary: boolean) => front.clientFrame(ws, msg, isBinary),
+      drain: (ws: Client) => front.drained(ws),
+      close: (ws: Client, code: number, msg: ArrayBuffer) => front.clientClosed(ws, code, msg),
+    };
+    for (const p of WS_PATHS) app.ws<ClientData>(p, behavior);
+    app.get('/healthz', (res) => sendJson(res, 200, { status: 'ok' }));
+    app.get('/readyz', (res) => {
+      const ready = !front.draining && o.sup.healthy;
+      sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : front.draining ? 'draining' : 'unhealthy' });
+    });
+    o.routes?.(app);
+    app.any('/*', (res) => sendJson(res, 404, { error: { code: 'GW_NOT_FOUND', message: 'no such route' } }));
+    const { socket, port } = await listen(app, o.host, o.port);
+    front.listenSocket = socket;
+    front.port = port;
+    front.sweep = setInterval(() => front.closeStalled(), 1000);
+    front.sweep.unref();
+    return front;
+  }
+
+  get connectionCount(): number {
+    return this.conns.size;
+  }
+
+  // ---- upgrade and auth ------------------------------------------------------
+
+  private upgrade(res: HttpResponse, req: HttpRequest, ctx: SocketContext): void {
+    // HttpRequest dies with this callback: copy what is needed first.
+    const key = req.getHeader('sec-websocket-key');
+    const protocol = req.getHeader('sec-websocket-protocol').split(',')[0]?.trim() ?? '';
+    const extensions = req.getHeader('sec-websocket-extensions');
+    const token = bearerToken(req.getHeader('authorization'));
+    if (this.draining) {
+      sendJson(res, 503, { error: { code: 'GW_CLOSED', message: 'gateway is shutting down' } });
+      return;
+    }
+    if (token === undefined) {
+      this.o.observer?.authFailed?.('GW_UNAUTHORIZED');
+      sendJson(res, 401, { error: { code: 'GW_UNAUTHORIZED', message: 'missing bearer token' } }, { 'www-authenticate': 'Bearer' });
+      return;
+    }
+    let aborted = false;
+    res.onAborted(() => {
+      aborted = true;
+    });
+    this.o.auth.verify(token).then(
+      ({ workspaceId }) => {
+        if (aborted) return;
+        if (this.draining) {
+          res.cork(() => sendJson(res, 503, { error: { code: 'GW_CLOSED', message: 'gateway is shutting down' } }));
+          return;
+        }
+        const data: ClientData = { id: this.nextId++, workspaceId, shard: this.o.sup.shardFor(workspaceId), closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0 };
+        res.cork(() => res.upgrade(data, key, protocol, extensions, ctx));
+      },
+      (err: unknown) => {
+        if (aborted) return;
+        const e = toGatewayError(err, 'GW_UNAUTHORIZED');
+        this.o.observer?.authFailed?.(e.code);
+        const status = e.code === 'GW_AUTH_UNAVAILABLE' ? 503 : 401;
+        res.cork(() => sendJson(res, status, { error: { code: e.code, message: e.message } }, status === 401 ? { 'www-authenticate': 'Bearer error="invalid_token"' } : {}));
+      },
+    );
+  }
+
+  // ---- client → shard ----------------------------------------------------------
+
+  private opened(ws: Client): void {
+    const d = ws.getUserData();
+    this.conns.set(d.id, ws);
+    this.o.observer?.connectionOpened?.();
+    (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Open, 0, 0, d.id, d.workspaceId);
+  }
+
+  private clientFrame(ws: Client, msg: ArrayBuffer, isBinary: boolean): void {
+    const d = ws.getUserData();
+    if (d.closed) return;
+    if (msg.byteLength > this.o.limits.maxFrameBytes) {
+      d.closed = true;
+      ws.end(CloseCode.MessageTooBig, `message of ${msg.byteLength} bytes is above the ${this.o.limits.maxFrameBytes}-byte limit`);
+      return;
+    }
+    if (d.toShard + msg.byteLength > this.o.limits.maxUnackedToShardBytes) {
+      this.closeBehind(ws, d, CloseCode.PolicyViolation, 'GW_SLOW_CHILD: codex app-server is not reading fast enough', 'shard behind');
+      return;
+    }
+    d.toShard += msg.byteLength;
+    // The batcher copies: uWS reuses `msg` once this callback returns.
+    (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Frame, isBinary ? FLAG_BINARY : 0, 0, d.id, new Uint8Array(msg));
+    this.o.observer?.frame?.('in', msg.byteLength);
+  }
+
+  private clientClosed(ws: Client, code: number, _msg: ArrayBuffer): void {
+    const d = ws.getUserData();
+    d.closed = true;
+    this.conns.delete(d.id);
+    this.behind.delete(ws);
+    this.o.observer?.connectionClosed?.();
+    (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Close, 0, code, d.id);
+    if (this.conns.size === 0) this.closedAll?.();
+  }
+
+  private drained(ws: Client): void {
+    const d = ws.getUserData();
+    if (d.behind && ws.getBufferedAmount() <= this.o.limits.clientLowWaterBytes) {
+      d.behind = false;
+      this.behind.delete(ws);
+      this.o.observer?.backpressure?.('resume');
+      (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Ack, 0, 0, d.id, ackPayload(d.pendingAck));
+      d.pendingAck = 0;
+    }
+  }
+
+  // ---- shard → client ------------------------------------------------------------
+
+  private fromShard(shard: number, batch: ArrayBuffer): void {
+    try {
+      readBatch(batch, this.onRecord);
+    } catch (err) {
+      this.o.log.error({ err: toGatewayError(err).describe() }, 'bad frame batch from shard');
+    }
+    (this.acks[shard] as AckTally).flushTo(this.toShard[shard] as FrameBatcher);
+  }
+
+  private readonly onRecord = (kind: RecordKind, flags: number, code: number, id: number, payload: Uint8Array): void => {
+    const ws = this.conns.get(id);
+    if (ws === undefined) return;
+    const d = ws.getUserData();
+    if (d.closed) return;
+    if (kind === RecordKind.Frame) {
+      this.toClient(ws, d, payload, (flags & FLAG_BINARY) !== 0);
+    } else if (kind === RecordKind.Ack) {
+      d.toShard = Math.max(0, d.toShard - readAck(payload));
+    } else if (kind === RecordKind.Close) {
+      d.closed = true;
+      ws.cork(() => ws.end(code, decodeText(payload)));
+    }
+  };
+
+  private toClient(ws: Client, d: ClientData, payload: Uint8Array, binary: boolean): void {
+    const limits = this.o.limits;
+    if (ws.getBufferedAmount() + payload.byteLength > limits.clientMaxBufferedBytes + limits.maxFrameBytes) {
+      this.closeBehind(ws, d, CloseCode.PolicyViolation, 'GW_SLOW_CLIENT: client is not reading fast enough', 'buffer limit');
+      return;
+    }
+    ws.cork(() => ws.send(payload, binary));
+    this.o.observer?.frame?.('out', payload.byteLength);
+    if (!d.behind && ws.getBufferedAmount() <= limits.clientHighWaterBytes) {
+      (this.acks[d.shard] as AckTally).add(d.id, payload.byteLength);
+      return;
+    }
+    d.pendingAck += payload.byteLength;
+    if (!d.behind) {
+      d.behind = true;
+      d.behindSince = Date.now();
+      this.behind.add(ws);
+      this.o.observer?.backpressure?.('pause');
+    }
+  }
+
+  private closeBehind(ws: Client, d: ClientData, code: number, reason: string, why: string): void {
+    if (d.closed) return;
+    d.closed = true;
+    this.o.observer?.backpressure?.('close');
+    this.o.log.warn({ workspaceId: d.workspaceId, connId: d.id, why, buffered: ws.getBufferedAmount() }, 'closing connection that fell behind');
+    ws.cork(() => ws.end(code, reason));
+  }
+
+  private closeStalled(): void {
+    const limit = Date.now() - this.o.limits.slowClientTimeoutMs;
+    for (const ws of this.behind) {
+      const d = ws.getUserData();
+      if (d.behindSince < limit) this.closeBehind(ws, d, CloseCode.PolicyViolation, 'GW_SLOW_CLIENT: client is not reading fast enough', `behind for more than ${this.o.limits.slowClientTimeoutMs} ms`);
+    }
+  }
+
+  // ---- shutdown -------------------------------------------------------------------
+
+  /** Stops accepting connections; /readyz answers 503 from now on. */
+  stopAccepting(): void {
+    this.draining = true;
+    if (this.listenSocket !== undefined) {
+      uws().us_listen_socket_close(this.listenSocket);
+      this.listenSocket = undefined;
+    }
+  }
+
+  /** Closes every client with `code` and waits (bounded) until they are gone. */
+  async closeClients(code: number, reason: string, waitMs: number): Promise<void> {
+    if (this.conns.size === 0) return;
+    const gone = new Promise<void>((resolve) => (this.closedAll = resolve));
+    for (const ws of [...this.conns.values()]) {
+      const d = ws.getUserData();
+      if (d.closed) continue;
+      d.closed = true;
+      ws.cork(() => ws.end(code, reason));
+    }
+    for (const b of this.toShard) b.flush();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([gone, new Promise<void>((r) => (timer = setTimeout(r, waitMs)))]);
+    clearTimeout(timer);
+  }
+
+  close(): void {
+    this.stopAccepting();
+    clearInterval(this.sweep);
+    for (const ws of [...this.conns.values()]) ws.close();
+    for (const b of this.toShard) b.flush();
+    closeApp(this.app);
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * `codex-app-gateway serve`: a Gateway built from settings, with signal
+ * handling. SIGTERM or SIGINT drains (stop accepting, close clients with
+ * 1001, stop every child and upload every home) and exits 0 within
+ * shutdown.budget; a second signal exits at once.
+ */
+import os from 'node:os';
+import type { Logger } from 'pino';
+import { createThreadLogger, flushLogger } from '../shared/logger.js';
+import { toGatewayError } from '../shared/errors.js';
+import { createAuthenticator } from './auth.js';
+import { gatewayConfigBuilder } from './config-builder.js';
+import { DEFAULT_FRONT_LIMITS } from './front.js';
+import { Gateway } from './gateway.js';
+import type { GatewayOptions } from './gateway.js';
+import type { Settings } from './settings.js';
+import { storeSpecFromSettings } from './settings.js';
+import { DEFAULT_DATA_PLANE } from './supervisor.js';
+
+export function createLogger(settings: Settings): Logger {
+  return createThreadLogger({ level: settings.log.level, pretty: process.stdout.isTTY === true, base: { thread: 'main', pid: process.pid, host: os.hostname() } });
+}
+
+/** Everything Gateway.start needs, from settings. */
+export async function gatewayOptions(settings: Settings, log: Logger, internalUrl: () => string | undefined): Promise<GatewayOptions> {
+  const maxFrameBytes = settings.limits.maxFrameBytes;
+  const builder = gatewayConfigBuilder({
+    model: {
+      provider: settings.model.provider,
+      name: settings.model.name,
+      baseUrl: settings.model.baseUrl,
+      envKey: settings.model.envKey,
+      wireApi: settings.model.wireApi,
+      apiKeyEnv: settings.model.apiKeyEnv,
+      ...(settings.model.reasoningEffort === undefined ? {} : { reasoningEffort: settings.model.reasoningEffort }),
+    },
+    ...(settings.spawn.envUrl === undefined ? {} : { envUrl: settings.spawn.envUrl }),
+    internalUrl,
+    log,
+  });
+  return {
+    supervisor: {
+      ...(settings.codex.bin === undefined ? {} : { codexBin: settings.codex.bin }),
+      homeRoot: settings.homes.root,
+      store: storeSpecFromSettings(settings),
+      extraEnv: [...settings.spawn.extraEnv],
+      envAllowlist: [...settings.spawn.envAllowlist],
+      shards: settings.shards,
+      configBuilder: builder,
+      readyTimeoutMs: settings.spawn.readyTimeoutMs,
+      stopGraceMs: Math.max(1, settings.spawn.stopGraceMs),
+      shutdownConcurrency: settings.shutdown.concurrency,
+      dataPlane: { ...DEFAULT_DATA_PLANE, maxFrameBytes },
+    },
+    auth: await createAuthenticator(settings),
+    listen: { host: settings.listen.host, port: settings.listen.port },
+    internal: {
+      host: settings.internal.host,
+      port: settings.internal.port,
+      ...(settings.internal.upstreamUrl === undefined ? {} : { upstreamUrl: settings.internal.upstreamUrl }),
+    },
+    limits: { ...DEFAULT_FRONT_LIMITS, maxFrameBytes },
+    reaper: {
+      intervalMs: settings.reaper.intervalMs,
+      idleAfterMs: settings.reaper.idleAfterMs,
+      hardIdleAfterMs: settings.reaper.hardIdleAfterMs,
+      ...(settings.reaper.maxAgeMs === undefined ? {} : { maxAgeMs: settings.reaper.maxAgeMs }),
+    },
+    shutdownBudgetMs: settings.shutdown.budgetMs,
+    log,
+  };
+}
+
+/** Runs until a signal drains the gateway; resolves with the exit code. */
+export async function serve(settings: Settings): Promise<number> {
+  const log = createLogger(settings);
+  let gw: Gateway | undefined;
+  try {
+    // Children start only after the internal listener is up, so `gw` is set by then.
+    const options = await gatewayOptions(settings, log, () => (gw === undefined ? undefined : `http://127.0.0.1:${gw.internal.port}`));
+    gw = await Gateway.start(options);
+  } catch (err) {
+    log.fatal({ err: toGatewayError(err).describe() }, 'gateway failed to start');
+    flushLogger(log);
+    return 1;
+  }
+  const started = gw;
+  log.info({ url: started.url, internalUrl: `http://${settings.internal.host}:${started.internal.port}`, shards: started.sup.shardCount, homeRoot: settings.homes.root, store: settings.store.url }, 'gateway listening');
+
+  return await new Promise<number>((resolve) => {
+    let signals = 0;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      signals++;
+      if (signals > 1) {
+        log.warn({ signal }, 'second signal: exiting now; unsaved homes stay on disk for the next start');
+        flushLogger(log);
+        process.exit(130);
+      }
+      log.info({ signal, budgetMs: settings.shutdown.budgetMs }, 'draining');
+      started.drain().then(
+        (report) => {
+          process.off('SIGTERM', onSignal);
+          process.off('SIGINT', onSignal);
+          log.info({ saved: report.saved, unsaved: report.unsaved.length, timedOut: report.timedOut }, 'gateway stopped');
+          flushLogger(log);
+          resolve(0);
+        },
+        (err: unknown) => {
+          log.error({ err: toGatewayError(err).describe() }, 'drain failed');
+          flushLogger(log);
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}

@@ -1,0 +1,107 @@
+/**
+ * The gateway as a real process (`bin/codex-app-gateway.mjs serve`), for
+ * end-to-end tests: started with a TOML config, its JSON log parsed for the
+ * listening URL, stopped with a signal.
+ */
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const BIN = fileURLToPath(new URL('../bin/codex-app-gateway.mjs', import.meta.url));
+
+export interface LogLine {
+  level: number;
+  msg: string;
+  [k: string]: unknown;
+}
+
+export interface GatewayProcess {
+  proc: ChildProcess;
+  url: string;
+  internalUrl: string;
+  logs: LogLine[];
+  /** Non-JSON output, for diagnosis. */
+  raw: string[];
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  waitForLog(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export async function writeConfig(file: string, toml: string): Promise<string> {
+  await writeFile(file, toml, { mode: 0o600 });
+  return file;
+}
+
+export async function startGatewayProcess(configFile: string, env: NodeJS.ProcessEnv = {}, timeoutMs = 20_000): Promise<GatewayProcess> {
+  const proc = spawn(process.execPath, [BIN, 'serve', '--config', configFile], {
+    cwd: path.dirname(configFile),
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: LogLine[] = [];
+  const raw: string[] = [];
+  const waiters: Array<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }> = [];
+  const onLine = (line: string): void => {
+    let parsed: LogLine | undefined;
+    try {
+      parsed = JSON.parse(line) as LogLine;
+    } catch {
+      raw.push(line);
+      return;
+    }
+    logs.push(parsed);
+    for (const w of [...waiters]) {
+      if (w.pred(parsed)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(parsed);
+      }
+    }
+  };
+  for (const stream of [proc.stdout, proc.stderr]) {
+    let buf = '';
+    stream.setEncoding('utf8');
+    stream.on('data', (chunk: string) => {
+      buf += chunk;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        onLine(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+      }
+    });
+  }
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+  const waitForLog = (pred: (l: LogLine) => boolean, ms = timeoutMs): Promise<LogLine> => {
+    const seen = logs.find(pred);
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`log line not seen within ${ms} ms; output: ${raw.slice(-10).join('\n')} ${JSON.stringify(logs.slice(-5))}`)), ms);
+      waiters.push({
+        pred,
+        resolve: (l) => {
+          clearTimeout(timer);
+          resolve(l);
+        },
+      });
+      void exited.then(() => {
+        clearTimeout(timer);
+        reject(new Error(`gateway exited before the log line; output: ${raw.slice(-10).join('\n')} ${JSON.stringify(logs.slice(-5))}`));
+      });
+    });
+  };
+  const listening = await waitForLog((l) => l.msg === 'gateway listening');
+  return {
+    proc,
+    url: listening.url as string,
+    internalUrl: listening.internalUrl as string,
+    logs,
+    raw,
+    exited,
+    waitForLog,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      return exited;
+    },
+  };
+}

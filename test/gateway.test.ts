@@ -1,0 +1,277 @@
+/**
+ * The front door and data plane, in process, on the fake codex.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { DEFAULT_FRONT_LIMITS } from 'codex-app-gateway';
+import { SignJWT } from 'jose';
+import { JWT_SECRET, closeOf, collect, openWs, refusedUpgrade, rpc, startTestGateway } from './gateway-helpers.js';
+import type { TestGateway } from './gateway-helpers.js';
+import { processAlive, waitFor } from './helpers.js';
+
+interface FakeInfo {
+  pid: number;
+  codexHome: string;
+  env: Record<string, string>;
+  connections: number;
+}
+
+describe('gateway front door (fake codex)', () => {
+  let t: TestGateway;
+  beforeAll(async () => {
+    t = await startTestGateway();
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('health › /healthz and /readyz answer 200 while running', async () => {
+    expect((await fetch(`${t.httpUrl}/healthz`)).status).toBe(200);
+    expect((await fetch(`${t.httpUrl}/readyz`)).status).toBe(200);
+    expect((await fetch(`${t.httpUrl}/nope`)).status).toBe(404);
+  });
+
+  it.each(['/', '/codex-app/ws'])('upgrade at %s › a valid JWT reaches the workspace child and frames echo in order', async (p) => {
+    const ws = await openWs(`${t.url}${p === '/' ? '' : p}`, await t.token('ws-echo'));
+    const got = collect(ws);
+    const sent: Array<{ data: Buffer; binary: boolean }> = [];
+    for (let i = 0; i < 500; i++) {
+      const binary = i % 3 === 0;
+      const data = binary ? Buffer.from([i & 0xff, (i >> 8) & 0xff, 0, 1, 2]) : Buffer.from(`{"seq":${i},"text":"héllo ✓"}`);
+      sent.push({ data, binary });
+      ws.send(data, { binary });
+    }
+    await waitFor(() => got.length >= sent.length, 10_000, 'echoes');
+    expect(got.map((f) => f.binary)).toEqual(sent.map((f) => f.binary));
+    expect(got.map((f) => f.data.toString('hex'))).toEqual(sent.map((f) => f.data.toString('hex')));
+    ws.close();
+  });
+
+  it.each([
+    ['no Authorization header', {}],
+    ['not a bearer token', { authorization: 'Basic dXNlcjpwYXNz' }],
+    ['a garbage token', { authorization: 'Bearer not.a.jwt' }],
+  ])('auth › %s is 401 before upgrading', async (_name, headers) => {
+    const r = await refusedUpgrade(t.url, headers);
+    expect(r.status).toBe(401);
+    expect(JSON.parse(r.body)).toMatchObject({ error: { code: 'GW_UNAUTHORIZED' } });
+  });
+
+  it('auth › expired, wrongly signed, and bad workspace claims are 401', async () => {
+    const key = new TextEncoder().encode(JWT_SECRET);
+    const expired = await new SignJWT({ workspace_id: 'ws-x' }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime(Math.floor(Date.now() / 1000) - 60).sign(key);
+    const wrongKey = await new SignJWT({ workspace_id: 'ws-x' }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('1h').sign(new TextEncoder().encode('another-secret-another-secret-another-secret'));
+    const badClaims = await Promise.all(
+      ['../etc', '', 'a/b', 'x'.repeat(200)].map((id) => new SignJWT({ workspace_id: id }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('1h').sign(key)),
+    );
+    const noClaim = await new SignJWT({ sub: 'someone' }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('1h').sign(key);
+    for (const tok of [expired, wrongKey, noClaim, ...badClaims]) {
+      const r = await refusedUpgrade(t.url, { authorization: `Bearer ${tok}` });
+      expect(r.status).toBe(401);
+    }
+  });
+
+  it('frames sent before the child is ready are queued and delivered in order', async () => {
+    t.childEnv.set('ws-slow-start', ['FAKE_CODEX_MODE=slow-ready', 'FAKE_CODEX_READY_AFTER_MS=600']);
+    const ws = await openWs(t.url, await t.token('ws-slow-start'));
+    const got = collect(ws);
+    let closed = '';
+    ws.once('close', (code, reason) => (closed = `${code} ${reason.toString()}`));
+    for (let i = 0; i < 100; i++) ws.send(`early-${i}`);
+    await waitFor(() => got.length >= 100 || closed !== '', 20_000, 'queued frames');
+    expect(closed).toBe('');
+    expect(got.map((f) => f.data.toString())).toEqual(Array.from({ length: 100 }, (_, i) => `early-${i}`));
+    ws.close();
+  });
+
+  it('two clients of one workspace share its child; other workspaces get other children', async () => {
+    const a = await openWs(t.url, await t.token('ws-shared'));
+    const b = await openWs(t.url, await t.token('ws-shared'));
+    const c = await openWs(t.url, await t.token('ws-other'));
+    const ia = await rpc<FakeInfo>(a, 'fake/info');
+    const ib = await rpc<FakeInfo>(b, 'fake/info');
+    const ic = await rpc<FakeInfo>(c, 'fake/info');
+    expect(ia.pid).toBe(ib.pid);
+    // Each client has its own child connection.
+    expect(ib.connections).toBe(2);
+    expect(ic.pid).not.toBe(ia.pid);
+    // The child never sees the client's Origin or token: it accepted the gateway's capability secret.
+    expect(ia.env.CXG_LOOPBACK_TOKEN).toMatch(/^[0-9a-f]{64}$/);
+    for (const ws of [a, b, c]) ws.close();
+  });
+
+  it('a client close closes its child connection', async () => {
+    const a = await openWs(t.url, await t.token('ws-close'));
+    const b = await openWs(t.url, await t.token('ws-close'));
+    expect((await rpc<FakeInfo>(b, 'fake/info')).connections).toBe(2);
+    a.close();
+    await closeOf(a);
+    await waitFor(async () => (await rpc<FakeInfo>(b, 'fake/info')).connections === 1, 5000, 'child connection to close');
+    b.close();
+  });
+
+  it('a child that dies mid-session closes its clients with 1011; a reconnect gets the workspace with its state', async () => {
+    const ws = await openWs(t.url, await t.token('ws-dies'));
+    await rpc(ws, 'fake/writeFile', { path: 'marker.txt', content: 'kept' });
+    const info = await rpc<FakeInfo>(ws, 'fake/info');
+    const closed = closeOf(ws);
+    process.kill(info.pid, 'SIGKILL');
+    const c = await closed;
+    expect(c.code).toBe(1011);
+    expect(c.reason.length).toBeGreaterThan(0);
+    const again = await openWs(t.url, await t.token('ws-dies'));
+    const info2 = await rpc<FakeInfo>(again, 'fake/info');
+    expect(info2.pid).not.toBe(info.pid);
+    expect(await readFile(path.join(info2.codexHome, 'marker.txt'), 'utf8')).toBe('kept');
+    again.close();
+  });
+
+  it('a child that fails to start closes the client with 1011 naming the error code', async () => {
+    t.childEnv.set('ws-broken', ['FAKE_CODEX_MODE=exit-before-banner']);
+    const ws = await openWs(t.url, await t.token('ws-broken'));
+    const c = await closeOf(ws);
+    expect(c.code).toBe(1011);
+    expect(c.reason).toContain('GW_SPAWN_EXITED');
+  });
+
+  it('/internal/connected › 401 without or with an unknown token; 200 with the child token', async () => {
+    expect((await fetch(`${t.internalUrl}/internal/connected`)).status).toBe(401);
+    expect((await fetch(`${t.internalUrl}/internal/connected`, { headers: { 'x-loopback-token': 'f'.repeat(64) } })).status).toBe(401);
+    const ws = await openWs(t.url, await t.token('ws-internal'));
+    const info = await rpc<FakeInfo>(ws, 'fake/info');
+    const r = await fetch(`${t.internalUrl}/internal/connected`, { headers: { 'x-loopback-token': info.env.CXG_LOOPBACK_TOKEN as string } });
+    expect(r.status).toBe(200);
+    const body = (await r.json()) as { workspace_id: string; status: { pid: number; connected_clients: number; state: string } };
+    expect(body.workspace_id).toBe('ws-internal');
+    expect(body.status).toMatchObject({ pid: info.pid, connected_clients: 1, state: 'running' });
+    ws.close();
+  });
+});
+
+describe('gateway frame limits and backpressure (fake codex)', () => {
+  let t: TestGateway;
+  beforeAll(async () => {
+    t = await startTestGateway({
+      limits: { ...DEFAULT_FRONT_LIMITS, maxFrameBytes: 1024 * 1024, clientHighWaterBytes: 256 * 1024, clientLowWaterBytes: 64 * 1024, clientMaxBufferedBytes: 4 * 1024 * 1024, slowClientTimeoutMs: 1500 },
+    }, { dataPlane: { maxFrameBytes: 1024 * 1024, maxPendingToChildBytes: 8 * 1024 * 1024 } });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('a frame above the limit closes the client with 1009', async () => {
+    const ws = await openWs(t.url, await t.token('ws-big'));
+    const ok = collect(ws);
+    ws.send(Buffer.alloc(1024 * 1024 - 16, 1), { binary: true });
+    await waitFor(() => ok.length === 1, 5000, 'a frame at the limit to echo');
+    const closed = closeOf(ws);
+    ws.send(Buffer.alloc(1024 * 1024 + 1, 2), { binary: true });
+    expect((await closed).code).toBe(1009);
+    // A frame far above the limit is cut off too (uWS drops the connection).
+    const ws2 = await openWs(t.url, await t.token('ws-big'));
+    const closed2 = closeOf(ws2);
+    ws2.send(Buffer.alloc(3 * 1024 * 1024, 3), { binary: true });
+    expect([1006, 1009]).toContain((await closed2).code);
+  });
+
+  it('a client that reads slowly gets every frame, in order, with gateway memory bounded', async () => {
+    const ws = await openWs(t.url, await t.token('ws-slow-reader'));
+    const got: number[] = [];
+    let done = false;
+    ws.on('message', (data: Buffer, binary: boolean) => {
+      if (!binary) {
+        if (data.toString().includes('fake/floodDone')) done = true;
+        return;
+      }
+      got.push(parseInt(data.subarray(0, 12).toString('latin1'), 10));
+    });
+    // 64 MiB of 64 KiB frames; the client stops reading for a while mid-way.
+    const count = 1024;
+    const rss0 = process.memoryUsage().rss;
+    ws.send(JSON.stringify({ id: 1, method: 'fake/flood', params: { count, size: 64 * 1024, binary: true } }));
+    await waitFor(() => got.length > 10, 5000, 'first frames');
+    ws.pause();
+    await sleep(800);
+    const rssPaused = process.memoryUsage().rss;
+    ws.resume();
+    await waitFor(() => done, 30_000, 'flood to finish');
+    expect(got).toHaveLength(count);
+    expect(got).toEqual(Array.from({ length: count }, (_, i) => i));
+    // Paused for 800 ms while the child could send 64 MiB: the gateway held far less.
+    expect(rssPaused - rss0).toBeLessThan(48 * 1024 * 1024);
+    ws.close();
+  });
+
+  it('a client that stops reading for longer than the limit is closed with 1008', async () => {
+    const ws = await openWs(t.url, await t.token('ws-stuck-reader'));
+    const info = await rpc<FakeInfo>(ws, 'fake/info');
+    ws.pause();
+    ws.send(JSON.stringify({ id: 2, method: 'fake/flood', params: { count: 2048, size: 64 * 1024, binary: true } }));
+    const c = await new Promise<{ code: number; reason: string }>((resolve) => {
+      ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() }));
+      // Read again only after the gateway has had time to give up on us.
+      setTimeout(() => ws.resume(), 4000);
+    });
+    expect(c.code).toBe(1008);
+    expect(c.reason).toContain('GW_SLOW_CLIENT');
+    expect(processAlive(info.pid)).toBe(true);
+  });
+});
+
+describe('gateway drain', () => {
+  it('drain › /readyz turns 503, clients get 1001, every home is uploaded', async () => {
+    const t = await startTestGateway();
+    const ws = await openWs(t.url, await t.token('ws-drain'));
+    await rpc(ws, 'fake/writeFile', { path: 'drained.txt', content: 'yes' });
+    const closed = closeOf(ws);
+    const draining = t.gw.drain();
+    const c = await closed;
+    expect(c.code).toBe(1001);
+    const report = await draining;
+    expect(report.saved).toBe(1);
+    expect(report.unsaved).toEqual([]);
+    await t.close();
+  });
+
+  it('drain › upgrades during a drain are refused with 503 and /readyz says draining', async () => {
+    let release!: () => void;
+    const hold = new Promise<void>((r) => (release = r));
+    const t = await startTestGateway();
+    const ws = await openWs(t.url, await t.token('ws-drain-slow'));
+    await rpc(ws, 'fake/info');
+    // Keep the drain busy: the child ignores SIGTERM for the grace period.
+    t.gw.front.draining = true;
+    const ready = await fetch(`${t.httpUrl}/readyz`);
+    expect(ready.status).toBe(503);
+    const r = await refusedUpgrade(t.url, { authorization: `Bearer ${await t.token('ws-late')}` });
+    expect(r.status).toBe(503);
+    release();
+    await hold;
+    ws.close();
+    await t.close();
+  });
+});
+
+describe('internal API peer check', () => {
+  it('a peer that is not loopback gets 403 even when the listener is bound wide', async () => {
+    const t = await startTestGateway({ internal: { host: '0.0.0.0', port: 0 } });
+    try {
+      const { networkInterfaces } = await import('node:os');
+      const external = Object.values(networkInterfaces())
+        .flat()
+        .find((a) => a !== undefined && a.family === 'IPv4' && !a.internal);
+      expect(external, 'this machine needs a non-loopback IPv4 address').toBeDefined();
+      const r = await fetch(`http://${external?.address}:${t.gw.internal.port}/internal/connected`, { headers: { 'x-loopback-token': 'x' } });
+      expect(r.status).toBe(403);
+      const local = await fetch(`http://127.0.0.1:${t.gw.internal.port}/internal/connected`, { headers: { 'x-loopback-token': 'x' } });
+      expect(local.status).toBe(401);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
+void WebSocket;
