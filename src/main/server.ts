@@ -51,6 +51,17 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
       stopGraceMs: Math.max(1, settings.spawn.stopGraceMs),
       shutdownConcurrency: settings.shutdown.concurrency,
       dataPlane: { ...DEFAULT_DATA_PLANE, maxFrameBytes },
+      limits: {
+        ...(settings.limits.maxChildren === undefined ? {} : { maxChildren: settings.limits.maxChildren }),
+        ...(settings.limits.maxConcurrentSpawns === undefined ? {} : { maxConcurrentSpawns: settings.limits.maxConcurrentSpawns }),
+      },
+      crashLoop: {
+        threshold: settings.crashLoop.threshold,
+        windowMs: settings.crashLoop.windowMs,
+        backoffBaseMs: settings.crashLoop.backoffMs,
+        backoffMaxMs: settings.crashLoop.backoffMaxMs,
+      },
+      drainBudgetMs: settings.shutdown.workspaceBudgetMs,
     },
     auth: await createAuthenticator(settings),
     listen: { host: settings.listen.host, port: settings.listen.port },

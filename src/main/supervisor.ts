@@ -23,6 +23,10 @@ import type { StoreSpec } from '../shared/store-spec.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
 import { ArchivePool } from './archive-pool.js';
 import { ChildHandle } from './child-handle.js';
+import { SpawnGate } from './spawn-gate.js';
+import type { SpawnLimits } from './spawn-gate.js';
+import { DEFAULT_CRASH_LOOP } from '../shared/crash-loop.js';
+import type { CrashLoopOptions } from '../shared/crash-loop.js';
 
 export interface WorkspaceKey {
   workspaceId: string;
@@ -67,6 +71,14 @@ export interface SupervisorOptions {
   spoolRetryBaseMs?: number;
   spoolRetryMaxMs?: number;
   dataPlane?: Partial<DataPlaneLimits>;
+  /** Children at once and starts at once, over all shards. Default: no limit. */
+  limits?: SpawnLimits;
+  /** Backoff for workspaces whose child keeps exiting early. */
+  crashLoop?: Partial<CrashLoopOptions>;
+  /** Time one workspace's stop and upload may take during close(). Default 30 s. */
+  drainBudgetMs?: number;
+  /** Called when a workspace's child stopped and its home was handled (progress, metrics). */
+  onWorkspaceStopped?: (e: { workspaceId: string; reason: string; saved: boolean }) => void;
 }
 
 interface ShardRef {
@@ -92,13 +104,16 @@ export class Supervisor {
   private nextBuilderId = 1;
   private closing: Promise<StopResult[]> | undefined;
   private readonly shardRefs: ShardRef[] = [];
+  private readonly gate: SpawnGate;
 
   private constructor(
     private readonly opts: SupervisorOptions,
     readonly log: Logger,
     private readonly pool: ArchivePool,
     readonly shutdownConcurrency: number,
-  ) {}
+  ) {
+    this.gate = new SpawnGate(opts.limits ?? {}, { evictOne: () => this.evictOne() });
+  }
 
   static async start(options: SupervisorOptions): Promise<Supervisor> {
     const init = resolveInit(options);
@@ -146,11 +161,18 @@ export class Supervisor {
         {
           buildConfig: (p) => this.buildConfig(p.builderId, p.workspaceId, p.loopbackToken),
           archive: (task) => this.pool.run(task),
+          enterSpawn: async (p) => {
+            await this.gate.enter(p.generation);
+            return null;
+          },
         },
         {
           childStarted: (p) => this.pids.set(p.generation, p.pid),
+          spawnSettled: (p) => this.gate.settled(p.generation, p.ok),
+          workspaceStopped: (p) => this.opts.onWorkspaceStopped?.(p),
           childExited: (p) => {
             this.pids.delete(p.generation);
+            this.gate.release(p.generation);
             const h = this.handles.get(p.generation);
             if (h !== undefined) {
               this.handles.delete(p.generation);
@@ -277,6 +299,17 @@ export class Supervisor {
     return per.flat();
   }
 
+  /** Starts stopping the least recently active idle child over all shards. */
+  private async evictOne(): Promise<boolean> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const candidates = await Promise.all(this.liveShards().map(async (s) => ({ s, c: await s.rpc.call('evictCandidate', {}) })));
+      const best = candidates.filter((x) => x.c !== null).sort((a, b) => (a.c?.lastActivity ?? 0) - (b.c?.lastActivity ?? 0))[0];
+      if (best?.c == null) return false;
+      if (await best.s.rpc.call('evict', best.c)) return true;
+    }
+    return false;
+  }
+
   private liveShards(): ShardRef[] {
     return this.shardRefs.filter((s) => !s.failed);
   }
@@ -359,6 +392,9 @@ function resolveInit(o: SupervisorOptions): ResolvedInit {
     spoolRetryMaxMs: positive('spoolRetryMaxMs', o.spoolRetryMaxMs, 5 * 60_000),
     logPretty: process.stdout.isTTY === true,
     dataPlane: { ...DEFAULT_DATA_PLANE, ...(o.dataPlane ?? {}) },
+    crashLoop: { ...DEFAULT_CRASH_LOOP, ...(o.crashLoop ?? {}) },
+    gatedSpawns: o.limits?.maxChildren !== undefined || o.limits?.maxConcurrentSpawns !== undefined,
+    drainBudgetMs: positive('drainBudgetMs', o.drainBudgetMs, 30_000),
   };
 }
 

@@ -42,6 +42,7 @@ export interface WorkspaceStatus {
 export interface SpoolStatus {
   workspaceId: string;
   dir: string;
+  bytes: number;
   attempts: number;
   since: number;
   nextRetryAt: number | undefined;
@@ -96,6 +97,11 @@ export interface ShardInit {
   unpackLimits: UnpackLimits;
   spoolRetryBaseMs: number;
   spoolRetryMaxMs: number;
+  crashLoop: { threshold: number; windowMs: number; backoffBaseMs: number; backoffMaxMs: number };
+  /** Ask the main thread before each spawn (limits.max_children / max_concurrent_spawns are set). */
+  gatedSpawns: boolean;
+  /** Time one workspace's stop and upload may take during a drain; past it the home stays on disk. */
+  drainBudgetMs: number;
   logLevel: string;
   logPretty: boolean;
   dataPlane: DataPlaneLimits;
@@ -119,6 +125,10 @@ export type ShardMethods = {
   status: { params: { workspaceId: string }; result: WorkspaceStatus | null };
   stats: { params: Record<string, never>; result: ShardStats };
   reapIdle: { params: ReapOptions; result: StopResult[] };
+  /** The least recently active running child with no client, if any. */
+  evictCandidate: { params: Record<string, never>; result: { workspaceId: string; lastActivity: number } | null };
+  /** Stops that child if it is still idle since `lastActivity`; true when a stop began. */
+  evict: { params: { workspaceId: string; lastActivity: number }; result: boolean };
   close: { params: Record<string, never>; result: StopResult[] };
 };
 
@@ -126,6 +136,8 @@ export type ShardMethods = {
 export type HostMethods = {
   buildConfig: { params: { builderId: number; workspaceId: string; loopbackToken: string }; result: SpawnConfig };
   archive: { params: ArchiveTask; result: ArchiveOutcome<PackResult | UnpackResult> };
+  /** Waits for a spawn permit and a child slot (limits); GW_CAPACITY when none can be made. */
+  enterSpawn: { params: { workspaceId: string; generation: string }; result: null };
 };
 
 /** One-way notices. */
@@ -135,6 +147,10 @@ export type ShardNotices = {
 
 export type HostNotices = {
   childStarted: { workspaceId: string; generation: string; pid: number };
+  /** The start of `generation` finished (ready or failed): its spawn permit is free; on failure, its slot too. */
+  spawnSettled: { generation: string; ok: boolean };
+  /** A workspace's child stopped and its home was handled (for drain progress and metrics). */
+  workspaceStopped: { workspaceId: string; reason: string; saved: boolean };
   childExited: { workspaceId: string; generation: string; code: number | null; signal: string | null };
 };
 

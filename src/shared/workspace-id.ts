@@ -1,13 +1,13 @@
 import { GatewayError } from './errors.js';
 
-const WORKSPACE_ID = /^[A-Za-z0-9._-]{1,128}$/;
+export const WORKSPACE_ID_PATTERN = /^[A-Za-z0-9._-]{1,128}$/;
 
 /**
  * A workspace id becomes a directory name and an object key, so it is held to
  * a safe alphabet before any work is done for it.
  */
 export function validateWorkspaceId(id: unknown): string {
-  if (typeof id !== 'string' || !WORKSPACE_ID.test(id) || id === '.' || id === '..') {
+  if (typeof id !== 'string' || !WORKSPACE_ID_PATTERN.test(id) || id === '.' || id === '..') {
     const shown = typeof id === 'string' ? JSON.stringify(id.length > 64 ? `${id.slice(0, 64)}…` : id) : typeof id;
     throw new GatewayError('GW_BAD_WORKSPACE_ID', `bad workspace id ${shown}: must be 1-128 characters of [A-Za-z0-9._-], not "." or ".."`);
   }

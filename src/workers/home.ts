@@ -7,6 +7,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
+import type { Dirent } from 'node:fs';
 import path from 'node:path';
 import { GatewayError } from '../shared/errors.js';
 
@@ -16,7 +17,8 @@ export type HomeOrigin = 'fresh' | 'store' | 'spool';
 export const CHILD_PID_FILE = '.cxg-child.json';
 
 export interface ChildPidRecord {
-  pid: number;
+  /** Null while the process is being started (the marker is written first). */
+  pid: number | null;
   /** Process start time in clock ticks since boot (/proc/PID/stat field 22), to tell a reused pid apart. */
   startTicks: number | null;
   workspaceId: string;
@@ -120,4 +122,21 @@ export async function deleteHome(home: Home): Promise<void> {
   await fs.rm(home.dir, { recursive: true, force: true, maxRetries: 3 });
   // The workspace directory goes too once its last generation is gone.
   await fs.rmdir(path.dirname(home.dir)).catch(() => {});
+}
+
+/** Bytes of the regular files under `dir` (0 when it cannot be read). */
+export async function dirBytes(dir: string): Promise<number> {
+  let total = 0;
+  let entries: Dirent[];
+  try {
+    entries = await fs.readdir(dir, { withFileTypes: true });
+  } catch {
+    return 0;
+  }
+  for (const d of entries) {
+    const p = path.join(dir, d.name);
+    if (d.isDirectory()) total += await dirBytes(p);
+    else if (d.isFile()) total += await fs.stat(p).then((st) => st.size, () => 0);
+  }
+  return total;
 }

@@ -37,6 +37,8 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
       return s;
     },
     reapIdle: (p) => table.reapIdle(p),
+    evictCandidate: () => table.evictCandidate(),
+    evict: (p) => table.evict(p.workspaceId, p.lastActivity),
     close: async () => {
       proxy.closeAll(1001, 'gateway shutting down');
       const results = await table.close(Math.max(1, Math.ceil(init.shutdownConcurrency)));
@@ -56,9 +58,15 @@ const table: WorkspaceTable = new WorkspaceTable(
     archive: (task) => peer.call('archive', task),
     childStarted: (workspaceId, generation, pid) => peer.notify('childStarted', { workspaceId, generation, pid }),
     childExited: (workspaceId, generation, exit) => peer.notify('childExited', { workspaceId, generation, code: exit.code, signal: exit.signal }),
+    enterSpawn: async (workspaceId, generation) => {
+      await peer.call('enterSpawn', { workspaceId, generation });
+    },
+    spawnSettled: (generation, ok) => peer.notify('spawnSettled', { generation, ok }),
+    workspaceStopped: (workspaceId, reason, saved) => peer.notify('workspaceStopped', { workspaceId, reason, saved }),
   },
   { childGone: (workspaceId, generation, reason) => proxy.childGone(workspaceId, generation, reason) },
   log,
 );
 
 const proxy: ChildProxy = new ChildProxy(data, table, init.dataPlane, log);
+table.recover();

@@ -9,11 +9,13 @@
  */
 import type { Logger } from 'pino';
 import type { SpoolStatus } from '../shared/protocol.js';
+import { dirBytes } from './home.js';
 import type { Home } from './home.js';
 
 interface Entry {
   home: Home;
   attempts: number;
+  bytes: number;
   since: number;
   nextRetryAt: number | undefined;
   lastError: string;
@@ -35,8 +37,12 @@ export class Spool {
 
   constructor(private readonly o: SpoolOptions) {}
 
-  /** Keeps `home` (its upload just failed with `error`) and schedules a retry. */
-  add(home: Home, error: string, attempts = 1): void {
+  /**
+   * Keeps `home` (its upload failed with `error`, or it was found at start-up)
+   * and schedules a retry, or an attempt right away with `immediate`.
+   */
+  add(home: Home, error: string, opts: { immediate?: boolean } = {}): void {
+    const attempts = opts.immediate === true ? 0 : 1;
     const prev = this.entries.get(home.workspaceId);
     if (prev !== undefined && prev.home.dir !== home.dir) {
       // Cannot happen while starts wait for stops; if it did, keep both on disk
@@ -44,10 +50,12 @@ export class Spool {
       this.o.logger.error({ workspaceId: home.workspaceId, kept: prev.home.dir, dir: home.dir }, 'second spooled home for one workspace');
       if (prev.timer !== undefined) clearTimeout(prev.timer);
     }
-    const e: Entry = { home, attempts, since: prev?.since ?? Date.now(), nextRetryAt: undefined, lastError: error, timer: undefined, attempt: undefined };
+    const e: Entry = { home, attempts, bytes: 0, since: prev?.since ?? Date.now(), nextRetryAt: undefined, lastError: error, timer: undefined, attempt: undefined };
     this.entries.set(home.workspaceId, e);
-    this.o.logger.warn({ workspaceId: home.workspaceId, dir: home.dir, attempts, err: error }, 'upload failed; home kept in spool');
-    this.schedule(e);
+    this.o.logger.warn({ workspaceId: home.workspaceId, dir: home.dir, attempts, err: error }, 'home kept in spool until it is uploaded');
+    void dirBytes(home.dir).then((n) => (e.bytes = n));
+    if (opts.immediate === true) this.attempt(e);
+    else this.schedule(e);
   }
 
   has(workspaceId: string): boolean {
@@ -76,6 +84,7 @@ export class Spool {
     return [...this.entries.values()].map((e) => ({
       workspaceId: e.home.workspaceId,
       dir: e.home.dir,
+      bytes: e.bytes,
       attempts: e.attempts,
       since: e.since,
       nextRetryAt: e.nextRetryAt,
@@ -108,7 +117,7 @@ export class Spool {
 
   private schedule(e: Entry): void {
     if (this.closed) return;
-    const exp = Math.min(this.o.maxMs, this.o.baseMs * 2 ** Math.min(30, e.attempts - 1));
+    const exp = Math.min(this.o.maxMs, this.o.baseMs * 2 ** Math.min(30, Math.max(0, e.attempts - 1)));
     const delay = Math.round(exp / 2 + (Math.random() * exp) / 2);
     e.nextRetryAt = Date.now() + delay;
     e.timer = setTimeout(() => {

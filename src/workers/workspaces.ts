@@ -22,8 +22,10 @@ import { mapLimit, withTimeout } from '../shared/concurrency.js';
 import { GatewayError, deserializeError, toGatewayError } from '../shared/errors.js';
 import type { ChildInfo, ReapOptions, ShardInit, StopReason, StopResult, WorkspaceState, WorkspaceStatus } from '../shared/protocol.js';
 import { shouldReap } from '../shared/reap-policy.js';
-import { validateWorkspaceId } from '../shared/workspace-id.js';
+import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
 import { Home, adoptDir, createHomeDir, deleteHome, newGeneration, processStartTicks, writePidFile, writePrivateFile } from './home.js';
+import { CrashLoopGuard } from '../shared/crash-loop.js';
+import { findLeftoverHomes, quarantine, stopLeftoverChild } from './recovery.js';
 import { describeExit, reapGroup, spawnAppServer, stopProcessGroup } from './spawn.js';
 import type { ExitInfo, RunningChild } from './spawn.js';
 import { Spool } from './spool.js';
@@ -33,7 +35,14 @@ export interface TableHost {
   archive(task: ArchiveTask): Promise<ArchiveOutcome<PackResult | UnpackResult>>;
   childStarted(workspaceId: string, generation: string, pid: number): void;
   childExited(workspaceId: string, generation: string, exit: ExitInfo): void;
+  /** Resolves when limits allow a spawn (only called when spawns are gated). */
+  enterSpawn(workspaceId: string, generation: string): Promise<void>;
+  spawnSettled(generation: string, ok: boolean): void;
+  workspaceStopped(workspaceId: string, reason: string, saved: boolean): void;
 }
+
+/** Start failures that mean the process itself is broken (they feed crash-loop protection). */
+const PROCESS_FAILURES: ReadonlySet<string> = new Set(['GW_SPAWN_EXITED', 'GW_SPAWN_TIMEOUT', 'GW_SPAWN_NOT_READY']);
 
 /** Why a child's clients lose it: a stop reason, or the child ended by itself. */
 export type GoneReason = StopReason | 'crash';
@@ -57,6 +66,7 @@ interface Entry {
   wsToken: string;
   lastActivity: number;
   startedAt: number;
+  readyAt: number;
   clients: number;
   exitHandled: boolean;
 }
@@ -70,6 +80,7 @@ export class WorkspaceTable {
   private readonly busy = new Map<string, Promise<unknown>>();
   private readonly tokens = new Map<string, { token: Buffer; workspaceId: string }>();
   readonly spool: Spool;
+  private readonly crashLoop: CrashLoopGuard;
   private closed = false;
 
   constructor(
@@ -84,6 +95,7 @@ export class WorkspaceTable {
       logger: log,
       save: (home) => this.save(home),
     });
+    this.crashLoop = new CrashLoopGuard(init.crashLoop);
   }
 
   // ---- ensure --------------------------------------------------------------
@@ -109,6 +121,7 @@ export class WorkspaceTable {
         await pending.catch(() => {});
         continue;
       }
+      this.crashLoop.check(workspaceId);
       return await this.begin(workspaceId, builderId).ready;
     }
   }
@@ -130,6 +143,7 @@ export class WorkspaceTable {
       wsToken: randomBytes(32).toString('base64url'),
       lastActivity: now,
       startedAt: now,
+      readyAt: 0,
       clients: 0,
       exitHandled: false,
     };
@@ -138,6 +152,7 @@ export class WorkspaceTable {
       (info) => {
         e.info = info;
         e.state = 'running';
+        e.readyAt = Date.now();
         this.tokens.set(e.loopbackKey, { token: Buffer.from(e.loopbackToken), workspaceId });
         // A crash during the last await of start is handled once we are running.
         const exit = e.child?.exitInfo();
@@ -163,8 +178,15 @@ export class WorkspaceTable {
 
     const home = await this.prepareHome(e);
     e.home = home;
+    let gated = false;
     try {
       await writePrivateFile(path.join(home.dir, 'config.toml'), toml);
+      if (this.init.gatedSpawns) {
+        await this.host.enterSpawn(e.workspaceId, e.generation);
+        gated = true;
+      }
+      // The marker goes in before the process exists: recovery then knows this home ran something.
+      await writePidFile(home.dir, { pid: null, startTicks: null, workspaceId: e.workspaceId, generation: e.generation, gatewayPid: process.pid });
       const env = buildChildEnv({
         parent: process.env,
         allowlist: this.init.envAllowlist,
@@ -190,6 +212,7 @@ export class WorkspaceTable {
       });
       await pidFile;
       e.child = child;
+      if (gated) this.host.spawnSettled(e.generation, true);
       void child.exited.then((exit) => this.onExit(e, exit));
       log.info({ pid: child.pid, wsUrl: child.wsUrl, origin: home.origin, ms: Date.now() - t0 }, 'codex app-server ready');
       return {
@@ -206,7 +229,10 @@ export class WorkspaceTable {
     } catch (err) {
       // spawnAppServer kills and reaps the process before it throws.
       if (e.pid !== undefined) this.host.childExited(e.workspaceId, e.generation, { code: null, signal: null });
-      log.warn({ err: toGatewayError(err).describe() }, 'start failed');
+      if (gated) this.host.spawnSettled(e.generation, false);
+      const failure = toGatewayError(err);
+      if (PROCESS_FAILURES.has(failure.code)) this.crashLoop.failed(e.workspaceId);
+      log.warn({ err: failure.describe(), failures: this.crashLoop.failures(e.workspaceId) }, 'start failed');
       this.abandon(home, log);
       throw err;
     }
@@ -238,7 +264,7 @@ export class WorkspaceTable {
         home.ran = true;
         return home;
       } catch (err) {
-        this.spool.add(spooled, `could not reuse: ${toGatewayError(err).describe()}`, 1);
+        this.spool.add(spooled, `could not reuse: ${toGatewayError(err).describe()}`);
         throw err;
       }
     }
@@ -273,7 +299,7 @@ export class WorkspaceTable {
     if (home.disposable) {
       this.setBusy(home.workspaceId, deleteHome(home).catch((err: unknown) => log.error({ err: toGatewayError(err).describe() }, 'could not remove home')));
     } else {
-      this.setBusy(home.workspaceId, this.persist(home));
+      this.setBusy(home.workspaceId, this.persist(home, 'failed-start'));
     }
   }
 
@@ -286,7 +312,8 @@ export class WorkspaceTable {
     this.tokens.delete(e.loopbackKey);
     this.host.childExited(e.workspaceId, e.generation, exit);
     if (e.state !== 'running') return; // a stop in progress owns the rest
-    this.log.warn({ workspaceId: e.workspaceId, generation: e.generation, pid: e.pid, exit: describeExit(exit) }, 'codex app-server exited unexpectedly');
+    this.crashLoop.exited(e.workspaceId, Date.now() - e.readyAt);
+    this.log.warn({ workspaceId: e.workspaceId, generation: e.generation, pid: e.pid, exit: describeExit(exit), failures: this.crashLoop.failures(e.workspaceId) }, 'codex app-server exited unexpectedly');
     e.state = 'stopping';
     if (this.live.get(e.workspaceId) === e) this.live.delete(e.workspaceId);
     this.events.childGone(e.workspaceId, e.generation, 'crash');
@@ -295,12 +322,17 @@ export class WorkspaceTable {
       e.workspaceId,
       (async () => {
         await reapGroup(e.pid as number, 1000);
-        return this.persist(home);
+        return this.persist(home, 'crash');
       })(),
     );
   }
 
-  async shutdown(workspaceId: string, reason: StopReason): Promise<StopResult> {
+  /**
+   * Stops the workspace's child and stores its home. With `budgetMs`, answers
+   * once that time is up even if the upload is still running: the home then
+   * stays on disk (never deleted unstored) for the spool or the next start.
+   */
+  async shutdown(workspaceId: string, reason: StopReason, budgetMs?: number): Promise<StopResult> {
     validateWorkspaceId(workspaceId);
     for (;;) {
       const e = this.live.get(workspaceId);
@@ -315,13 +347,15 @@ export class WorkspaceTable {
       }
       const p = this.stop(e, reason);
       this.setBusy(workspaceId, p);
-      return await p;
+      if (budgetMs === undefined) return await p;
+      const late: StopResult = { workspaceId, stopped: true, saved: false, error: `not stored within the ${budgetMs} ms budget; the home stays on disk` };
+      return await withTimeout(p, budgetMs, () => new Error('budget')).catch(() => late);
     }
   }
 
-  async shutdownAll(reason: StopReason, concurrency: number): Promise<StopResult[]> {
+  async shutdownAll(reason: StopReason, concurrency: number, budgetMs?: number): Promise<StopResult[]> {
     const ids = [...new Set([...this.live.keys(), ...this.busy.keys()])];
-    return mapLimit(ids, concurrency, (id) => this.shutdown(id, reason));
+    return mapLimit(ids, concurrency, (id) => this.shutdown(id, reason, budgetMs));
   }
 
   async reapIdle(o: ReapOptions): Promise<StopResult[]> {
@@ -340,20 +374,24 @@ export class WorkspaceTable {
     this.events.childGone(e.workspaceId, e.generation, reason);
     const child = e.child as RunningChild;
     const exit = await stopProcessGroup(child, this.init.stopGraceMs);
+    if (Date.now() - e.readyAt >= this.init.crashLoop.windowMs) this.crashLoop.healthy(e.workspaceId);
     this.log.info({ workspaceId: e.workspaceId, pid: child.pid, reason, exit: describeExit(exit) }, 'codex app-server stopped');
-    return this.persist(e.home as Home);
+    return this.persist(e.home as Home, reason);
   }
 
   /** Uploads and deletes a home; on failure keeps it in the spool. */
-  private async persist(home: Home): Promise<StopResult> {
+  private async persist(home: Home, reason: string): Promise<StopResult> {
+    let result: StopResult;
     try {
       await this.save(home);
-      return { workspaceId: home.workspaceId, stopped: true, saved: true };
+      result = { workspaceId: home.workspaceId, stopped: true, saved: true };
     } catch (err) {
       const msg = toGatewayError(err, 'GW_STORE_UPLOAD').describe();
       this.spool.add(home, msg);
-      return { workspaceId: home.workspaceId, stopped: true, saved: false, error: msg, spooledDir: home.dir };
+      result = { workspaceId: home.workspaceId, stopped: true, saved: false, error: msg, spooledDir: home.dir };
     }
+    this.host.workspaceStopped(home.workspaceId, reason, result.saved);
+    return result;
   }
 
   /** Upload then delete; throws only when the upload failed. */
@@ -377,6 +415,73 @@ export class WorkspaceTable {
       if (this.busy.get(workspaceId) === p) this.busy.delete(workspaceId);
     };
     p.then(clear, clear);
+  }
+
+  // ---- recovery and eviction ---------------------------------------------------
+
+  /**
+   * Takes over homes a previous gateway left under homes.root for this
+   * shard's workspaces (recovery.ts): leftover processes are stopped, homes
+   * that ran something go to the spool and are uploaded at once, the rest are
+   * removed. Starts of those workspaces wait until their home is handled.
+   */
+  recover(): void {
+    const work = (async () => {
+      const leftovers = await findLeftoverHomes(this.init.homeRoot, (id) => shardOf(id, this.init.shards) === this.init.shard);
+      const byWorkspace = new Map<string, typeof leftovers>();
+      for (const h of leftovers) byWorkspace.set(h.workspaceId, [...(byWorkspace.get(h.workspaceId) ?? []), h]);
+      for (const [workspaceId, homes] of byWorkspace) {
+        this.setBusy(workspaceId, this.recoverWorkspace(homes));
+      }
+      return leftovers.length;
+    })();
+    work.then(
+      (n) => {
+        if (n > 0) this.log.info({ homes: n }, 'recovery: homes left by a previous gateway taken over');
+      },
+      (err: unknown) => this.log.error({ err: toGatewayError(err).describe() }, 'recovery failed'),
+    );
+  }
+
+  private async recoverWorkspace(homes: Awaited<ReturnType<typeof findLeftoverHomes>>): Promise<void> {
+    for (const h of homes) {
+      const outcome = await stopLeftoverChild(h.record, this.init.stopGraceMs);
+      if (outcome !== 'none') this.log.warn({ workspaceId: h.workspaceId, dir: h.dir, pid: h.record?.pid, outcome }, 'recovery: leftover codex process');
+    }
+    const ran = homes.filter((h) => h.record !== undefined);
+    for (const h of homes.filter((x) => x.record === undefined)) {
+      // Never ran a process: at most a copy of what the store holds.
+      await deleteHome(new Home(h.workspaceId, h.generation, h.dir, 'store'));
+    }
+    const newest = ran.at(-1);
+    for (const h of ran.slice(0, -1)) {
+      // Two homes with work for one workspace should not happen; keep the older one aside, untouched.
+      const to = await quarantine(this.init.homeRoot, h);
+      this.log.error({ workspaceId: h.workspaceId, dir: to }, 'recovery: an older home with unsaved work was set aside; inspect it by hand');
+    }
+    if (newest !== undefined) {
+      const home = new Home(newest.workspaceId, newest.generation, newest.dir, 'spool');
+      home.ran = true;
+      this.spool.add(home, 'left by a previous gateway', { immediate: true });
+    }
+  }
+
+  /** The least recently active running child without clients, for the capacity limit. */
+  evictCandidate(): { workspaceId: string; lastActivity: number } | null {
+    let best: Entry | undefined;
+    for (const e of this.live.values()) {
+      if (e.state === 'running' && e.clients === 0 && (best === undefined || e.lastActivity < best.lastActivity)) best = e;
+    }
+    return best === undefined ? null : { workspaceId: best.workspaceId, lastActivity: best.lastActivity };
+  }
+
+  /** Starts stopping that child if nothing touched it since; true when it began. */
+  evict(workspaceId: string, lastActivity: number): boolean {
+    const e = this.live.get(workspaceId);
+    if (e === undefined || e.state !== 'running' || e.clients > 0 || e.lastActivity !== lastActivity) return false;
+    this.log.info({ workspaceId, idleMs: Date.now() - lastActivity }, 'stopping the least recently active child to make room');
+    void this.shutdown(workspaceId, 'evict');
+    return true;
   }
 
   // ---- activity, lookup, status ----------------------------------------------
@@ -438,12 +543,15 @@ export class WorkspaceTable {
     return this.live.size;
   }
 
-  /** Stops every child and uploads every home; spooled ones stay for the next start. */
+  /**
+   * Stops every child and uploads every home, each within the drain budget;
+   * what is not stored by then stays on disk for the next start.
+   */
   async close(concurrency: number): Promise<StopResult[]> {
     // New ensures fail from here on; starts already under way finish and are stopped.
     this.closed = true;
-    const results = await this.shutdownAll('drain', concurrency);
-    await Promise.all([...this.busy.values()].map((p) => p.catch(() => {})));
+    const results = await this.shutdownAll('drain', concurrency, this.init.drainBudgetMs);
+    await Promise.all([...this.busy.values()].map((p) => withTimeout(p, this.init.drainBudgetMs, () => new Error('budget')).catch(() => {})));
     this.spool.close();
     return results;
   }
