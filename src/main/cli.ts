@@ -16,6 +16,8 @@ import { parseDuration } from './units.js';
 export interface CliIo {
   out(text: string): void;
   err(text: string): void;
+  /** stderr is a terminal (progress bars). */
+  tty?: boolean;
   env: NodeJS.ProcessEnv;
   cwd: string;
 }
@@ -35,6 +37,7 @@ Commands:
   config check FILE                 Check a settings file (plus CXG_* variables) and print the result.
   token --workspace ID [--ttl 1h] [--config FILE]
                                     Print a bearer token for a workspace, signed with the gateway's JWT secret.
+  drain [--url URL] [--token TOKEN] Drain a running gateway through its admin API, showing progress.
   help [command]                    Show this help, or a command's.
 
 Options:
@@ -50,6 +53,15 @@ const CONFIG_USAGE = `Usage: ${PROG} config check FILE
 
 Loads FILE (TOML) together with the CXG_* environment, prints the resolved
 settings with secrets masked, and exits 0 if they are valid, 2 if not.
+`;
+
+const DRAIN_USAGE = `Usage: ${PROG} drain [--url URL] [--token TOKEN] [--config FILE]
+
+Asks a running gateway to drain (stop accepting, close clients, stop every
+child and upload every home) through its admin API, and shows the progress.
+URL is the gateway's internal endpoint (default: http://<internal.host>:<internal.port>
+from the settings); TOKEN its admin.token (default: CXG_ADMIN_TOKEN or the settings).
+Exits 0 when every home was uploaded, 1 otherwise.
 `;
 
 const TOKEN_USAGE = `Usage: ${PROG} token --workspace ID [--ttl DURATION] [--config FILE] [flags]
@@ -99,13 +111,15 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
       return config(rest, io);
     case 'token':
       return token(rest, io);
+    case 'drain':
+      return drain(rest, io);
     default:
       return usageError(io, command.startsWith('-') ? `unknown option ${command}` : `unknown command ${JSON.stringify(command)}`);
   }
 }
 
 function help(rest: readonly string[], io: CliIo): number {
-  const texts: Record<string, string> = { serve: SERVE_USAGE + settingsHelp(), config: CONFIG_USAGE, token: TOKEN_USAGE };
+  const texts: Record<string, string> = { serve: SERVE_USAGE + settingsHelp(), config: CONFIG_USAGE, token: TOKEN_USAGE, drain: DRAIN_USAGE };
   const [topic] = rest;
   if (topic === undefined) {
     io.out(USAGE);
@@ -180,6 +194,27 @@ async function token(rest: readonly string[], io: CliIo): Promise<number> {
   return OK;
 }
 
+async function drain(rest: readonly string[], io: CliIo): Promise<number> {
+  if (rest.some((a) => HELP_FLAGS.has(a))) {
+    io.out(DRAIN_USAGE);
+    return OK;
+  }
+  const { taken, others, missing } = takeOptions(rest, ['--url', '--token']);
+  if (missing !== undefined) return usageError(io, `${missing} needs a value`, 'drain');
+  let url = taken.get('--url');
+  let adminToken = taken.get('--token');
+  if (url === undefined || adminToken === undefined) {
+    const settings = await loadSettings({ argv: others, env: io.env, cwd: io.cwd });
+    url ??= `http://${settings.internal.host.includes(':') ? `[${settings.internal.host}]` : settings.internal.host}:${settings.internal.port}`;
+    adminToken ??= settings.admin.token;
+  } else if (others.length > 0) {
+    return usageError(io, `unexpected argument ${JSON.stringify(others[0])}`, 'drain');
+  }
+  if (adminToken === undefined) return usageError(io, 'drain needs the admin token: --token, or admin.token (CXG_ADMIN_TOKEN)', 'drain');
+  const { runDrain } = await import('./cli-drain.js');
+  return runDrain(url, adminToken, { out: (t) => io.out(t), err: (t) => io.err(t), tty: io.tty === true });
+}
+
 /**
  * Pulls `--name VALUE` / `--name=VALUE` for the given names out of `args`;
  * the rest (settings flags) is left for loadSettings.
@@ -220,6 +255,7 @@ function processIo(): CliIo {
   return {
     out: (text) => process.stdout.write(text),
     err: (text) => process.stderr.write(text),
+    tty: process.stderr.isTTY === true,
     env: process.env,
     cwd: process.cwd(),
   };

@@ -12,7 +12,7 @@ import { createAuthenticator } from './auth.js';
 import { gatewayConfigBuilder } from './config-builder.js';
 import { DEFAULT_FRONT_LIMITS } from './front.js';
 import { Gateway } from './gateway.js';
-import type { GatewayOptions } from './gateway.js';
+import type { DrainReport, GatewayOptions } from './gateway.js';
 import type { Settings } from './settings.js';
 import { storeSpecFromSettings } from './settings.js';
 import { DEFAULT_DATA_PLANE } from './supervisor.js';
@@ -78,6 +78,7 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
       ...(settings.reaper.maxAgeMs === undefined ? {} : { maxAgeMs: settings.reaper.maxAgeMs }),
     },
     shutdownBudgetMs: settings.shutdown.budgetMs,
+    ...(settings.admin.token === undefined ? {} : { adminToken: settings.admin.token }),
     log,
   };
 }
@@ -98,32 +99,31 @@ export async function serve(settings: Settings): Promise<number> {
   const started = gw;
   log.info({ url: started.url, internalUrl: `http://${settings.internal.host}:${started.internal.port}`, shards: started.sup.shardCount, homeRoot: settings.homes.root, store: settings.store.url }, 'gateway listening');
 
-  return await new Promise<number>((resolve) => {
-    let signals = 0;
-    const onSignal = (signal: NodeJS.Signals): void => {
-      signals++;
-      if (signals > 1) {
-        log.warn({ signal }, 'second signal: exiting now; unsaved homes stay on disk for the next start');
-        flushLogger(log);
-        process.exit(130);
-      }
-      log.info({ signal, budgetMs: settings.shutdown.budgetMs }, 'draining');
-      started.drain().then(
-        (report) => {
-          process.off('SIGTERM', onSignal);
-          process.off('SIGINT', onSignal);
-          log.info({ saved: report.saved, unsaved: report.unsaved.length, timedOut: report.timedOut }, 'gateway stopped');
-          flushLogger(log);
-          resolve(0);
-        },
-        (err: unknown) => {
-          log.error({ err: toGatewayError(err).describe() }, 'drain failed');
-          flushLogger(log);
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-  });
+  // A drain starts from a signal or from POST /admin/drain; either way the process exits after it.
+  const drained = new Promise<DrainReport>((resolve) => started.once('drain-start', () => resolve(started.drain())));
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals++;
+    if (signals > 1) {
+      log.warn({ signal }, 'second signal: exiting now; unsaved homes stay on disk for the next start');
+      flushLogger(log);
+      process.exit(130);
+    }
+    log.info({ signal, budgetMs: settings.shutdown.budgetMs }, 'draining');
+    void started.drain();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    const report = await drained;
+    log.info({ saved: report.saved, unsaved: report.unsaved.length, timedOut: report.timedOut }, 'gateway stopped');
+    return 0;
+  } catch (err) {
+    log.error({ err: toGatewayError(err).describe() }, 'drain failed');
+    return 1;
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    flushLogger(log);
+  }
 }

@@ -10,7 +10,7 @@ import { MessageChannel, Worker } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import { DEFAULT_ARCHIVE_EXCLUDES, DEFAULT_UNPACK_LIMITS } from '../shared/archive-protocol.js';
-import type { UnpackLimits } from '../shared/archive-protocol.js';
+import type { ArchiveOutcome, ArchiveTask, PackResult, UnpackLimits, UnpackResult } from '../shared/archive-protocol.js';
 import { DEFAULT_ENV_ALLOWLIST, parseEnvEntries } from '../shared/child-env.js';
 import { defaultCodexBin } from '../shared/codex-bin.js';
 import type { SpawnConfig } from '../shared/codex-config.js';
@@ -79,6 +79,14 @@ export interface SupervisorOptions {
   drainBudgetMs?: number;
   /** Called when a workspace's child stopped and its home was handled (progress, metrics). */
   onWorkspaceStopped?: (e: { workspaceId: string; reason: string; saved: boolean }) => void;
+  /** Sees starts, stops and archive transfers (metrics). */
+  observer?: SupervisorObserver;
+}
+
+export interface SupervisorObserver {
+  startFinished?(e: { workspaceId: string; ms: number; errorCode: string | null }): void;
+  workspaceStopped?(e: { workspaceId: string; reason: string; saved: boolean }): void;
+  archiveFinished?(e: { op: 'upload' | 'download'; ok: boolean; bytes: number; ms: number; code: string | null; found: boolean }): void;
 }
 
 interface ShardRef {
@@ -160,7 +168,7 @@ export class Supervisor {
         control.port1,
         {
           buildConfig: (p) => this.buildConfig(p.builderId, p.workspaceId, p.loopbackToken),
-          archive: (task) => this.pool.run(task),
+          archive: (task) => this.runArchive(task),
           enterSpawn: async (p) => {
             await this.gate.enter(p.generation);
             return null;
@@ -169,7 +177,11 @@ export class Supervisor {
         {
           childStarted: (p) => this.pids.set(p.generation, p.pid),
           spawnSettled: (p) => this.gate.settled(p.generation, p.ok),
-          workspaceStopped: (p) => this.opts.onWorkspaceStopped?.(p),
+          workspaceStopped: (p) => {
+            this.opts.onWorkspaceStopped?.(p);
+            this.opts.observer?.workspaceStopped?.(p);
+          },
+          startFinished: (p) => this.opts.observer?.startFinished?.(p),
           childExited: (p) => {
             this.pids.delete(p.generation);
             this.gate.release(p.generation);
@@ -195,6 +207,11 @@ export class Supervisor {
     });
     worker.on('exit', (code) => fail(`exited with code ${code}`));
     this.shardRefs.push(ref);
+  }
+
+  /** codex app-server processes alive now (started and not yet exited). */
+  get childProcessCount(): number {
+    return this.pids.size;
   }
 
   get shardCount(): number {
@@ -243,6 +260,19 @@ export class Supervisor {
     } finally {
       this.builders.delete(builderId);
     }
+  }
+
+  private async runArchive(task: ArchiveTask): Promise<ArchiveOutcome<PackResult | UnpackResult>> {
+    const t0 = performance.now();
+    const out = await this.pool.run(task);
+    const observer = this.opts.observer;
+    if (observer?.archiveFinished !== undefined) {
+      const op = task.op === 'pack' ? 'upload' : 'download';
+      const ms = performance.now() - t0;
+      if (out.ok) observer.archiveFinished({ op, ok: true, bytes: out.value.bytes, ms, code: null, found: 'found' in out.value ? out.value.found : true });
+      else observer.archiveFinished({ op, ok: false, bytes: 0, ms, code: out.error.code, found: false });
+    }
+    return out;
   }
 
   private async buildConfig(builderId: number, workspaceId: string, loopbackToken: string): Promise<SpawnConfig> {

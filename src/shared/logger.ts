@@ -35,6 +35,8 @@ export interface ThreadLoggerOptions {
   /** Pretty output (only when stdout is a terminal). */
   pretty: boolean;
   base: Record<string, unknown>;
+  /** Where JSON lines go instead of stdout (tests). */
+  destination?: NodeJS.WritableStream;
 }
 
 export function createThreadLogger(o: ThreadLoggerOptions): Logger {
@@ -43,6 +45,7 @@ export function createThreadLogger(o: ThreadLoggerOptions): Logger {
     base: o.base,
     redact: { paths: [...REDACT_PATHS], censor: '[redacted]' },
   };
+  if (o.destination !== undefined) return pino(options, o.destination);
   if (o.pretty) {
     return pino(options, pretty({ colorize: true, sync: true, destination: 1 }));
   }

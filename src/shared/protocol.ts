@@ -151,6 +151,8 @@ export type HostNotices = {
   spawnSettled: { generation: string; ok: boolean };
   /** A workspace's child stopped and its home was handled (for drain progress and metrics). */
   workspaceStopped: { workspaceId: string; reason: string; saved: boolean };
+  /** A start finished: ready (errorCode null) or failed. */
+  startFinished: { workspaceId: string; ms: number; errorCode: string | null };
   childExited: { workspaceId: string; generation: string; code: number | null; signal: string | null };
 };
 

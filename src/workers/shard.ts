@@ -12,7 +12,7 @@ import { ChildProxy } from './child-proxy.js';
 import { WorkspaceTable } from './workspaces.js';
 
 const { init, control, data } = workerData as ShardWorkerData;
-const log = createThreadLogger({ level: init.logLevel, pretty: init.logPretty, base: { thread: `shard-${init.shard}` } });
+const log = createThreadLogger({ level: init.logLevel, pretty: init.logPretty, base: { thread: `shard-${init.shard}`, shard: init.shard } });
 const loopDelay = monitorEventLoopDelay({ resolution: 10 });
 loopDelay.enable();
 
@@ -63,6 +63,7 @@ const table: WorkspaceTable = new WorkspaceTable(
     },
     spawnSettled: (generation, ok) => peer.notify('spawnSettled', { generation, ok }),
     workspaceStopped: (workspaceId, reason, saved) => peer.notify('workspaceStopped', { workspaceId, reason, saved }),
+    startFinished: (workspaceId, ms, errorCode) => peer.notify('startFinished', { workspaceId, ms, errorCode }),
   },
   { childGone: (workspaceId, generation, reason) => proxy.childGone(workspaceId, generation, reason) },
   log,

@@ -39,6 +39,8 @@ export interface TableHost {
   enterSpawn(workspaceId: string, generation: string): Promise<void>;
   spawnSettled(generation: string, ok: boolean): void;
   workspaceStopped(workspaceId: string, reason: string, saved: boolean): void;
+  /** A start finished: ready (errorCode null) or failed with that code. */
+  startFinished(workspaceId: string, ms: number, errorCode: string | null): void;
 }
 
 /** Start failures that mean the process itself is broken (they feed crash-loop protection). */
@@ -153,6 +155,7 @@ export class WorkspaceTable {
         e.info = info;
         e.state = 'running';
         e.readyAt = Date.now();
+        this.host.startFinished(workspaceId, e.readyAt - now, null);
         this.tokens.set(e.loopbackKey, { token: Buffer.from(e.loopbackToken), workspaceId });
         // A crash during the last await of start is handled once we are running.
         const exit = e.child?.exitInfo();
@@ -161,6 +164,7 @@ export class WorkspaceTable {
       },
       (err: unknown) => {
         if (this.live.get(workspaceId) === e) this.live.delete(workspaceId);
+        this.host.startFinished(workspaceId, Date.now() - now, toGatewayError(err).code);
         throw err;
       },
     );

@@ -1,0 +1,195 @@
+/**
+ * Prometheus metrics for the whole process, served at GET /metrics. One
+ * registry on the main thread: event counts arrive as notices from the
+ * shards (starts, stops) and the archive pool (transfers); gauges are read at
+ * scrape time from every shard's stats and from the front's counters, so
+ * nothing on the frame path touches prom-client.
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import type { IntervalHistogram } from 'node:perf_hooks';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { ShardStats } from '../shared/protocol.js';
+import type { FrontObserver } from './front.js';
+import type { SupervisorObserver } from './supervisor.js';
+
+/** Plain counters the front bumps per frame; read at scrape time. */
+export class FrontCounters implements FrontObserver {
+  connected = 0;
+  opened = 0;
+  framesIn = 0;
+  framesOut = 0;
+  bytesIn = 0;
+  bytesOut = 0;
+  pauses = 0;
+  resumes = 0;
+  slowCloses = 0;
+  readonly authFailures = new Map<string, number>();
+
+  connectionOpened(): void {
+    this.connected++;
+    this.opened++;
+  }
+
+  connectionClosed(): void {
+    this.connected--;
+  }
+
+  frame(direction: 'in' | 'out', bytes: number): void {
+    if (direction === 'in') {
+      this.framesIn++;
+      this.bytesIn += bytes;
+    } else {
+      this.framesOut++;
+      this.bytesOut += bytes;
+    }
+  }
+
+  backpressure(what: 'pause' | 'resume' | 'close'): void {
+    if (what === 'pause') this.pauses++;
+    else if (what === 'resume') this.resumes++;
+    else this.slowCloses++;
+  }
+
+  authFailed(code: string): void {
+    this.authFailures.set(code, (this.authFailures.get(code) ?? 0) + 1);
+  }
+}
+
+export interface MetricsSources {
+  /** Stats of every shard (one round trip each). */
+  shardStats(): Promise<ShardStats[]>;
+  /** Child processes alive, as the main thread counts them. */
+  childProcesses(): number;
+}
+
+const SPAWN_BUCKETS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5, 10, 30];
+const TRANSFER_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+
+export class GatewayMetrics implements SupervisorObserver {
+  readonly registry = new Registry();
+  readonly front = new FrontCounters();
+  private sources: MetricsSources | undefined;
+  private readonly loopDelay: IntervalHistogram;
+
+  private readonly spawns: Counter<'result' | 'code'>;
+  private readonly spawnDuration: Histogram<'result'>;
+  private readonly stops: Counter<'reason' | 'saved'>;
+  private readonly reaped: Counter<string>;
+  private readonly transfers: Counter<'op' | 'result' | 'code'>;
+  private readonly transferBytes: Counter<'op'>;
+  private readonly transferDuration: Histogram<'op'>;
+
+  constructor() {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    this.loopDelay.enable();
+
+    this.spawns = new Counter({ name: 'cxg_spawns_total', help: 'Child starts, by result and error code.', labelNames: ['result', 'code'], registers });
+    this.spawnDuration = new Histogram({ name: 'cxg_spawn_duration_seconds', help: 'Time from ensure to a ready child (download, spawn, /readyz).', labelNames: ['result'], buckets: SPAWN_BUCKETS, registers });
+    this.stops = new Counter({ name: 'cxg_workspace_stops_total', help: 'Children stopped, by reason (shutdown, idle, drain, evict, crash, failed-start) and whether the home was stored.', labelNames: ['reason', 'saved'], registers });
+    this.reaped = new Counter({ name: 'cxg_reaped_total', help: 'Children stopped by the idle reaper.', registers });
+    this.transfers = new Counter({ name: 'cxg_archive_transfers_total', help: 'Uploads and downloads of workspace state, by result and error code.', labelNames: ['op', 'result', 'code'], registers });
+    this.transferBytes = new Counter({ name: 'cxg_archive_bytes_total', help: 'Compressed bytes uploaded and downloaded.', labelNames: ['op'], registers });
+    this.transferDuration = new Histogram({ name: 'cxg_archive_duration_seconds', help: 'Duration of uploads and downloads.', labelNames: ['op'], buckets: TRANSFER_BUCKETS, registers });
+
+    const front = this.front;
+    new Gauge({ name: 'cxg_clients_connected', help: 'Client WebSocket connections open now.', registers, collect() { this.set(front.connected); } });
+    const frames = new Counter({ name: 'cxg_frames_total', help: 'WebSocket frames proxied, by direction (in: client to child).', labelNames: ['direction'], registers, collect() {
+      frames.reset();
+      frames.inc({ direction: 'in' }, front.framesIn);
+      frames.inc({ direction: 'out' }, front.framesOut);
+    } });
+    const bytes = new Counter({ name: 'cxg_frame_bytes_total', help: 'Payload bytes proxied, by direction.', labelNames: ['direction'], registers, collect() {
+      bytes.reset();
+      bytes.inc({ direction: 'in' }, front.bytesIn);
+      bytes.inc({ direction: 'out' }, front.bytesOut);
+    } });
+    const bp = new Counter({ name: 'cxg_backpressure_events_total', help: 'Flow control toward clients: pause (client behind), resume, close (dropped as too slow).', labelNames: ['event'], registers, collect() {
+      bp.reset();
+      bp.inc({ event: 'pause' }, front.pauses);
+      bp.inc({ event: 'resume' }, front.resumes);
+      bp.inc({ event: 'close' }, front.slowCloses);
+    } });
+    const auth = new Counter({ name: 'cxg_auth_failures_total', help: 'Refused upgrades, by error code.', labelNames: ['code'], registers, collect() {
+      auth.reset();
+      for (const [code, n] of front.authFailures) auth.inc({ code }, n);
+    } });
+
+    const children = new Gauge({ name: 'cxg_children', help: 'Children per shard and state (starting, running, stopping).', labelNames: ['shard', 'state'], registers, collect: async () => {
+      const stats = await this.stats();
+      children.reset();
+      for (const s of stats) {
+        for (const state of ['starting', 'running', 'stopping']) children.set({ shard: String(s.shard), state }, s.workspaces.filter((w) => w.state === state).length);
+      }
+    } });
+    const spoolHomes = new Gauge({ name: 'cxg_spool_homes', help: 'Homes waiting in the spool for a successful upload.', registers, collect: async () => {
+      spoolHomes.set((await this.stats()).reduce((n, s) => n + s.spool.length, 0));
+    } });
+    const spoolBytes = new Gauge({ name: 'cxg_spool_bytes', help: 'Bytes of the homes in the spool.', registers, collect: async () => {
+      spoolBytes.set((await this.stats()).reduce((n, s) => n + s.spool.reduce((m, e) => m + e.bytes, 0), 0));
+    } });
+    const spoolAge = new Gauge({ name: 'cxg_spool_oldest_age_seconds', help: 'Age of the oldest home in the spool (0 when empty).', registers, collect: async () => {
+      const oldest = Math.min(...(await this.stats()).flatMap((s) => s.spool.map((e) => e.since)));
+      spoolAge.set(Number.isFinite(oldest) ? (Date.now() - oldest) / 1000 : 0);
+    } });
+    const delay = new Gauge({ name: 'cxg_event_loop_delay_p99_seconds', help: 'p99 event-loop delay since the last scrape, per thread.', labelNames: ['thread'], registers, collect: async () => {
+      delay.reset();
+      delay.set({ thread: 'main' }, this.loopDelay.percentile(99) / 1e9);
+      this.loopDelay.reset();
+      for (const s of await this.stats()) delay.set({ thread: `shard-${s.shard}` }, s.eventLoopDelayP99Ms / 1000);
+    } });
+    const processes: Gauge = new Gauge({
+      name: 'cxg_child_processes',
+      help: 'codex app-server processes alive now.',
+      registers,
+      collect: () => {
+        processes.set(this.sources?.childProcesses() ?? 0);
+      },
+    });
+  }
+
+  attach(sources: MetricsSources): void {
+    this.sources = sources;
+  }
+
+  private statsScrape: Promise<ShardStats[]> | undefined;
+
+  /** One stats round trip per scrape, shared by every gauge that needs it. */
+  private stats(): Promise<ShardStats[]> {
+    if (this.sources === undefined) return Promise.resolve([]);
+    this.statsScrape ??= this.sources.shardStats().finally(() => {
+      setImmediate(() => (this.statsScrape = undefined));
+    });
+    return this.statsScrape;
+  }
+
+  // ---- SupervisorObserver ----------------------------------------------------
+
+  startFinished(e: { workspaceId: string; ms: number; errorCode: string | null }): void {
+    const result = e.errorCode === null ? 'ok' : 'failed';
+    this.spawns.inc({ result, code: e.errorCode ?? '' });
+    this.spawnDuration.observe({ result }, e.ms / 1000);
+  }
+
+  workspaceStopped(e: { workspaceId: string; reason: string; saved: boolean }): void {
+    this.stops.inc({ reason: e.reason, saved: String(e.saved) });
+    if (e.reason === 'idle') this.reaped.inc();
+  }
+
+  archiveFinished(e: { op: 'upload' | 'download'; ok: boolean; bytes: number; ms: number; code: string | null }): void {
+    this.transfers.inc({ op: e.op, result: e.ok ? 'ok' : 'failed', code: e.code ?? '' });
+    if (e.ok) {
+      this.transferBytes.inc({ op: e.op }, e.bytes);
+      this.transferDuration.observe({ op: e.op }, e.ms / 1000);
+    }
+  }
+
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+
+  close(): void {
+    this.loopDelay.disable();
+  }
+}
