@@ -60,7 +60,20 @@ describe('codex-app-gateway CLI', () => {
     const r = await cli([flag]);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^Usage: codex-app-gateway <command>/);
-    for (const command of ['serve', 'config check FILE', 'token --workspace ID', '--version']) expect(r.stdout).toContain(command);
+    for (const command of ['serve', 'config check FILE', 'token --workspace ID', 'drain [--url URL]', '--version']) expect(r.stdout).toContain(command);
+  });
+
+  it('drain --help explains the command; drain without an admin token is a usage error', async () => {
+    const help = await cli(['drain', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/^Usage: codex-app-gateway drain/);
+    expect(help.stdout).toContain('CXG_ADMIN_TOKEN');
+    const r = await cli(['drain', '--url', 'http://127.0.0.1:9']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('drain needs the admin token');
+    const refused = await cli(['drain', '--url', 'http://127.0.0.1:9', '--token', 'x'.repeat(20)]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('cannot reach http://127.0.0.1:9/admin/drain');
   });
 
   it('no arguments: usage on stderr, exit 2', async () => {
