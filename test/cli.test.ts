@@ -63,6 +63,19 @@ describe('codex-app-gateway CLI', () => {
     for (const command of ['serve', 'config check FILE', 'token --workspace ID', 'drain [--url URL]', '--version']) expect(r.stdout).toContain(command);
   });
 
+  it('serve refuses, before listening, model settings the codex binary will not load', async () => {
+    const r = await cli(['serve', '--port', '0'], { CXG_MODEL_WIRE_API: 'chat', CXG_DATA_DIR: dir });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('model settings: codex');
+    expect(r.stderr).toContain('wire_api = "chat"` is no longer supported');
+  });
+
+  it('serve refuses a provider id codex reserves', async () => {
+    const r = await cli(['serve', '--port', '0'], { CXG_MODEL_PROVIDER: 'openai', CXG_DATA_DIR: dir });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('model.provider (from CXG_MODEL_PROVIDER)');
+  });
+
   it('drain --help explains the command; drain without an admin token is a usage error', async () => {
     const help = await cli(['drain', '--help']);
     expect(help.code).toBe(0);

@@ -13,7 +13,7 @@ import { startResponsesMock } from './fixtures/responses-mock.js';
 import type { ResponsesMock } from './fixtures/responses-mock.js';
 import { startS3rver } from './fixtures/s3rver.js';
 import type { S3rverHandle } from './fixtures/s3rver.js';
-import { spawnConfig, startTestSupervisor, tempDir } from './helpers.js';
+import { homeDirs, rejection, spawnConfig, startTestSupervisor, tempDir, waitFor } from './helpers.js';
 import path from 'node:path';
 
 describe('Supervisor end to end with the real codex binary', () => {
@@ -30,6 +30,21 @@ describe('Supervisor end to end with the real codex binary', () => {
 
   it('the default codex binary is the real one from the installed package', () => {
     expect(defaultCodexBin()).toBe(realCodexBin());
+  });
+
+  it('a config.toml codex refuses fails the start with GW_BAD_CONFIG naming its reason, and leaves nothing behind', async () => {
+    const t = await startTestSupervisor({ codexBin: defaultCodexBin(), shards: 1 });
+    try {
+      const cfg = spawnConfig({}, mock.baseUrl);
+      cfg.config.extra = { ...cfg.config.extra, not_a_codex_setting: true };
+      const err = await rejection(t.sup.ensureSubprocess({ workspaceId: 'e2e-strict' }, () => cfg));
+      expect(err.code).toBe('GW_BAD_CONFIG');
+      expect(err.message).toContain('not_a_codex_setting');
+      await waitFor(async () => (await homeDirs(t.homeRoot, 'e2e-strict')).length === 0, 5000, 'the home to be removed');
+      expect(t.sup.childProcessCount).toBe(0);
+    } finally {
+      await t.close();
+    }
   });
 
   const stores: Array<[string, () => Promise<ObjectStore>]> = [

@@ -56,7 +56,7 @@ describe('loadSettings › defaults', () => {
     expect(s.auth.jwt).toEqual({ secret: undefined, secretFile: path.join(dir, 'data', 'jwt.secret'), issuer: undefined, audience: undefined, workspaceClaim: 'workspace_id' });
     expect(s.auth.verifyCacheMs).toBe(30_000);
     expect(s.model).toEqual({
-      provider: 'openai',
+      provider: 'openai-api',
       name: 'gpt-5.1-codex',
       baseUrl: 'https://api.openai.com/v1',
       envKey: 'OPENAI_API_KEY',

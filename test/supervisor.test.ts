@@ -151,6 +151,7 @@ describe('Supervisor (fake codex)', () => {
     ['model_provider not among model_providers', { modelProvider: 'elsewhere' }],
     ['bad reasoning effort', { modelReasoningEffort: 'extreme' }],
     ['base_url not a URL', { modelProviders: { mock: { baseUrl: 'not a url' } } }],
+    ["a provider id codex reserves ('openai')", { modelProvider: 'openai', modelProviders: { openai: { baseUrl: 'http://127.0.0.1:9/v1' } } }],
   ])('config › %s is GW_BAD_CONFIG before any work', async (_name, patch) => {
     const cfg = spawnConfig();
     Object.assign(cfg.config, patch);

@@ -9,11 +9,15 @@ import type { Logger } from 'pino';
 import { createThreadLogger, flushLogger } from '../shared/logger.js';
 import { toGatewayError } from '../shared/errors.js';
 import { createAuthenticator } from './auth.js';
+import { checkCodexAcceptsConfig } from './codex-check.js';
+import { defaultCodexBin } from '../shared/codex-bin.js';
+import { renderCodexConfig } from '../shared/codex-config.js';
 import { gatewayConfigBuilder } from './config-builder.js';
 import { DEFAULT_FRONT_LIMITS } from './front.js';
 import { Gateway } from './gateway.js';
 import type { DrainReport, GatewayOptions } from './gateway.js';
 import type { Settings } from './settings.js';
+import type { ConfigBuilder } from './supervisor.js';
 import { storeSpecFromSettings } from './settings.js';
 import { DEFAULT_DATA_PLANE } from './supervisor.js';
 
@@ -21,10 +25,9 @@ export function createLogger(settings: Settings): Logger {
   return createThreadLogger({ level: settings.log.level, pretty: process.stdout.isTTY === true, base: { thread: 'main', pid: process.pid, host: os.hostname() } });
 }
 
-/** Everything Gateway.start needs, from settings. */
-export async function gatewayOptions(settings: Settings, log: Logger, internalUrl: () => string | undefined): Promise<GatewayOptions> {
-  const maxFrameBytes = settings.limits.maxFrameBytes;
-  const builder = gatewayConfigBuilder({
+/** The ConfigBuilder the settings describe. */
+export function builderFromSettings(settings: Settings, log: Logger, internalUrl: () => string | undefined): ConfigBuilder {
+  return gatewayConfigBuilder({
     model: {
       provider: settings.model.provider,
       name: settings.model.name,
@@ -38,6 +41,12 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
     internalUrl,
     log,
   });
+}
+
+/** Everything Gateway.start needs, from settings. */
+export async function gatewayOptions(settings: Settings, log: Logger, internalUrl: () => string | undefined): Promise<GatewayOptions> {
+  const maxFrameBytes = settings.limits.maxFrameBytes;
+  const builder = builderFromSettings(settings, log, internalUrl);
   return {
     supervisor: {
       ...(settings.codex.bin === undefined ? {} : { codexBin: settings.codex.bin }),
@@ -83,9 +92,21 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
   };
 }
 
-/** Runs until a signal drains the gateway; resolves with the exit code. */
+/**
+ * Refuses settings that codex itself would refuse: renders the config.toml
+ * a child would get (without the per-workspace env fetch) and has the codex
+ * binary load it. Throws GW_SETTINGS.
+ */
+export async function checkSettingsWithCodex(settings: Settings, log: Logger): Promise<void> {
+  const token = '0'.repeat(64);
+  const sample = await builderFromSettings({ ...settings, spawn: { ...settings.spawn, envUrl: undefined } }, log, () => undefined)(token, { workspaceId: 'config-check' });
+  await checkCodexAcceptsConfig(settings.codex.bin ?? defaultCodexBin(), renderCodexConfig(sample.config, token));
+}
+
+/** Runs until a signal drains the gateway; resolves with the exit code. Throws GW_SETTINGS for settings codex refuses. */
 export async function serve(settings: Settings): Promise<number> {
   const log = createLogger(settings);
+  await checkSettingsWithCodex(settings, log);
   let gw: Gateway | undefined;
   try {
     // Children start only after the internal listener is up, so `gw` is set by then.

@@ -45,6 +45,12 @@ const TIMEOUT = { type: 'duration', min: 1, max: MAX_TIMER_MS } as const;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const ENV_VAR = { type: 'string', pattern: ENV_NAME, expected: 'an environment variable name like OPENAI_API_KEY' } as const;
 const KiB = 1024;
+// codex refuses a [model_providers.X] table for its built-in ids (see RESERVED_PROVIDER_IDS).
+const PROVIDER_ID = {
+  type: 'string',
+  pattern: /^(?!(?:openai|ollama|lmstudio)$)[A-Za-z0-9_-]+$/,
+  expected: 'a provider id of [A-Za-z0-9_-] other than codex\'s built-in openai, ollama and lmstudio, e.g. openai-api',
+} as const;
 
 export const SETTINGS = [
   { key: 'data.dir', kind: { type: 'path' }, default: './data', flag: '--data-dir',
@@ -88,8 +94,8 @@ export const SETTINGS = [
     description: 'Verify bearer tokens by POSTing {"token"} here instead of checking a JWT.' },
   { key: 'auth.verify_cache', kind: { type: 'duration', min: 0, max: MAX_TIMER_MS }, default: 30_000,
     description: 'How long a positive answer of auth.verify_url is reused.' },
-  { key: 'model.provider', kind: { type: 'string' }, default: 'openai',
-    description: 'Model provider id written to each child\'s config.toml.' },
+  { key: 'model.provider', kind: PROVIDER_ID, default: 'openai-api',
+    description: 'Model provider id written to each child\'s config.toml (not one of codex\'s built-in ids openai, ollama, lmstudio).' },
   { key: 'model.name', kind: { type: 'string' }, default: 'gpt-5.1-codex',
     description: 'Model children use.' },
   { key: 'model.base_url', kind: HTTP_URL, default: 'https://api.openai.com/v1',

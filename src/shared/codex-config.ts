@@ -50,6 +50,8 @@ export interface SpawnConfig {
 }
 
 const EFFORTS: ReadonlySet<string> = new Set(['minimal', 'low', 'medium', 'high', 'xhigh']);
+/** Provider ids codex (0.169.0) keeps for its built-ins; a table under one of them makes it refuse config.toml. */
+export const RESERVED_PROVIDER_IDS: ReadonlySet<string> = new Set(['openai', 'ollama', 'lmstudio']);
 const WIRE_APIS: ReadonlySet<string> = new Set(['responses', 'chat']);
 const TOML_KEY = /^[A-Za-z0-9_-]+$/;
 
@@ -82,6 +84,7 @@ export function renderCodexConfig(input: ConfigInput, loopbackToken: string): st
   const renderedProviders: Record<string, Record<string, string>> = {};
   for (const [key, p] of Object.entries(providers)) {
     if (!TOML_KEY.test(key)) throw bad(`model provider key "${key}" must match [A-Za-z0-9_-]+`);
+    if (RESERVED_PROVIDER_IDS.has(key)) throw bad(`model provider id "${key}" is reserved by codex for a built-in provider; name it something else, e.g. "${key}-api"`);
     if (p === null || typeof p !== 'object') throw bad(`model_providers.${key} must be a table`);
     if (!nonEmptyString(p.baseUrl)) throw bad(`model_providers.${key}.base_url is missing`);
     try {

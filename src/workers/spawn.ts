@@ -48,9 +48,20 @@ const WS_URL = /\bws:\/\/[^\s"'<>]+/;
 const MAX_LINE = 64 * 1024;
 const STDERR_TAIL = 20;
 
+/**
+ * `--strict-config`: without it, codex answers a config.toml it cannot load
+ * with "Invalid configuration; using defaults" and runs anyway, with its
+ * own tools switched back on. With it, it exits and says why.
+ */
 export function appServerArgs(wsToken: string): string[] {
   const sha = createHash('sha256').update(wsToken).digest('hex');
-  return ['app-server', '--listen', 'ws://127.0.0.1:0', '--ws-auth', 'capability-token', '--ws-token-sha256', sha];
+  return ['app-server', '--strict-config', '--listen', 'ws://127.0.0.1:0', '--ws-auth', 'capability-token', '--ws-token-sha256', sha];
+}
+
+/** codex's one-line reason when it refused to start (`Error: …`), if it gave one. */
+export function refusalReason(stderr: readonly string[]): string | undefined {
+  const line = stderr.find((l) => l.startsWith('Error: '));
+  return line?.slice('Error: '.length);
 }
 
 /**
@@ -135,7 +146,12 @@ async function raceStartup<T>(p: Promise<T>, exited: Promise<ExitInfo>, deadline
     return await Promise.race([
       p,
       exited.then((e) => {
-        throw new GatewayError('GW_SPAWN_EXITED', `codex app-server exited before it was ready (${describeExit(e)})${tail.length > 0 ? `: ${tail.slice(-3).join(' | ')}` : ''}`, {
+        const reason = refusalReason(tail);
+        if (reason !== undefined && reason.includes('config.toml')) {
+          throw new GatewayError('GW_BAD_CONFIG', `codex refused its config.toml: ${reason}`, { details: { code: e.code, signal: e.signal, stderr: tail.slice() } });
+        }
+        const why = reason ?? tail.slice(-3).join(' | ');
+        throw new GatewayError('GW_SPAWN_EXITED', `codex app-server exited before it was ready (${describeExit(e)})${why !== '' ? `: ${why}` : ''}`, {
           details: { code: e.code, signal: e.signal, stderr: tail.slice() },
         });
       }),
