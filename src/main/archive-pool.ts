@@ -39,10 +39,22 @@ export class ArchivePool {
     return this.pool.queueSize;
   }
 
-  /** Waits for running tasks, then ends the threads. */
-  async close(): Promise<void> {
+  /**
+   * Waits for running tasks, then ends the threads; with `graceMs`, tasks
+   * still running after that long are abandoned (their threads ended).
+   */
+  async close(o: { graceMs?: number } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.pool.close();
+    if (o.graceMs === undefined) {
+      await this.pool.close();
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), o.graceMs)));
+    const closing = this.pool.close().then(() => 'closed' as const, () => 'late' as const);
+    const outcome = await Promise.race([closing, late]);
+    clearTimeout(timer);
+    if (outcome === 'late') await this.pool.destroy();
   }
 }

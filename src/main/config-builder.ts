@@ -6,6 +6,7 @@
  * starts with the static key and a warning is logged.
  */
 import type { Logger } from 'pino';
+import { parseEnvEntries } from '../shared/child-env.js';
 import type { ReasoningEffort, SpawnConfig, WireApi } from '../shared/codex-config.js';
 import type { ConfigBuilder } from './supervisor.js';
 
@@ -76,12 +77,25 @@ async function fetchWorkspaceEnv(o: GatewayBuilderOptions, workspaceId: string):
     body: JSON.stringify({ workspace_id: workspaceId }),
     signal: AbortSignal.timeout(o.timeoutMs ?? 5000),
   });
-  if (!r.ok) throw new Error(`${o.envUrl} answered ${r.status}`);
+  if (!r.ok) {
+    await r.body?.cancel();
+    throw new Error(`${o.envUrl} answered ${r.status}`);
+  }
   const body = (await r.json()) as { env?: unknown };
   const e = body?.env;
-  if (Array.isArray(e) && e.every((x) => typeof x === 'string')) return e;
-  if (e !== null && typeof e === 'object' && !Array.isArray(e)) {
-    return Object.entries(e as Record<string, unknown>).map(([k, v]) => `${k}=${String(v)}`);
+  let entries: string[];
+  if (Array.isArray(e) && e.every((x) => typeof x === 'string')) {
+    entries = e;
+  } else if (e !== null && typeof e === 'object' && !Array.isArray(e)) {
+    entries = Object.entries(e as Record<string, unknown>).map(([k, v]) => {
+      if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new Error(`${o.envUrl} returned a non-scalar value for ${k}`);
+      return `${k}=${String(v)}`;
+    });
+  } else {
+    throw new Error(`${o.envUrl} returned no env`);
   }
-  throw new Error(`${o.envUrl} returned no env`);
+  // Checked here, so a malformed answer is a failed fetch (static key) rather
+  // than a start that fails later with GW_BAD_CONFIG.
+  parseEnvEntries(entries, `${o.envUrl} env`);
+  return entries;
 }

@@ -85,6 +85,8 @@ export class Front {
   private readonly behind = new Set<Client>();
   private readonly toShard: FrameBatcher[];
   private readonly acks: AckTally[];
+  /** Shards given up after dying again and again: their workspaces get 503. */
+  private readonly downShards = new Set<number>();
   private nextId = 1;
   private listenSocket: ListenSocket | undefined;
   private sweep: NodeJS.Timeout | undefined;
@@ -98,11 +100,32 @@ export class Front {
   ) {
     const sup = o.sup;
     this.acks = Array.from({ length: sup.shardCount }, () => new AckTally());
-    this.toShard = Array.from({ length: sup.shardCount }, (_, i) => {
-      const port = sup.dataPort(i);
-      port.on('message', (batch: ArrayBuffer) => this.fromShard(i, batch));
-      return new FrameBatcher((batch) => port.postMessage(batch, [batch]));
-    });
+    this.toShard = Array.from({ length: sup.shardCount }, (_, i) => this.bind(i));
+    sup.on('shard-restarted', (i: number) => this.shardLost(i, true));
+    sup.on('shard-down', (i: number) => this.shardLost(i, false));
+  }
+
+  private bind(i: number): FrameBatcher {
+    const port = this.o.sup.dataPort(i);
+    port.on('message', (batch: ArrayBuffer) => this.fromShard(i, batch));
+    return new FrameBatcher((batch) => port.postMessage(batch, [batch]));
+  }
+
+  /**
+   * A shard worker died: its connections went with it, so their clients are
+   * closed with 1011 (they may reconnect at once); with a new worker in its
+   * place, its new port is used from now on.
+   */
+  private shardLost(i: number, replaced: boolean): void {
+    for (const ws of [...this.conns.values()]) {
+      const d = ws.getUserData();
+      if (d.shard !== i || d.closed) continue;
+      d.closed = true;
+      ws.cork(() => ws.end(CloseCode.InternalError, 'GW_SHARD_FAILED: the workspace\'s shard restarted; reconnect'));
+    }
+    this.acks[i] = new AckTally();
+    if (replaced) this.toShard[i] = this.bind(i);
+    else this.downShards.add(i);
   }
 
   static async start(o: FrontOptions): Promise<Front> {
@@ -174,7 +197,12 @@ export class Front {
           res.cork(() => sendJson(res, 503, { error: { code: 'GW_CLOSED', message: 'gateway is shutting down' } }));
           return;
         }
-        const data: ClientData = { id: this.nextId++, workspaceId, shard: this.o.sup.shardFor(workspaceId), closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0 };
+        const shard = this.o.sup.shardFor(workspaceId);
+        if (this.downShards.has(shard)) {
+          res.cork(() => sendJson(res, 503, { error: { code: 'GW_SHARD_FAILED', message: 'the shard serving this workspace is down' } }));
+          return;
+        }
+        const data: ClientData = { id: this.nextId++, workspaceId, shard, closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0 };
         res.cork(() => res.upgrade(data, key, protocol, extensions, ctx));
       },
       (err: unknown) => {

@@ -32,6 +32,10 @@ export class IdleReaper {
     for (const [k, v] of Object.entries({ intervalMs: o.intervalMs, idleAfterMs: o.idleAfterMs })) {
       if (typeof v !== 'number' || !(v > 0)) throw new GatewayError('GW_BAD_OPTIONS', `IdleReaper ${k} must be a positive number`);
     }
+    // Optional, but a NaN or negative one would silently never (or always) reap.
+    for (const [k, v] of Object.entries({ hardIdleAfterMs: o.hardIdleAfterMs, maxAgeMs: o.maxAgeMs })) {
+      if (v !== undefined && (typeof v !== 'number' || !(v > 0))) throw new GatewayError('GW_BAD_OPTIONS', `IdleReaper ${k} must be a positive number when set`);
+    }
     this.intervalMs = o.intervalMs;
     this.reap = { idleAfterMs: o.idleAfterMs, hardIdleAfterMs: o.hardIdleAfterMs ?? 4 * o.idleAfterMs };
     if (o.maxAgeMs !== undefined) this.reap.maxAgeMs = o.maxAgeMs;

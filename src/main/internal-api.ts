@@ -79,7 +79,12 @@ async function connected(o: InternalApiOptions, req: RequestInfo): Promise<HttpR
     const url = `${o.upstreamUrl.replace(/\/+$/, '')}/connected?workspace_id=${encodeURIComponent(workspaceId)}`;
     try {
       const r = await (o.fetch ?? fetch)(url, { signal: AbortSignal.timeout(5000) });
-      if (!r.ok) return errorReply(502, 'GW_UPSTREAM', `upstream answered ${r.status}`);
+      if (!r.ok) {
+        // Logged like the other upstream failures: a child only sees the 502.
+        o.log.warn({ workspaceId, status: r.status }, 'upstream /connected failed');
+        await r.body?.cancel();
+        return errorReply(502, 'GW_UPSTREAM', `upstream answered ${r.status}`);
+      }
       body.upstream = await r.json();
     } catch (err) {
       o.log.warn({ workspaceId, err: err instanceof Error ? err.message : String(err) }, 'upstream /connected failed');

@@ -2,8 +2,9 @@
  * Limits on children across all shards, kept on the main thread because
  * they are global: `maxConcurrentSpawns` starts at once (the others wait, in
  * order), and `maxChildren` processes at once. When full, the least recently
- * active child without a client (over all shards) is stopped to make room;
- * if there is none, the start fails with GW_CAPACITY.
+ * active running child without a client (over all shards) is stopped to make
+ * room; if there is none (every slot holds a child with a client, or one still
+ * starting), the start fails with GW_CAPACITY.
  *
  * A child slot is held from a start's permission until its process exits
  * (or the start fails), keyed by generation so releases are idempotent.
@@ -75,9 +76,11 @@ export class SpawnGate {
   private async reserve(generation: string, max: number): Promise<void> {
     while (this.held.size >= max) {
       if (!(await this.evictor.evictOne())) {
-        throw new GatewayError('GW_CAPACITY', `all ${max} child slots are in use by workspaces with clients attached`, { details: { maxChildren: max } });
+        throw new GatewayError('GW_CAPACITY', `all ${max} child slots are in use by children that are starting or have clients attached`, { details: { maxChildren: max } });
       }
-      await this.roomOrTimeout();
+      // The evicted child may be gone already (its exit can be processed before
+      // evictOne's answer): then there is room now, and no release left to wait for.
+      if (this.held.size >= max) await this.roomOrTimeout();
     }
     this.held.add(generation);
   }

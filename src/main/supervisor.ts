@@ -4,6 +4,7 @@
  * caller's thread; it routes each call to the shard that owns the key and
  * keeps only what the caller needs (handles, config builders).
  */
+import { EventEmitter } from 'node:events';
 import os from 'node:os';
 import path from 'node:path';
 import { MessageChannel, Worker } from 'node:worker_threads';
@@ -91,11 +92,23 @@ export interface SupervisorObserver {
 
 interface ShardRef {
   index: number;
+  init: ShardInit;
   worker: Worker;
   rpc: RpcPeer<HostMethods, ShardMethods, HostNotices, ShardNotices>;
   data: MessagePort;
+  /** The worker died and was not (or not yet) replaced. */
   failed: boolean;
+  /** Bumped at each restart; answers for an older worker are dropped. */
+  epoch: number;
+  /** Times of recent restarts, to give up on a shard that keeps dying. */
+  restarts: number[];
+  /** Archive tasks running for this shard. */
+  archives: Set<Promise<unknown>>;
 }
+
+/** A shard that dies this many times within RESTART_WINDOW_MS stays down (the gateway turns unhealthy). */
+const MAX_RESTARTS = 5;
+const RESTART_WINDOW_MS = 60_000;
 
 const MiB = 1024 * 1024;
 
@@ -105,10 +118,22 @@ export const DEFAULT_DATA_PLANE: DataPlaneLimits = {
   windowBytes: 1 * MiB,
 };
 
-export class Supervisor {
+/**
+ * Events: 'shard-restarted' (index): a shard worker died and a new one took
+ * its place (the old one's client connections are gone; its children are
+ * stopped and their homes uploaded by the new worker's recovery);
+ * 'shard-down' (index): it kept dying and was given up.
+ */
+export class Supervisor extends EventEmitter {
   private readonly handles = new Map<string, ChildHandle>();
+  /**
+   * Exits of generations with no handle yet. A child can die during the
+   * last step of its start, and then its exit notice arrives before the
+   * ensure answer that creates its handle.
+   */
+  private readonly recentExits = new Map<string, { code: number | null; signal: string | null }>();
   private readonly builders = new Map<number, ConfigBuilder>();
-  private readonly pids = new Map<string, number>();
+  private readonly pids = new Map<string, { pid: number; shard: number }>();
   private nextBuilderId = 1;
   private closing: Promise<StopResult[]> | undefined;
   private readonly shardRefs: ShardRef[] = [];
@@ -120,6 +145,7 @@ export class Supervisor {
     private readonly pool: ArchivePool,
     readonly shutdownConcurrency: number,
   ) {
+    super();
     this.gate = new SpawnGate(opts.limits ?? {}, { evictOne: () => this.evictOne() });
   }
 
@@ -152,6 +178,15 @@ export class Supervisor {
   }
 
   private startShard(init: ShardInit): void {
+    const ref = { index: init.shard, init, failed: false, epoch: 0, restarts: [], archives: new Set() } as unknown as ShardRef;
+    this.launch(ref);
+    this.shardRefs.push(ref);
+  }
+
+  /** Starts (or restarts) the worker of a shard with fresh ports. */
+  private launch(ref: ShardRef): void {
+    const init = ref.init;
+    const epoch = ref.epoch;
     const control = new MessageChannel();
     const data = new MessageChannel();
     const worker = new Worker(new URL('../workers/shard.js', import.meta.url), {
@@ -159,54 +194,96 @@ export class Supervisor {
       transferList: [control.port2, data.port2],
       name: `shard-${init.shard}`,
     });
-    const ref: ShardRef = {
-      index: init.shard,
-      worker,
-      data: data.port1,
-      failed: false,
-      rpc: new RpcPeer(
-        control.port1,
-        {
-          buildConfig: (p) => this.buildConfig(p.builderId, p.workspaceId, p.loopbackToken),
-          archive: (task) => this.runArchive(task),
-          enterSpawn: async (p) => {
-            await this.gate.enter(p.generation);
-            return null;
-          },
+    const current = (): boolean => ref.epoch === epoch;
+    ref.worker = worker;
+    ref.data = data.port1;
+    ref.failed = false;
+    ref.rpc = new RpcPeer(
+      control.port1,
+      {
+        buildConfig: (p) => this.buildConfig(p.builderId, p.workspaceId, p.loopbackToken),
+        archive: (task) => {
+          const run = this.runArchive(task);
+          ref.archives.add(run);
+          const done = (): boolean => ref.archives.delete(run);
+          run.then(done, done);
+          return run;
         },
-        {
-          childStarted: (p) => this.pids.set(p.generation, p.pid),
-          spawnSettled: (p) => this.gate.settled(p.generation, p.ok),
-          workspaceStopped: (p) => {
-            this.opts.onWorkspaceStopped?.(p);
-            this.opts.observer?.workspaceStopped?.(p);
-          },
-          startFinished: (p) => this.opts.observer?.startFinished?.(p),
-          childExited: (p) => {
-            this.pids.delete(p.generation);
-            this.gate.release(p.generation);
-            const h = this.handles.get(p.generation);
-            if (h !== undefined) {
-              this.handles.delete(p.generation);
-              h.markExited({ code: p.code, signal: p.signal });
-            }
-          },
+        enterSpawn: async (p) => {
+          await this.gate.enter(p.generation);
+          // A slot granted to a worker that has died since would never be given back.
+          if (!current()) this.gate.settled(p.generation, false);
+          return null;
         },
-        (what) => this.log.error({ shard: init.shard, what }, 'unknown control message from shard'),
-      ),
-    };
-    const fail = (why: string): void => {
-      if (ref.failed) return;
-      ref.failed = true;
-      ref.rpc.failAll('GW_SHARD_FAILED', `shard ${init.shard} ${why}`);
-      if (this.closing === undefined) this.log.fatal({ shard: init.shard }, `shard worker ${why}`);
-    };
+      },
+      {
+        childStarted: (p) => this.pids.set(p.generation, { pid: p.pid, shard: init.shard }),
+        spawnSettled: (p) => this.gate.settled(p.generation, p.ok),
+        workspaceStopped: (p) => {
+          this.opts.onWorkspaceStopped?.(p);
+          this.opts.observer?.workspaceStopped?.(p);
+        },
+        startFinished: (p) => this.opts.observer?.startFinished?.(p),
+        childExited: (p) => this.childGone(p.generation, { code: p.code, signal: p.signal }),
+      },
+      (what) => this.log.error({ shard: init.shard, what }, 'unknown control message from shard'),
+    );
     worker.on('error', (err) => {
       this.log.fatal({ shard: init.shard, err }, 'shard worker crashed');
-      fail(`crashed: ${err.message}`);
+      if (current()) this.shardDied(ref, `crashed: ${err.message}`);
     });
-    worker.on('exit', (code) => fail(`exited with code ${code}`));
-    this.shardRefs.push(ref);
+    worker.on('exit', (code) => {
+      if (current()) this.shardDied(ref, `exited with code ${code}`);
+    });
+  }
+
+  private childGone(generation: string, exit: { code: number | null; signal: string | null }): void {
+    this.pids.delete(generation);
+    this.gate.release(generation);
+    const h = this.handles.get(generation);
+    if (h !== undefined) {
+      this.handles.delete(generation);
+      h.markExited(exit);
+    } else {
+      this.recentExits.set(generation, exit);
+      // Only the latest few matter (a start's own answer follows its exit at once).
+      if (this.recentExits.size > 256) this.recentExits.delete(this.recentExits.keys().next().value as string);
+    }
+  }
+
+  /**
+   * A shard worker is gone (a bug; shards catch what they expect). Calls in
+   * flight fail with GW_SHARD_FAILED. Its children keep running for now: a
+   * new worker takes the shard over, and its start-up recovery stops them
+   * (pid files) and uploads their homes, so nothing is lost. A shard that
+   * keeps dying is given up and the supervisor reports itself unhealthy.
+   */
+  private shardDied(ref: ShardRef, why: string): void {
+    if (ref.failed) return;
+    ref.failed = true;
+    ref.epoch += 1;
+    ref.rpc.failAll('GW_SHARD_FAILED', `shard ${ref.index} ${why}`);
+    ref.data.close();
+    for (const [generation, c] of this.pids) {
+      if (c.shard === ref.index) this.childGone(generation, { code: null, signal: null });
+    }
+    if (this.closing !== undefined) return;
+    const now = Date.now();
+    ref.restarts = ref.restarts.filter((t) => now - t < RESTART_WINDOW_MS);
+    if (ref.restarts.length >= MAX_RESTARTS) {
+      this.log.fatal({ shard: ref.index, restarts: ref.restarts.length }, 'shard keeps dying; giving up on it');
+      this.emit('shard-down', ref.index);
+      return;
+    }
+    ref.restarts.push(now);
+    this.log.error({ shard: ref.index, why }, 'shard worker died; starting a new one (it recovers the old one\'s children)');
+    // Uploads the dead worker started still run in the pool. The new worker
+    // must not store newer state before they end, or they would overwrite it.
+    void Promise.allSettled([...ref.archives]).then(() => {
+      if (this.closing !== undefined) return;
+      this.launch(ref);
+      this.emit('shard-restarted', ref.index);
+    });
   }
 
   /** codex app-server processes alive now (started and not yet exited). */
@@ -254,7 +331,9 @@ export class Supervisor {
       let h = this.handles.get(info.generation);
       if (h === undefined) {
         h = new ChildHandle(info);
-        this.handles.set(info.generation, h);
+        const exit = this.recentExits.get(info.generation);
+        if (exit === undefined) this.handles.set(info.generation, h);
+        else h.markExited(exit);
       }
       return h;
     } finally {
@@ -376,14 +455,17 @@ export class Supervisor {
       s.data.close();
     }
     await Promise.all(this.shardRefs.map((s) => s.worker.terminate()));
-    await this.pool.close();
+    // The shards are done: any upload still running outlived its drain budget.
+    // Uploads are atomic and its home stays on disk for the next start, so it
+    // is abandoned rather than waited for.
+    await this.pool.close({ graceMs: 1000 });
     this.killAllOnExit();
     process.removeListener('exit', this.killAllOnExit);
   }
 
   /** Last resort when the process exits without close(): no child outlives the gateway. */
   private readonly killAllOnExit = (): void => {
-    for (const pid of this.pids.values()) {
+    for (const { pid } of this.pids.values()) {
       try {
         process.kill(-pid, 'SIGKILL');
       } catch {

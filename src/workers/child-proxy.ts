@@ -90,11 +90,7 @@ export class ChildProxy {
     this.conns.set(id, c);
     this.table.ensure(workspaceId, 0).then(
       (info) => this.connectChild(c, info, 1),
-      (err: unknown) => {
-        const e = toGatewayError(err);
-        const code = e.code === 'GW_CRASH_LOOP' || e.code === 'GW_CAPACITY' || e.code === 'GW_CLOSED' ? CloseCode.TryAgainLater : CloseCode.InternalError;
-        this.closeClient(c, code, `${e.code}: ${e.message}`);
-      },
+      (err: unknown) => this.startFailed(c, err),
     );
   }
 
@@ -108,7 +104,7 @@ export class ChildProxy {
       }
       this.table.ensure(c.workspaceId, 0).then(
         (next) => this.connectChild(c, next, attempt + 1),
-        (err: unknown) => this.closeClient(c, CloseCode.InternalError, toGatewayError(err).describe()),
+        (err: unknown) => this.startFailed(c, err),
       );
       return;
     }
@@ -144,6 +140,13 @@ export class ChildProxy {
       this.log.warn({ workspaceId: c.workspaceId, connId: c.id, err: err.message }, 'child connection error');
       if (!c.open && !c.closed) this.closeClient(c, CloseCode.InternalError, `GW_CHILD_CONNECT: ${err.message}`);
     });
+  }
+
+  /** 1013 (retry later) when waiting helps, else 1011; the reason names the code. */
+  private startFailed(c: Conn, err: unknown): void {
+    const e = toGatewayError(err);
+    const code = e.code === 'GW_CRASH_LOOP' || e.code === 'GW_CAPACITY' || e.code === 'GW_CLOSED' ? CloseCode.TryAgainLater : CloseCode.InternalError;
+    this.closeClient(c, code, `${e.code}: ${e.message}`);
   }
 
   private fromClient(id: number, data: Uint8Array, binary: boolean): void {

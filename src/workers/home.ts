@@ -111,6 +111,19 @@ export async function processStartTicks(pid: number): Promise<number | null> {
 }
 
 /**
+ * True when /proc shows `pid` as ended: a zombie (exited, not yet reaped) or
+ * no longer there. A process that cannot be inspected counts as running.
+ */
+export async function processEnded(pid: number): Promise<boolean> {
+  try {
+    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT';
+  }
+}
+
+/**
  * The only way a CODEX_HOME is removed. Throws GW_INTERNAL for a directory
  * whose contents are not safely stored: that is a bug, and losing work is
  * worse than leaving a directory behind.

@@ -41,6 +41,9 @@ export async function findLeftoverHomes(homeRoot: string, owns: (workspaceId: st
   const out: LeftoverHome[] = [];
   for (const workspaceId of workspaces.sort()) {
     if (!WORKSPACE_ID_PATTERN.test(workspaceId) || workspaceId === '.' || workspaceId === '..' || !owns(workspaceId)) continue;
+    // Only real directories: a symlink would lead recovery to delete or upload what lies outside homeRoot.
+    const ws = await fs.lstat(path.join(homeRoot, workspaceId)).catch(() => undefined);
+    if (ws === undefined || !ws.isDirectory()) continue;
     let gens: string[];
     try {
       gens = await fs.readdir(path.join(homeRoot, workspaceId));
@@ -98,17 +101,28 @@ export async function stopLeftoverChild(rec: ChildPidRecord | undefined, graceMs
   if (rec.startTicks === null || ticks !== rec.startTicks) return 'pid-reused';
   if (await isZombie(rec.pid)) return 'gone';
   const pid = rec.pid;
+  // The recorded process leads its own group (codex children are spawned so);
+  // if no such group exists, it is signalled alone, since its home must not be
+  // uploaded and deleted while it still runs. Its identity was checked above.
+  const signal = (sig: NodeJS.Signals): void => {
+    if (signalGroup(pid, sig)) return;
+    try {
+      process.kill(pid, sig);
+    } catch {
+      // Gone meanwhile.
+    }
+  };
   const until = Date.now() + graceMs;
-  signalGroup(pid, 'SIGTERM');
+  signal('SIGTERM');
   let secondSent = false;
   while (await isRecordedProcess(rec)) {
     const left = until - Date.now();
     if (left <= 0) {
-      signalGroup(pid, 'SIGKILL');
+      signal('SIGKILL');
       break;
     }
     if (!secondSent && left <= graceMs / 2) {
-      signalGroup(pid, 'SIGTERM');
+      signal('SIGTERM');
       secondSent = true;
     }
     await sleep(25);
@@ -120,8 +134,17 @@ export async function stopLeftoverChild(rec: ChildPidRecord | undefined, graceMs
 
 /** Moves a home that cannot be used out of the way, keeping its contents. */
 export async function quarantine(homeRoot: string, h: LeftoverHome): Promise<string> {
-  const to = path.join(homeRoot, QUARANTINE_DIR, h.workspaceId, h.generation);
-  await fs.mkdir(path.dirname(to), { recursive: true, mode: 0o700 });
-  await fs.rename(h.dir, to);
-  return to;
+  const base = path.join(homeRoot, QUARANTINE_DIR, h.workspaceId, h.generation);
+  await fs.mkdir(path.dirname(base), { recursive: true, mode: 0o700 });
+  // A home set aside before under the same name (put back by hand, say) is kept too: never overwritten.
+  for (let i = 0; ; i++) {
+    const to = i === 0 ? base : `${base}.${i}`;
+    try {
+      await fs.rename(h.dir, to);
+      return to;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if ((code !== 'ENOTEMPTY' && code !== 'EEXIST') || i >= 100) throw err;
+    }
+  }
 }

@@ -21,9 +21,10 @@ import type { SpawnConfig } from '../shared/codex-config.js';
 import { mapLimit, withTimeout } from '../shared/concurrency.js';
 import { GatewayError, deserializeError, toGatewayError } from '../shared/errors.js';
 import type { ChildInfo, ReapOptions, ShardInit, StopReason, StopResult, WorkspaceState, WorkspaceStatus } from '../shared/protocol.js';
+import { stripAnsi } from '../shared/logger.js';
 import { shouldReap } from '../shared/reap-policy.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
-import { Home, adoptDir, createHomeDir, deleteHome, newGeneration, processStartTicks, writePidFile, writePrivateFile } from './home.js';
+import { Home, adoptDir, createHomeDir, deleteHome, newGeneration, processEnded, processStartTicks, writePidFile, writePrivateFile } from './home.js';
 import { CrashLoopGuard } from '../shared/crash-loop.js';
 import { findLeftoverHomes, quarantine, stopLeftoverChild } from './recovery.js';
 import { describeExit, reapGroup, spawnAppServer, stopProcessGroup } from './spawn.js';
@@ -84,6 +85,8 @@ export class WorkspaceTable {
   readonly spool: Spool;
   private readonly crashLoop: CrashLoopGuard;
   private closed = false;
+  /** Pending while recover() scans homes.root; starts wait for it (see recover). */
+  private scanning: Promise<void> | undefined;
 
   constructor(
     private readonly init: ShardInit,
@@ -105,12 +108,23 @@ export class WorkspaceTable {
   /** A live child for the workspace, starting one if needed. */
   async ensure(workspaceId: string, builderId: number): Promise<ChildInfo> {
     validateWorkspaceId(workspaceId);
+    if (this.scanning !== undefined) await this.scanning;
     for (;;) {
       if (this.closed) throw new GatewayError('GW_CLOSED', 'supervisor is shutting down');
       const e = this.live.get(workspaceId);
       if (e !== undefined) {
         if (e.state === 'starting') return await e.ready;
-        if (e.state === 'running' && e.child?.exitInfo() === undefined && e.info !== undefined) {
+        if (e.state === 'running' && e.child !== undefined && e.child.exitInfo() === undefined && e.info !== undefined) {
+          // A dying child's sockets close before its exit is reported (it is a
+          // zombie until reaped), so a client that reconnects at once would be
+          // handed a dead child: wait for that exit instead, and look again.
+          const child = e.child;
+          if (await processEnded(child.pid)) {
+            // Bounded, so an ensure can never hang here; the loop looks again.
+            await withTimeout(child.exited, 2000, () => new Error('exit not reported')).catch(() => {});
+            continue;
+          }
+          if (this.live.get(workspaceId) !== e || e.state !== 'running') continue;
           e.lastActivity = Date.now();
           return e.info;
         }
@@ -155,11 +169,16 @@ export class WorkspaceTable {
         e.info = info;
         e.state = 'running';
         e.readyAt = Date.now();
-        this.host.startFinished(workspaceId, e.readyAt - now, null);
         this.tokens.set(e.loopbackKey, { token: Buffer.from(e.loopbackToken), workspaceId });
         // A crash during the last await of start is handled once we are running.
         const exit = e.child?.exitInfo();
         if (exit !== undefined) this.onExit(e, exit);
+        try {
+          this.host.startFinished(workspaceId, e.readyAt - now, null);
+        } catch (err) {
+          // Reporting must never leave a running child without its entry.
+          this.log.error({ workspaceId, err: toGatewayError(err).describe() }, 'could not report a finished start');
+        }
         return info;
       },
       (err: unknown) => {
@@ -212,7 +231,7 @@ export class WorkspaceTable {
           this.host.childStarted(e.workspaceId, e.generation, pid);
           pidFile = this.recordPid(home, pid);
         },
-        onOutput: (stream, line) => log.info({ pid: e.pid, stream }, `[codex ${e.workspaceId}] ${line}`),
+        onOutput: (stream, line) => log.info({ pid: e.pid, stream }, `[codex ${e.workspaceId}] ${stripAnsi(line)}`),
       });
       await pidFile;
       e.child = child;
@@ -338,6 +357,20 @@ export class WorkspaceTable {
    */
   async shutdown(workspaceId: string, reason: StopReason, budgetMs?: number): Promise<StopResult> {
     validateWorkspaceId(workspaceId);
+    const work = this.stopAndPersist(workspaceId, reason);
+    if (budgetMs === undefined) return await work;
+    // The budget covers every wait on the way: a start to finish, the stop,
+    // our upload or one already under way (after a crash). The work goes on
+    // unobserved; nothing deletes a home before its upload succeeded.
+    const late: StopResult = { workspaceId, stopped: true, saved: false, error: `not stored within the ${budgetMs} ms budget; the home stays on disk` };
+    const overBudget = new Error('budget');
+    return await withTimeout(work, budgetMs, () => overBudget).catch((err: unknown) => {
+      if (err === overBudget) return late;
+      throw err;
+    });
+  }
+
+  private async stopAndPersist(workspaceId: string, reason: StopReason): Promise<StopResult> {
     for (;;) {
       const e = this.live.get(workspaceId);
       if (e === undefined) {
@@ -351,9 +384,7 @@ export class WorkspaceTable {
       }
       const p = this.stop(e, reason);
       this.setBusy(workspaceId, p);
-      if (budgetMs === undefined) return await p;
-      const late: StopResult = { workspaceId, stopped: true, saved: false, error: `not stored within the ${budgetMs} ms budget; the home stays on disk` };
-      return await withTimeout(p, budgetMs, () => new Error('budget')).catch(() => late);
+      return await p;
     }
   }
 
@@ -365,10 +396,15 @@ export class WorkspaceTable {
   async reapIdle(o: ReapOptions): Promise<StopResult[]> {
     const now = Date.now();
     const idle = [...this.live.values()].filter((e) => e.state === 'running' && shouldReap(e, now, o));
-    return mapLimit(idle, 8, (e) => {
-      this.log.info({ workspaceId: e.workspaceId, idleMs: now - e.lastActivity, clients: e.clients }, 'reaping idle child');
+    const results = await mapLimit(idle, 8, async (e) => {
+      // Decided again when its turn comes: with more than eight to stop, a
+      // client may have connected or spoken while the earlier ones stopped.
+      const at = Date.now();
+      if (this.live.get(e.workspaceId) !== e || e.state !== 'running' || !shouldReap(e, at, o)) return undefined;
+      this.log.info({ workspaceId: e.workspaceId, idleMs: at - e.lastActivity, clients: e.clients }, 'reaping idle child');
       return this.shutdown(e.workspaceId, 'idle');
     });
+    return results.filter((r): r is StopResult => r !== undefined);
   }
 
   private async stop(e: Entry, reason: StopReason): Promise<StopResult> {
@@ -439,6 +475,18 @@ export class WorkspaceTable {
       }
       return leftovers.length;
     })();
+    // Until the scan has marked every leftover's workspace busy, a start could
+    // download state older than its leftover home, and the scan could take the
+    // new generation directory of that start for a leftover and delete it.
+    // So starts wait for the scan (not for the uploads, which `busy` covers).
+    const scanning = work.then(
+      () => {},
+      () => {},
+    );
+    this.scanning = scanning;
+    void scanning.then(() => {
+      if (this.scanning === scanning) this.scanning = undefined;
+    });
     work.then(
       (n) => {
         if (n > 0) this.log.info({ homes: n }, 'recovery: homes left by a previous gateway taken over');
@@ -554,8 +602,12 @@ export class WorkspaceTable {
   async close(concurrency: number): Promise<StopResult[]> {
     // New ensures fail from here on; starts already under way finish and are stopped.
     this.closed = true;
+    const deadline = Date.now() + this.init.drainBudgetMs;
     const results = await this.shutdownAll('drain', concurrency, this.init.drainBudgetMs);
-    await Promise.all([...this.busy.values()].map((p) => withTimeout(p, this.init.drainBudgetMs, () => new Error('budget')).catch(() => {})));
+    // Work that began meanwhile (a failed start's cleanup) gets what is left of
+    // the budget, not a budget of its own: each shutdown above had one already.
+    const left = Math.max(0, deadline - Date.now());
+    await Promise.all([...this.busy.values()].map((p) => withTimeout(p, left, () => new Error('budget')).catch(() => {})));
     this.spool.close();
     return results;
   }

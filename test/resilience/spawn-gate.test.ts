@@ -1,0 +1,183 @@
+/**
+ * SpawnGate with a fake Evictor: permits for starts at once, slots for
+ * children at once, and making room by eviction.
+ */
+import { describe, expect, it } from 'vitest';
+import { SpawnGate } from '../../src/main/spawn-gate.js';
+import type { Evictor } from '../../src/main/spawn-gate.js';
+
+/** Settles in the order the promises settle; `pending()` lists those still waiting. */
+function track(p: Promise<void>, name: string, log: string[]): { done: () => boolean; error: () => unknown } {
+  let done = false;
+  let error: unknown;
+  p.then(
+    () => {
+      done = true;
+      log.push(name);
+    },
+    (err: unknown) => {
+      done = true;
+      error = err;
+      log.push(`${name}:${(err as { code?: string }).code ?? 'error'}`);
+    },
+  );
+  return { done: () => done, error: () => error };
+}
+
+const tick = (ms = 0): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** An evictor over a list of idle generations: evicting one releases its slot after `delayMs`. */
+function fakeEvictor(gate: () => SpawnGate | undefined, idle: string[], delayMs = 5): Evictor & { calls: number } {
+  const ev = {
+    calls: 0,
+    evictOne(): Promise<boolean> {
+      ev.calls++;
+      const victim = idle.shift();
+      if (victim === undefined) return Promise.resolve(false);
+      setTimeout(() => gate()?.release(victim), delayMs);
+      return Promise.resolve(true);
+    },
+  };
+  return ev;
+}
+
+describe('SpawnGate', () => {
+  it('without limits › every start enters at once and nothing is evicted', async () => {
+    const ev = { calls: 0, evictOne: () => Promise.resolve(false) };
+    const gate = new SpawnGate({}, ev);
+    expect(gate.enabled).toBe(false);
+    await Promise.all(Array.from({ length: 20 }, (_, i) => gate.enter(`g${i}`)));
+    expect(gate.children).toBe(20);
+    expect(ev.calls).toBe(0);
+  });
+
+  it('maxConcurrentSpawns › at most K starts hold a permit; the others enter in arrival order as starts settle', async () => {
+    const gate = new SpawnGate({ maxConcurrentSpawns: 2 }, { evictOne: () => Promise.resolve(false) });
+    expect(gate.enabled).toBe(true);
+    const order: string[] = [];
+    const starts = ['a', 'b', 'c', 'd', 'e'].map((g) => track(gate.enter(g), g, order));
+    await tick();
+    expect(order).toEqual(['a', 'b']);
+    gate.settled('b', true);
+    await tick();
+    expect(order).toEqual(['a', 'b', 'c']);
+    // A failed start frees its permit too.
+    gate.settled('a', false);
+    await tick();
+    expect(order).toEqual(['a', 'b', 'c', 'd']);
+    gate.settled('c', true);
+    gate.settled('d', true);
+    await tick();
+    expect(order).toEqual(['a', 'b', 'c', 'd', 'e']);
+    expect(starts.every((s) => s.error() === undefined)).toBe(true);
+    // A settled start keeps its child slot until its process exits; a failed one does not.
+    expect(gate.children).toBe(4);
+  });
+
+  it('maxChildren › when full, one idle child is evicted and the start enters once its slot is released', async () => {
+    const box: { gate?: SpawnGate } = {};
+    const ev = fakeEvictor(() => box.gate, ['old1', 'old2']);
+    const gate = new SpawnGate({ maxChildren: 2 }, ev);
+    box.gate = gate;
+    await gate.enter('old1');
+    await gate.enter('old2');
+    gate.settled('old1', true);
+    gate.settled('old2', true);
+    const order: string[] = [];
+    const s = track(gate.enter('new'), 'new', order);
+    await tick(1);
+    // Not before the evicted child's process is gone.
+    expect(s.done()).toBe(false);
+    await tick(30);
+    expect(order).toEqual(['new']);
+    expect(ev.calls).toBe(1);
+    expect(gate.children).toBe(2);
+  });
+
+  it('maxChildren › with no idle child to evict the start fails with GW_CAPACITY and frees its permit', async () => {
+    const ev = { calls: 0, evictOne: () => (ev.calls++, Promise.resolve(false)) };
+    const gate = new SpawnGate({ maxChildren: 1, maxConcurrentSpawns: 1 }, ev);
+    await gate.enter('busy');
+    gate.settled('busy', true);
+    const order: string[] = [];
+    const s = track(gate.enter('refused'), 'refused', order);
+    await tick();
+    expect(order).toEqual(['refused:GW_CAPACITY']);
+    expect((s.error() as { details?: unknown }).details).toEqual({ maxChildren: 1 });
+    expect(gate.children).toBe(1);
+    // The permit came back: once room exists, the next start enters.
+    gate.release('busy');
+    await gate.enter('next');
+    expect(gate.children).toBe(1);
+  });
+
+  it('maxChildren › concurrent starts into a full gate evict one child each, not one each per waiter', async () => {
+    const box: { gate?: SpawnGate } = {};
+    const ev = fakeEvictor(() => box.gate, ['o1', 'o2', 'o3', 'o4'], 10);
+    const gate = new SpawnGate({ maxChildren: 4 }, ev);
+    box.gate = gate;
+    for (const g of ['o1', 'o2', 'o3', 'o4']) await gate.enter(g);
+    const order: string[] = [];
+    const starts = ['n1', 'n2'].map((g) => track(gate.enter(g), g, order));
+    await tick(100);
+    expect(order).toEqual(['n1', 'n2']);
+    expect(starts.every((s) => s.error() === undefined)).toBe(true);
+    expect(ev.calls).toBe(2);
+    expect(gate.children).toBe(4);
+  });
+
+  it('maxChildren › a slot freed while the eviction is still being answered is not missed (no wait for roomWaitMs)', async () => {
+    // The evicted child can exit before evictOne's answer is processed (it is
+    // a cross-thread call); the start must not then sleep for roomWaitMs.
+    const box: { gate?: SpawnGate } = {};
+    const evictor: Evictor = {
+      evictOne: () => {
+        box.gate?.release('old');
+        return Promise.resolve(true);
+      },
+    };
+    const gate = new SpawnGate({ maxChildren: 1 }, evictor, 10_000);
+    box.gate = gate;
+    await gate.enter('old');
+    const t0 = Date.now();
+    await gate.enter('new');
+    expect(Date.now() - t0).toBeLessThan(1000);
+  });
+
+  it('maxChildren › release is idempotent and keyed by generation', async () => {
+    const box: { gate?: SpawnGate } = {};
+    const ev = fakeEvictor(() => box.gate, []);
+    const gate = new SpawnGate({ maxChildren: 2 }, ev);
+    box.gate = gate;
+    await gate.enter('a');
+    await gate.enter('b');
+    gate.release('a');
+    gate.release('a');
+    gate.release('never-entered');
+    expect(gate.children).toBe(1);
+    gate.settled('b', false);
+    gate.release('b');
+    expect(gate.children).toBe(0);
+  });
+
+  it('maxChildren › an eviction that frees nothing within roomWaitMs is followed by another', async () => {
+    const box: { gate?: SpawnGate } = {};
+    const evicted: string[] = [];
+    const evictor: Evictor = {
+      evictOne: () => {
+        const victim = evicted.length === 0 ? 'stuck' : 'ok';
+        evicted.push(victim);
+        // The first victim never exits; the second one does.
+        if (victim === 'ok') setTimeout(() => box.gate?.release('ok'), 5);
+        return Promise.resolve(true);
+      },
+    };
+    const gate = new SpawnGate({ maxChildren: 2 }, evictor, 100);
+    box.gate = gate;
+    await gate.enter('stuck');
+    await gate.enter('ok');
+    await gate.enter('new');
+    expect(evicted).toEqual(['stuck', 'ok']);
+    expect(gate.children).toBe(2);
+  });
+});
