@@ -4,9 +4,8 @@ import { existsSync } from 'node:fs';
 import { link, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { createGzip, gzipSync } from 'node:zlib';
+import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { UnpackLimits, UnpackTask } from '../src/shared/archive-protocol.js';
@@ -18,6 +17,8 @@ import { storeFromSpec } from '../src/shared/stores/object-store.js';
 import { S3ObjectStore } from '../src/shared/stores/s3-store.js';
 import run from '../src/workers/archive-worker.js';
 import { pack, unpack } from '../src/workers/archive.js';
+import { HOSTILE, fileEntry as file, tarOf } from './fixtures/hostile-archives.js';
+import type { HostileContext } from './fixtures/hostile-archives.js';
 import type { S3rverHandle } from './fixtures/s3rver.js';
 import { startS3rver } from './fixtures/s3rver.js';
 
@@ -294,198 +295,6 @@ describe.each(STORES)('archive round trip › $name', (storeCase) => {
 });
 
 // ---------------------------------------------------------------- hostile archives
-
-interface RawEntry {
-  path: string;
-  /** ustar typeflag: '0' file, '1' hardlink, '2' symlink, '3' char device, '4' block device, '5' directory, '6' fifo. */
-  type?: string;
-  body?: Buffer;
-  /** Size field when it differs from the body (a truncated entry). */
-  size?: number;
-  mode?: number;
-  linkpath?: string;
-  /** A pax extended header in front of the entry overriding its path. */
-  paxPath?: string;
-}
-
-function octal(header: Buffer, offset: number, length: number, value: number): void {
-  header.write(`${value.toString(8).padStart(length - 1, '0')}\0`, offset, length, 'ascii');
-}
-
-/** One 512-byte ustar header, written field by field (independent of node-tar). */
-function ustarHeader(entry: RawEntry, size: number): Buffer {
-  const header = Buffer.alloc(512);
-  header.write(entry.path, 0, 100, 'utf8');
-  octal(header, 100, 8, entry.mode ?? (entry.type === '5' ? 0o755 : 0o644));
-  octal(header, 108, 8, 0);
-  octal(header, 116, 8, 0);
-  octal(header, 124, 12, size);
-  octal(header, 136, 12, Math.floor(Date.now() / 1000));
-  header.fill(0x20, 148, 156);
-  header.write(entry.type ?? '0', 156, 1, 'ascii');
-  header.write(entry.linkpath ?? '', 157, 100, 'utf8');
-  header.write('ustar\0', 257, 6, 'ascii');
-  header.write('00', 263, 2, 'ascii');
-  let sum = 0;
-  for (const byte of header) sum += byte;
-  header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'ascii');
-  return header;
-}
-
-function padded(body: Buffer): Buffer {
-  const rest = body.length % 512;
-  return rest === 0 ? body : Buffer.concat([body, Buffer.alloc(512 - rest)]);
-}
-
-function paxRecord(key: string, value: string): string {
-  const text = ` ${key}=${value}\n`;
-  let length = text.length + 1;
-  while (`${length}${text}`.length !== length) length += 1;
-  return `${length}${text}`;
-}
-
-function tarEntry(entry: RawEntry): Buffer {
-  const body = entry.body ?? Buffer.alloc(0);
-  const parts: Buffer[] = [];
-  if (entry.paxPath !== undefined) {
-    const pax = Buffer.from(paxRecord('path', entry.paxPath));
-    parts.push(ustarHeader({ path: 'PaxHeader', type: 'x' }, pax.length), padded(pax));
-  }
-  parts.push(ustarHeader(entry, entry.size ?? body.length), padded(body));
-  return Buffer.concat(parts);
-}
-
-function tarOf(entries: RawEntry[]): Buffer {
-  return Buffer.concat([...entries.map(tarEntry), Buffer.alloc(1024)]);
-}
-
-/** A tar holding one file of `size` zero bytes, gzipped as it is generated: hundreds of KB expanding to `size`. */
-async function gzipBomb(size: number): Promise<Buffer> {
-  const zeros = Buffer.alloc(MiB);
-  const parts = function* (): Generator<Buffer> {
-    yield ustarHeader({ path: 'bomb' }, size);
-    for (let left = size; left > 0; left -= MiB) yield left >= MiB ? zeros : zeros.subarray(0, left);
-    yield Buffer.alloc(1024);
-  };
-  const out: Buffer[] = [];
-  await pipeline(
-    Readable.from(parts()),
-    createGzip({ level: 9 }),
-    new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        out.push(chunk);
-        done();
-      },
-    }),
-  );
-  return Buffer.concat(out);
-}
-
-let bomb: Promise<Buffer> | undefined;
-
-interface HostileContext {
-  /** The directory holding the target `home` and the sibling `canary`. */
-  root: string;
-  /** A unique name that must not appear anywhere outside the target. */
-  marker: string;
-}
-
-interface HostileCase {
-  name: string;
-  object(ctx: HostileContext): Buffer | Promise<Buffer>;
-  limits?: Partial<UnpackLimits>;
-  /** What the message must say about the cause, besides naming the object. */
-  reason: RegExp;
-}
-
-const file = (path: string, text = 'pwned'): RawEntry => ({ path, body: Buffer.from(text) });
-
-const HOSTILE: HostileCase[] = [
-  { name: 'a ../ path', object: ({ marker }) => gzipSync(tarOf([file(`../${marker}`)])), reason: /contains '\.\.'/ },
-  { name: 'a ../ path two levels up', object: ({ marker }) => gzipSync(tarOf([file(`a/../../${marker}`)])), reason: /contains '\.\.'/ },
-  { name: 'an absolute path', object: ({ root, marker }) => gzipSync(tarOf([file(join(root, marker))])), reason: /absolute path/ },
-  {
-    name: 'a pax header turning a harmless name into ../',
-    object: ({ marker }) => gzipSync(tarOf([{ ...file('harmless.txt'), paxPath: `../${marker}` }])),
-    reason: /contains '\.\.'/,
-  },
-  {
-    name: 'a symlink to .. followed by a file through it',
-    object: ({ marker }) => gzipSync(tarOf([{ path: 'evil', type: '2', linkpath: '..' }, file(`evil/${marker}`)])),
-    reason: /SymbolicLink entry "evil"/,
-  },
-  { name: 'a symlink to /', object: () => gzipSync(tarOf([{ path: 'root', type: '2', linkpath: '/' }])), reason: /SymbolicLink/ },
-  {
-    name: 'a hardlink to a file outside',
-    object: () => gzipSync(tarOf([{ path: 'passwd', type: '1', linkpath: '/etc/passwd' }])),
-    reason: /Link entry "passwd"/,
-  },
-  {
-    name: 'a hardlink to a file inside',
-    object: () => gzipSync(tarOf([file('a.txt', 'x'), { path: 'b.txt', type: '1', linkpath: 'a.txt' }])),
-    reason: /Link entry "b.txt"/,
-  },
-  { name: 'a character device', object: () => gzipSync(tarOf([{ path: 'null', type: '3' }])), reason: /CharacterDevice/ },
-  { name: 'a block device', object: () => gzipSync(tarOf([{ path: 'sda', type: '4' }])), reason: /BlockDevice/ },
-  { name: 'a fifo', object: () => gzipSync(tarOf([{ path: 'pipe', type: '6' }])), reason: /FIFO/ },
-  { name: 'a GNU sparse file', object: () => gzipSync(tarOf([{ path: 'sparse', type: 'S' }])), reason: /SparseFile entry "sparse"/ },
-  { name: 'an unknown entry type', object: () => gzipSync(tarOf([{ path: 'odd', type: 'Z' }])), reason: /Unsupported entry "odd"/ },
-  { name: 'a GNU dump directory', object: () => gzipSync(tarOf([{ path: 'dump', type: 'D' }])), reason: /GNUDumpDir entry "dump"/ },
-  {
-    name: 'a drive-letter path hiding ..',
-    object: ({ marker }) => gzipSync(tarOf([file(`c:../${marker}`)])),
-    reason: /contains '\.\.'/,
-  },
-  { name: 'a file entry replacing the target directory', object: () => gzipSync(tarOf([file('.')])), reason: /replace the target/ },
-  {
-    name: 'a gzip bomb',
-    object: () => (bomb ??= gzipBomb(256 * MiB)),
-    limits: { maxBytes: MiB, maxFileBytes: 1024 * MiB },
-    reason: /more than 1048576 bytes after decompression/,
-  },
-  {
-    name: 'gzip inside gzip',
-    object: () => gzipSync(gzipSync(tarOf([file('a.txt')]))),
-    reason: /gzip inside gzip/,
-  },
-  {
-    name: 'truncated gzip',
-    object: () => {
-      const whole = gzipSync(tarOf([{ path: 'data', body: randomBytes(64 * 1024) }]));
-      return whole.subarray(0, whole.length >> 1);
-    },
-    reason: /unexpected end of file/,
-  },
-  {
-    name: 'a complete gzip of a truncated tar',
-    object: () => gzipSync(tarOf([{ path: 'data', body: Buffer.alloc(1000, 1) }]).subarray(0, 700)),
-    reason: /Truncated input/,
-  },
-  { name: 'not gzip at all', object: () => randomBytes(4096), reason: /incorrect header check/ },
-  { name: 'an uncompressed tar', object: () => tarOf([file('a.txt')]), reason: /incorrect header check/ },
-  { name: 'an empty object', object: () => Buffer.alloc(0), reason: /unexpected end of file/ },
-  {
-    name: 'a header with a bad checksum',
-    object: () => {
-      const tar = tarOf([file('a.txt')]);
-      tar[0] = (tar[0] ?? 0) ^ 0xff;
-      return gzipSync(tar);
-    },
-    reason: /checksum/,
-  },
-  {
-    name: 'too many entries',
-    object: () => gzipSync(tarOf(Array.from({ length: 11 }, (_, i) => file(`f${i}`)))),
-    limits: { maxEntries: 10 },
-    reason: /more than 10 entries/,
-  },
-  {
-    name: 'a file bigger than maxFileBytes',
-    object: () => gzipSync(tarOf([{ path: 'big', body: Buffer.alloc(2049) }])),
-    limits: { maxFileBytes: 2048 },
-    reason: /"big" is 2049 bytes, more than 2048/,
-  },
-];
 
 describe.each(STORES)('unpack of hostile archives › $name', (storeCase) => {
   /** Stores `bytes`, unpacks them into root/home next to root/canary, and checks what must hold whatever happened. */

@@ -6,11 +6,11 @@
  */
 import os from 'node:os';
 import { Piscina } from 'piscina';
-import type { ArchiveOutcome, ArchiveTask, PackResult, UnpackResult } from '../shared/archive-protocol.js';
+import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../shared/archive-protocol.js';
 import { serializeError, GatewayError } from '../shared/errors.js';
 
 export class ArchivePool {
-  private readonly pool: Piscina<ArchiveTask, ArchiveOutcome<PackResult | UnpackResult>>;
+  private readonly pool: Piscina<ArchiveTask, ArchiveOutcome<ArchiveValue>>;
   private closed = false;
 
   constructor(threads?: number) {
@@ -24,7 +24,7 @@ export class ArchivePool {
     });
   }
 
-  async run(task: ArchiveTask): Promise<ArchiveOutcome<PackResult | UnpackResult>> {
+  async run(task: ArchiveTask): Promise<ArchiveOutcome<ArchiveValue>> {
     if (this.closed) return { ok: false, error: serializeError(new GatewayError('GW_CLOSED', 'archive pool is closed')) };
     try {
       return await this.pool.run(task);

@@ -11,7 +11,7 @@ import { MessageChannel, Worker } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import { DEFAULT_ARCHIVE_EXCLUDES, DEFAULT_UNPACK_LIMITS } from '../shared/archive-protocol.js';
-import type { ArchiveOutcome, ArchiveTask, PackResult, UnpackLimits, UnpackResult } from '../shared/archive-protocol.js';
+import type { ArchiveOutcome, ArchiveTask, ArchiveValue, UnpackLimits } from '../shared/archive-protocol.js';
 import { DEFAULT_ENV_ALLOWLIST, parseEnvEntries } from '../shared/child-env.js';
 import { defaultCodexBin } from '../shared/codex-bin.js';
 import type { SpawnConfig } from '../shared/codex-config.js';
@@ -341,11 +341,11 @@ export class Supervisor extends EventEmitter {
     }
   }
 
-  private async runArchive(task: ArchiveTask): Promise<ArchiveOutcome<PackResult | UnpackResult>> {
+  private async runArchive(task: ArchiveTask): Promise<ArchiveOutcome<ArchiveValue>> {
     const t0 = performance.now();
     const out = await this.pool.run(task);
     const observer = this.opts.observer;
-    if (observer?.archiveFinished !== undefined) {
+    if (observer?.archiveFinished !== undefined && task.op !== 'head') {
       const op = task.op === 'pack' ? 'upload' : 'download';
       const ms = performance.now() - t0;
       if (out.ok) observer.archiveFinished({ op, ok: true, bytes: out.value.bytes, ms, code: null, found: 'found' in out.value ? out.value.found : true });

@@ -39,6 +39,15 @@ export interface PackTask {
   /** Absolute path of the CODEX_HOME to archive. Left untouched. */
   home: string;
   exclude: readonly string[];
+  /** The home's generation, stored with the object so recovery can tell older homes from newer ones. */
+  generation?: string;
+}
+
+/** What the store holds for a workspace, without downloading it. */
+export interface HeadTask {
+  op: 'head';
+  store: StoreSpec;
+  workspaceId: string;
 }
 
 export interface UnpackTask {
@@ -51,7 +60,7 @@ export interface UnpackTask {
   limits: UnpackLimits;
 }
 
-export type ArchiveTask = PackTask | UnpackTask;
+export type ArchiveTask = PackTask | UnpackTask | HeadTask;
 
 export interface PackResult {
   /** Object key (or file name) written. */
@@ -72,5 +81,16 @@ export interface UnpackResult {
   files: number;
   durationMs: number;
 }
+
+export interface HeadResult {
+  key: string;
+  found: boolean;
+  bytes: number;
+  /** Generation of the home the object was packed from, when it was recorded. */
+  generation: string | undefined;
+  durationMs: number;
+}
+
+export type ArchiveValue = PackResult | UnpackResult | HeadResult;
 
 export type ArchiveOutcome<T> = { ok: true; value: T } | { ok: false; error: SerializedError };

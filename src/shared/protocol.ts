@@ -5,7 +5,7 @@
  * port (frames.ts).
  */
 import type { MessagePort } from 'node:worker_threads';
-import type { ArchiveOutcome, ArchiveTask, PackResult, UnpackLimits, UnpackResult } from './archive-protocol.js';
+import type { ArchiveOutcome, ArchiveTask, ArchiveValue, UnpackLimits } from './archive-protocol.js';
 import type { SpawnConfig } from './codex-config.js';
 import type { SerializedError } from './errors.js';
 import type { StoreSpec } from './store-spec.js';
@@ -135,7 +135,7 @@ export type ShardMethods = {
 /** Calls a shard makes into the main thread. */
 export type HostMethods = {
   buildConfig: { params: { builderId: number; workspaceId: string; loopbackToken: string }; result: SpawnConfig };
-  archive: { params: ArchiveTask; result: ArchiveOutcome<PackResult | UnpackResult> };
+  archive: { params: ArchiveTask; result: ArchiveOutcome<ArchiveValue> };
   /** Waits for a spawn permit and a child slot (limits); GW_CAPACITY when none can be made. */
   enterSpawn: { params: { workspaceId: string; generation: string }; result: null };
 };

@@ -4,7 +4,7 @@
  * cross a thread, so a failure comes back as `{ ok: false, error }` with its
  * stable code, for the caller to rebuild with deserializeError.
  */
-import type { ArchiveOutcome, ArchiveTask, PackResult, UnpackResult } from '../shared/archive-protocol.js';
+import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../shared/archive-protocol.js';
 import { GatewayError, serializeError } from '../shared/errors.js';
 import type { StoreSpec } from '../shared/store-spec.js';
 import type { ObjectStore } from '../shared/stores/object-store.js';
@@ -28,7 +28,7 @@ function storeFor(spec: StoreSpec): ObjectStore {
   return store;
 }
 
-export default async function run(task: ArchiveTask): Promise<ArchiveOutcome<PackResult | UnpackResult>> {
+export default async function run(task: ArchiveTask): Promise<ArchiveOutcome<ArchiveValue>> {
   try {
     validateWorkspaceId(task.workspaceId);
     const store = storeFor(task.store);
@@ -37,6 +37,11 @@ export default async function run(task: ArchiveTask): Promise<ArchiveOutcome<Pac
         return { ok: true, value: await pack(task, store) };
       case 'unpack':
         return { ok: true, value: await unpack(task, store) };
+      case 'head': {
+        const t0 = performance.now();
+        const h = await store.head(task.workspaceId);
+        return { ok: true, value: { key: store.key(task.workspaceId), found: h !== undefined, bytes: h?.bytes ?? 0, generation: h?.generation, durationMs: performance.now() - t0 } };
+      }
       default: {
         const unknown: never = task;
         throw new GatewayError('GW_INTERNAL', `unknown archive task op ${JSON.stringify((unknown as { op?: unknown }).op)}`);

@@ -63,7 +63,7 @@ export async function pack(task: PackTask, store: ObjectStore): Promise<PackResu
   archive.end('.');
 
   try {
-    const { bytes } = await store.put(task.workspaceId, body);
+    const { bytes } = await store.put(task.workspaceId, body, task.generation === undefined ? {} : { generation: task.generation });
     return { key: store.key(task.workspaceId), bytes, files, durationMs: performance.now() - started };
   } catch (err) {
     // Let tar run dry instead of leaving it paused: it finishes only the

@@ -31,6 +31,8 @@ export class Home {
   ran = false;
   /** Set once its contents reached the store. */
   uploaded = false;
+  /** Found at start-up, left by an earlier gateway: compared with the store before it is uploaded. */
+  recovered = false;
 
   constructor(
     readonly workspaceId: string,
@@ -121,6 +123,31 @@ export async function processEnded(pid: number): Promise<boolean> {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'ENOENT';
   }
+}
+
+/**
+ * A note beside a home that was stored but could not be removed:
+ * `<homeRoot>/<workspace>/.cxg-stored-<generation>`. Start-up recovery
+ * reads it when the store cannot be asked, so such a home is never taken
+ * for unsaved work (it may be older than what the store holds by then).
+ */
+function storedNotePath(home: Home): string {
+  return path.join(path.dirname(home.dir), `.cxg-stored-${home.generation}`);
+}
+
+export async function noteStoredButKept(home: Home): Promise<void> {
+  await fs.writeFile(storedNotePath(home), '', { mode: 0o600 });
+}
+
+export async function hasStoredNote(home: Home): Promise<boolean> {
+  return fs.access(storedNotePath(home)).then(
+    () => true,
+    () => false,
+  );
+}
+
+export async function clearStoredNote(home: Home): Promise<void> {
+  await fs.rm(storedNotePath(home), { force: true });
 }
 
 /**

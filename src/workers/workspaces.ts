@@ -14,7 +14,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { ArchiveOutcome, ArchiveTask, PackResult, UnpackResult } from '../shared/archive-protocol.js';
+import type { ArchiveOutcome, ArchiveTask, ArchiveValue, HeadResult, PackResult, UnpackResult } from '../shared/archive-protocol.js';
 import { buildChildEnv, parseEnvEntries } from '../shared/child-env.js';
 import { renderCodexConfig } from '../shared/codex-config.js';
 import type { SpawnConfig } from '../shared/codex-config.js';
@@ -24,7 +24,7 @@ import type { ChildInfo, ReapOptions, ShardInit, StopReason, StopResult, Workspa
 import { stripAnsi } from '../shared/logger.js';
 import { shouldReap } from '../shared/reap-policy.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
-import { Home, adoptDir, createHomeDir, deleteHome, newGeneration, processEnded, processStartTicks, writePidFile, writePrivateFile } from './home.js';
+import { Home, adoptDir, clearStoredNote, createHomeDir, deleteHome, hasStoredNote, noteStoredButKept, newGeneration, processEnded, processStartTicks, writePidFile, writePrivateFile } from './home.js';
 import { CrashLoopGuard } from '../shared/crash-loop.js';
 import { findLeftoverHomes, quarantine, stopLeftoverChild } from './recovery.js';
 import { describeExit, reapGroup, spawnAppServer, stopProcessGroup } from './spawn.js';
@@ -33,7 +33,7 @@ import { Spool } from './spool.js';
 
 export interface TableHost {
   buildConfig(builderId: number, workspaceId: string, loopbackToken: string): Promise<SpawnConfig>;
-  archive(task: ArchiveTask): Promise<ArchiveOutcome<PackResult | UnpackResult>>;
+  archive(task: ArchiveTask): Promise<ArchiveOutcome<ArchiveValue>>;
   childStarted(workspaceId: string, generation: string, pid: number): void;
   childExited(workspaceId: string, generation: string, exit: ExitInfo): void;
   /** Resolves when limits allow a spawn (only called when spawns are gated). */
@@ -279,7 +279,26 @@ export class WorkspaceTable {
 
   /** A spooled home if there is one (newest state), else the stored object, else empty. */
   private async prepareHome(e: Entry): Promise<Home> {
-    const spooled = await this.spool.claim(e.workspaceId);
+    let spooled = await this.spool.claim(e.workspaceId);
+    if (spooled?.recovered === true) {
+      // Left by an earlier gateway and not yet checked against the store: it
+      // may be older than what is stored. With the store unreachable there is
+      // no telling, so the start fails rather than risk going back in time.
+      const found = spooled;
+      try {
+        if (await this.alreadyStored(found)) spooled = undefined;
+        else found.recovered = false;
+      } catch (err) {
+        // The store cannot be asked. A home noted as stored may be older than
+        // the stored state: never start from it. Any other is the newest work
+        // there is (nothing newer could be stored after it): start from it.
+        if (await hasStoredNote(found)) {
+          this.spool.add(found, toGatewayError(err).describe());
+          throw err;
+        }
+        found.recovered = false;
+      }
+    }
     if (spooled !== undefined) {
       try {
         const dir = await adoptDir(spooled.dir, this.init.homeRoot, e.workspaceId, e.generation);
@@ -437,16 +456,56 @@ export class WorkspaceTable {
   /** Upload then delete; throws only when the upload failed. */
   private async save(home: Home): Promise<void> {
     const t0 = Date.now();
-    const outcome = await this.host.archive({ op: 'pack', store: this.init.store, workspaceId: home.workspaceId, home: home.dir, exclude: this.init.archiveExclude });
+    if (home.recovered && (await this.alreadyStored(home))) return;
+    const outcome = await this.host.archive({
+      op: 'pack',
+      store: this.init.store,
+      workspaceId: home.workspaceId,
+      home: home.dir,
+      exclude: this.init.archiveExclude,
+      generation: home.generation,
+    });
     if (!outcome.ok) throw deserializeError(outcome.error);
     home.uploaded = true;
-    const r = outcome.value;
+    const r = outcome.value as PackResult;
     this.log.info({ workspaceId: home.workspaceId, key: r.key, bytes: r.bytes, files: r.files, ms: Date.now() - t0 }, 'home uploaded');
+    await this.removeStored(home);
+  }
+
+  /** Deletes a stored home; if that fails, leaves a note that it is stored (see noteStoredButKept). */
+  private async removeStored(home: Home): Promise<void> {
     try {
       await deleteHome(home);
+      await clearStoredNote(home);
     } catch (err) {
       this.log.error({ workspaceId: home.workspaceId, dir: home.dir, err: toGatewayError(err).describe() }, 'home uploaded but not removed');
+      await noteStoredButKept(home).catch((e: unknown) => this.log.error({ workspaceId: home.workspaceId, err: toGatewayError(e).describe() }, 'could not note that the kept home is stored'));
     }
+  }
+
+  /**
+   * For a home left by an earlier gateway: whether the store already holds
+   * it or something newer, so uploading it would lose work. The object
+   * records the generation it was packed from; generations sort by time.
+   * An equal generation is this very home, stored before its directory
+   * could be removed: it goes now. An older one was superseded by a run
+   * that started from the store after it was stored: it is set aside.
+   */
+  private async alreadyStored(home: Home): Promise<boolean> {
+    const outcome = await this.host.archive({ op: 'head', store: this.init.store, workspaceId: home.workspaceId });
+    if (!outcome.ok) throw deserializeError(outcome.error);
+    const stored = (outcome.value as HeadResult).generation;
+    if (stored === undefined || stored < home.generation) return false;
+    if (stored === home.generation) {
+      home.uploaded = true;
+      this.log.info({ workspaceId: home.workspaceId, dir: home.dir }, 'recovery: home was already stored; removing it');
+      await this.removeStored(home);
+    } else {
+      const to = await quarantine(this.init.homeRoot, { workspaceId: home.workspaceId, generation: home.generation, dir: home.dir, record: undefined });
+      await clearStoredNote(home);
+      this.log.warn({ workspaceId: home.workspaceId, dir: to, stored }, 'recovery: home is older than the stored state; set aside, not uploaded');
+    }
+    return true;
   }
 
   private setBusy(workspaceId: string, p: Promise<unknown>): void {
@@ -514,6 +573,7 @@ export class WorkspaceTable {
     if (newest !== undefined) {
       const home = new Home(newest.workspaceId, newest.generation, newest.dir, 'spool');
       home.ran = true;
+      home.recovered = true;
       this.spool.add(home, 'left by a previous gateway', { immediate: true });
     }
   }

@@ -5,7 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FileObjectStore, Supervisor } from 'codex-app-gateway';
@@ -175,6 +175,63 @@ describe('start-up recovery', () => {
     expect(await readInHome(h, 'state.txt')).toBe('stored-v1');
   });
 
+  it('a home with a marker whose upload succeeded before the gateway died (same generation as the stored object) › removed, not uploaded again', async () => {
+    const e = await setup();
+    await stored(e, { 'rec-same': 'stored-v1' });
+    const object = path.join(e.storeDir, 'rec-same.tar.gz');
+    const generation = (await readFile(path.join(e.storeDir, 'rec-same.generation'), 'utf8')).trim();
+    const before = await stat(object);
+    const dir = await leftover(e.homeRoot, 'rec-same', generation, 'stored-v1', { pid: null, startTicks: null });
+    const sup = await startSup(e);
+    await waitFor(() => !existsSync(dir), 10_000, 'the home to be removed');
+    expect((await stat(object)).mtimeMs).toBe(before.mtimeMs);
+    const h = await sup.ensureSubprocess({ workspaceId: 'rec-same' }, countingBuilder());
+    expect(await readInHome(h, 'state.txt')).toBe('stored-v1');
+  });
+
+  it('a home noted as stored but not removed, with the store down at start-up › never started from; removed once the store answers', async () => {
+    const e = await setup();
+    await stored(e, { 'rec-noted': 'stored-v1' });
+    const generation = (await readFile(path.join(e.storeDir, 'rec-noted.generation'), 'utf8')).trim();
+    const dir = await leftover(e.homeRoot, 'rec-noted', generation, 'stored-v1', { pid: null, startTicks: null });
+    await writeFile(path.join(e.homeRoot, 'rec-noted', `.cxg-stored-${generation}`), '');
+    await rename(e.storeDir, `${e.storeDir}.away`);
+    await writeFile(e.storeDir, 'the store is down');
+    const sup = await startSup(e);
+    const err = await sup.ensureSubprocess({ workspaceId: 'rec-noted' }, countingBuilder()).then(
+      () => undefined,
+      (x: unknown) => x as { code?: string },
+    );
+    expect(err?.code).toMatch(/^GW_STORE_/);
+    expect(existsSync(path.join(dir, 'state.txt'))).toBe(true);
+    await rm(e.storeDir, { force: true });
+    await rename(`${e.storeDir}.away`, e.storeDir);
+    await waitFor(() => !existsSync(dir), 15_000, 'the stored home to be removed');
+    expect(existsSync(path.join(e.homeRoot, 'rec-noted', `.cxg-stored-${generation}`))).toBe(false);
+    const h = await sup.ensureSubprocess({ workspaceId: 'rec-noted' }, countingBuilder());
+    expect(await readInHome(h, 'state.txt')).toBe('stored-v1');
+  });
+
+  it('a home with a marker older than the stored object › set aside in #quarantine, never uploaded over the newer state', async () => {
+    const e = await setup();
+    const dir = await leftover(e.homeRoot, 'rec-stale', gen(60_000), 'stale', { pid: null, startTicks: null });
+    // A later run, stored after that home (whose removal had failed).
+    const moved = path.join(e.root, 'aside');
+    await rename(dir, moved);
+    await stored(e, { 'rec-stale': 'newer-stored' });
+    await mkdir(path.dirname(dir), { recursive: true });
+    await rename(moved, dir);
+    const object = path.join(e.storeDir, 'rec-stale.tar.gz');
+    const bytes = await readFile(object);
+    const sup = await startSup(e);
+    const q = path.join(e.homeRoot, QUARANTINE_DIR, 'rec-stale', path.basename(dir));
+    await waitFor(() => existsSync(q), 10_000, 'the stale home to be set aside');
+    expect(await readFile(path.join(q, 'state.txt'), 'utf8')).toBe('stale');
+    expect(await readFile(object)).toEqual(bytes);
+    const h = await sup.ensureSubprocess({ workspaceId: 'rec-stale' }, countingBuilder());
+    expect(await readInHome(h, 'state.txt')).toBe('newer-stored');
+  });
+
   it('two homes with markers for one workspace › the newest is uploaded; the older is moved to #quarantine with its contents intact', async () => {
     const e = await setup();
     const older = await leftover(e.homeRoot, 'rec-two', gen(60_000, '000001'), 'older', { pid: null, startTicks: null });
@@ -231,7 +288,8 @@ describe('start-up recovery', () => {
       return Promise.resolve();
     });
     await waitFor(async () => (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).startsWith('sleep'), 5000, 'sleep to run');
-    await leftover(e.homeRoot, 'rec-wait', gen(2000), 'recovered-new', { pid, startTicks: await startTicks(pid) });
+    // Newer than the stored object: a leftover is the run after what was stored.
+    await leftover(e.homeRoot, 'rec-wait', gen(0), 'recovered-new', { pid, startTicks: await startTicks(pid) });
     const sup = await startSup(e, 1500);
     const t0 = Date.now();
     const h = await sup.ensureSubprocess({ workspaceId: 'rec-wait' }, countingBuilder());
@@ -245,7 +303,7 @@ describe('start-up recovery', () => {
     await stored(e, { 'rec-race': 'stored-old' });
     // Many other leftovers make the scan take a while.
     for (let i = 0; i < 400; i++) await leftover(e.homeRoot, `rec-filler-${i}`, gen(3000), 'filler');
-    const dir = await leftover(e.homeRoot, 'rec-race', gen(2000), 'recovered-new', { pid: null, startTicks: null });
+    const dir = await leftover(e.homeRoot, 'rec-race', gen(0), 'recovered-new', { pid: null, startTicks: null });
     const sup = await startSup(e);
     const h = await sup.ensureSubprocess({ workspaceId: 'rec-race' }, countingBuilder());
     expect(await readInHome(h, 'state.txt')).toBe('recovered-new');

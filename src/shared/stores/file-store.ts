@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -14,7 +14,7 @@ import { GatewayError, toGatewayError } from '../errors.js';
 import type { FileStoreSpec } from '../store-spec.js';
 import { objectName } from '../store-spec.js';
 import { validateWorkspaceId } from '../workspace-id.js';
-import type { ObjectHead, ObjectStore } from './object-store.js';
+import type { ObjectHead, ObjectMeta, ObjectStore } from './object-store.js';
 
 export class FileObjectStore implements ObjectStore {
   readonly spec: FileStoreSpec;
@@ -50,8 +50,10 @@ export class FileObjectStore implements ObjectStore {
    * Writes a temp file in the same directory (so the rename cannot cross file
    * systems), flushes it to disk, then renames it over the object. Temp names
    * end in `.tmp`, never in `.tar.gz`, so they can never be taken for objects.
+   * The generation goes to `<id>.generation` after the object: a crash in
+   * between leaves an older generation recorded, never a newer one.
    */
-  async put(workspaceId: string, body: Readable): Promise<{ bytes: number }> {
+  async put(workspaceId: string, body: Readable, meta: ObjectMeta = {}): Promise<{ bytes: number }> {
     const target = this.path(workspaceId);
     const temp = join(this.dir, `.${objectName(workspaceId)}.${randomBytes(6).toString('hex')}.tmp`);
     try {
@@ -59,11 +61,19 @@ export class FileObjectStore implements ObjectStore {
       const out = createWriteStream(temp, { flags: 'wx', mode: 0o600, flush: true });
       await pipeline(body, out);
       await rename(temp, target);
+      if (meta.generation !== undefined) {
+        const metaTemp = `${temp}.generation`;
+        await writeFile(metaTemp, meta.generation, { flag: 'wx', mode: 0o600 });
+        await rename(metaTemp, this.generationPath(workspaceId));
+      } else {
+        await rm(this.generationPath(workspaceId), { force: true });
+      }
       await syncDirectory(this.dir);
       return { bytes: out.bytesWritten };
     } catch (err) {
       body.destroy();
       await rm(temp, { force: true });
+      await rm(`${temp}.generation`, { force: true });
       throw toGatewayError(err, 'GW_STORE_UPLOAD', `upload ${this.describe(workspaceId)}`);
     }
   }
@@ -71,7 +81,11 @@ export class FileObjectStore implements ObjectStore {
   async head(workspaceId: string): Promise<ObjectHead | undefined> {
     try {
       const info = await stat(this.path(workspaceId));
-      return { bytes: info.size, modified: info.mtime };
+      const generation = await readFile(this.generationPath(workspaceId), 'utf8').then(
+        (g) => g.trim(),
+        () => undefined,
+      );
+      return generation === undefined || generation === '' ? { bytes: info.size, modified: info.mtime } : { bytes: info.size, modified: info.mtime, generation };
     } catch (err) {
       if (errno(err) === 'ENOENT') return undefined;
       throw new GatewayError('GW_STORE_DOWNLOAD', `stat ${this.describe(workspaceId)}`, { cause: err });
@@ -81,6 +95,7 @@ export class FileObjectStore implements ObjectStore {
   async delete(workspaceId: string): Promise<void> {
     try {
       await rm(this.path(workspaceId), { force: true });
+      await rm(this.generationPath(workspaceId), { force: true });
     } catch (err) {
       throw new GatewayError('GW_STORE_UPLOAD', `delete ${this.describe(workspaceId)}`, { cause: err });
     }
@@ -88,6 +103,10 @@ export class FileObjectStore implements ObjectStore {
 
   private path(workspaceId: string): string {
     return join(this.dir, this.key(workspaceId));
+  }
+
+  private generationPath(workspaceId: string): string {
+    return join(this.dir, `${validateWorkspaceId(workspaceId)}.generation`);
   }
 }
 

@@ -13,6 +13,13 @@ export interface ObjectHead {
   /** Size of the stored object in bytes. */
   bytes: number;
   modified: Date;
+  /** Generation of the home it was packed from, when the put recorded one. */
+  generation?: string;
+}
+
+/** Stored along with an object. */
+export interface ObjectMeta {
+  generation?: string;
 }
 
 /**
@@ -37,7 +44,7 @@ export interface ObjectStore {
    * an error) leaves any previous object intact. `body` is consumed, and
    * destroyed when the put fails.
    */
-  put(workspaceId: string, body: Readable): Promise<{ bytes: number }>;
+  put(workspaceId: string, body: Readable, meta?: ObjectMeta): Promise<{ bytes: number }>;
   head(workspaceId: string): Promise<ObjectHead | undefined>;
   /** Removes the object; removing a missing object succeeds. */
   delete(workspaceId: string): Promise<void>;

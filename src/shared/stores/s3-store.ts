@@ -14,7 +14,10 @@ import { GatewayError, isGatewayError } from '../errors.js';
 import type { S3StoreSpec } from '../store-spec.js';
 import { objectName } from '../store-spec.js';
 import { validateWorkspaceId } from '../workspace-id.js';
-import type { ObjectHead, ObjectStore } from './object-store.js';
+import type { ObjectHead, ObjectMeta, ObjectStore } from './object-store.js';
+
+/** User metadata (x-amz-meta-cxg-generation) naming the generation an object was packed from. */
+const GENERATION_META = 'cxg-generation';
 
 /** Multipart upload shape: memory held per upload is about PART_SIZE × QUEUE_SIZE. */
 const PART_SIZE = 8 * 1024 * 1024;
@@ -64,7 +67,7 @@ export class S3ObjectStore implements ObjectStore {
     return Readable.from(mapErrors(body, (err) => storeError(err, 'GW_STORE_DOWNLOAD', what)), { objectMode: false });
   }
 
-  async put(workspaceId: string, body: Readable): Promise<{ bytes: number }> {
+  async put(workspaceId: string, body: Readable, meta: ObjectMeta = {}): Promise<{ bytes: number }> {
     let bytes = 0;
     let bodyError: unknown;
     const counted = Readable.from(
@@ -91,7 +94,13 @@ export class S3ObjectStore implements ObjectStore {
       // (leavePartsOnError: false), so no parts are left behind.
       const upload = new Upload({
         client,
-        params: { Bucket: this.spec.bucket, Key: this.key(workspaceId), Body: counted, ContentType: 'application/gzip' },
+        params: {
+          Bucket: this.spec.bucket,
+          Key: this.key(workspaceId),
+          Body: counted,
+          ContentType: 'application/gzip',
+          ...(meta.generation === undefined ? {} : { Metadata: { [GENERATION_META]: meta.generation } }),
+        },
         partSize: PART_SIZE,
         queueSize: QUEUE_SIZE,
         leavePartsOnError: false,
@@ -112,7 +121,9 @@ export class S3ObjectStore implements ObjectStore {
     const { s3, client } = await this.sdk();
     try {
       const out = await client.send(new s3.HeadObjectCommand({ Bucket: this.spec.bucket, Key: this.key(workspaceId) }));
-      return { bytes: out.ContentLength ?? 0, modified: out.LastModified ?? new Date(0) };
+      const generation = out.Metadata?.[GENERATION_META];
+      const head = { bytes: out.ContentLength ?? 0, modified: out.LastModified ?? new Date(0) };
+      return generation === undefined || generation === '' ? head : { ...head, generation };
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw storeError(err, 'GW_STORE_DOWNLOAD', `stat ${this.describe(workspaceId)}`);

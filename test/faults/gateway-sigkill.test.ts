@@ -1,0 +1,155 @@
+/**
+ * Scenario 2: the gateway process is SIGKILLed mid-session (no drain, no
+ * exit handlers) and started again with the same config. The codex child it
+ * left running is stopped by the new gateway's start-up recovery, the home
+ * it left is uploaded (invariant 4: found again after a restart) and only
+ * then removed, and after a reconnect the marker file and the thread are
+ * back. Real codex, the gateway as a real process (bin/codex-app-gateway.mjs).
+ */
+import { existsSync } from 'node:fs';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { signWorkspaceToken } from 'codex-app-gateway';
+import { AppServerClient } from '../fixtures/app-server-client.js';
+import { TEST_API_KEY, TEST_API_KEY_ENV } from '../fixtures/codex-home.js';
+import { startResponsesMock } from '../fixtures/responses-mock.js';
+import type { ResponsesMock } from '../fixtures/responses-mock.js';
+import { startGatewayProcess, writeConfig } from '../gateway-process.js';
+import type { GatewayProcess } from '../gateway-process.js';
+import { tempDir, waitFor } from '../helpers.js';
+import { exists, groupsUnder, isRunning, killGroups, killLeftovers, processesUnder, recordedChildPid, recordLost } from './markers.js';
+
+const SECRET = 'faults-secret-faults-secret-faults-secret-00';
+
+describe('fault: the gateway process is SIGKILLed mid-session (real codex)', () => {
+  let mock: ResponsesMock;
+  let dir: string;
+  let config: string;
+  const gateways: GatewayProcess[] = [];
+  const pids = new Set<number>();
+  const env = { CXG_TEST_GATEWAY_KEY: TEST_API_KEY, CXG_LOG_LEVEL: 'info' };
+
+  beforeAll(async () => {
+    mock = await startResponsesMock({ deltas: ['Back', ' after', ' a', ' SIGKILL.'] });
+    dir = await tempDir('cxg-faults-gw-kill-');
+    config = await writeConfig(
+      path.join(dir, 'gateway.toml'),
+      [
+        'shards = 2',
+        '[data]',
+        `dir = ${JSON.stringify(dir)}`,
+        '[listen]',
+        'port = 0',
+        '[auth.jwt]',
+        `secret = ${JSON.stringify(SECRET)}`,
+        '[model]',
+        'provider = "mock"',
+        'name = "gpt-test"',
+        `base_url = ${JSON.stringify(mock.baseUrl)}`,
+        `env_key = "${TEST_API_KEY_ENV}"`,
+        'api_key_env = "CXG_TEST_GATEWAY_KEY"',
+        '[spawn]',
+        'stop_grace = "3s"',
+        'ready_timeout = "15s"',
+        '[shutdown]',
+        'budget = "30s"',
+        '',
+      ].join('\n'),
+    );
+  });
+  afterAll(async () => {
+    for (const gw of gateways) await gw.stop('SIGKILL');
+    killGroups(pids);
+    if (dir !== undefined) await killLeftovers(dir);
+    await mock?.close();
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('scenario 2: gateway SIGKILLed mid-session, started again, the client reconnects at once → its child is stopped by recovery, the home uploaded then removed; marker and thread back', async ({ task }) => {
+    const id = 'gateway-sigkill';
+    const token = await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '10m' });
+    const homeRoot = path.join(dir, 'homes');
+    const object = path.join(dir, 'store', `${id}.tar.gz`);
+
+    const first = await startGatewayProcess(config, env);
+    gateways.push(first);
+    const c = await AppServerClient.connect(first.url, { token });
+    const init = await c.initialize();
+    const home = init.codexHome;
+    expect(home.startsWith(path.join(homeRoot, id))).toBe(true);
+    const threadId = await c.startThread();
+    expect((await c.runTurn(threadId, 'survive a gateway SIGKILL')).status).toBe('completed');
+    const marker = `${id} marker ${Date.now()}`;
+    await writeFile(path.join(home, 'fault-marker.txt'), marker);
+    const childPid = (await recordedChildPid(home)) as number;
+    pids.add(childPid);
+    expect(await isRunning(childPid)).toBe(true);
+
+    // SIGKILL the gateway only: its child, in its own process group, is left behind.
+    const closed = c.whenClosed();
+    first.proc.kill('SIGKILL');
+    expect((await first.exited).signal).toBe('SIGKILL');
+    expect((await closed).code).toBe(1006);
+    expect(await isRunning(childPid), 'the orphaned child outlives the killed gateway').toBe(true);
+    expect(existsSync(object)).toBe(false);
+
+    // The same config again, and the client reconnects at once, racing start-up recovery:
+    // its start waits until recovery has stopped the orphan and stored its home.
+    const second = await startGatewayProcess(config, env);
+    gateways.push(second);
+    let sampling = true;
+    const overlaps: string[] = [];
+    const sampler = (async () => {
+      while (sampling) {
+        // One codex child is one process group (its helpers share it).
+        const groups = await groupsUnder(path.join(homeRoot, id));
+        if (groups.length > 1) overlaps.push(`process groups ${groups.join(', ')}`);
+        await sleep(10);
+      }
+    })();
+    // Meanwhile: the old home is removed only once its object exists.
+    const removal = (async () => {
+      const until = Date.now() + 20_000;
+      for (;;) {
+        const dirThere = await exists(home);
+        const stored = existsSync(object);
+        if (!dirThere) return stored;
+        if (Date.now() > until) throw new Error(`${home} was not taken over by the new gateway`);
+        await sleep(10);
+      }
+    })();
+    let c2: AppServerClient;
+    let init2: { codexHome: string };
+    try {
+      c2 = await AppServerClient.connect(second.url, { token });
+      init2 = await c2.initialize();
+      expect(await removal, `${home} was deleted before ${object} existed`).toBe(true);
+    } finally {
+      sampling = false;
+      await sampler;
+    }
+    expect(overlaps, 'two codex processes of one workspace at once').toEqual([]);
+    expect(await isRunning(childPid), 'the orphaned child is stopped by recovery').toBe(false);
+    expect(second.logs.some((l) => l.msg === 'recovery: leftover codex process' && l.outcome === 'stopped')).toBe(true);
+
+    // The new child has the state the killed gateway's child wrote.
+    expect(init2.codexHome).not.toBe(home);
+    const pid2 = (await recordedChildPid(init2.codexHome)) as number;
+    pids.add(pid2);
+    expect(await groupsUnder(path.join(homeRoot, id))).toEqual([pid2]);
+    const markerBack = await readFile(path.join(init2.codexHome, 'fault-marker.txt'), 'utf8').catch(() => undefined);
+    const threads = await c2.listThreads();
+    await c2.close();
+
+    const lost = (markerBack === marker ? 0 : 1) + (threads.some((th) => th.id === threadId) ? 0 : 1);
+    recordLost(task, lost);
+    expect(markerBack).toBe(marker);
+    expect(threads.map((th) => th.id)).toContain(threadId);
+    expect(lost).toBe(0);
+
+    expect((await second.stop('SIGTERM')).code).toBe(0);
+    await waitFor(async () => (await processesUnder(homeRoot)).length === 0, 10_000, 'no codex process left under homes.root');
+  }, 120_000);
+});

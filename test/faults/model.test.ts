@@ -1,0 +1,269 @@
+/**
+ * Scenario 5: random interleavings (fast-check) of ensure, touch, shutdown,
+ * child crash (SIGKILL), reaper ticks and object-store outages (the file
+ * store's directory replaced by a file, so uploads fail into the spool and
+ * downloads fail) over three keys, one at a time or
+ * two or three at once, against a fake codex (the light stand-in of
+ * light-codex.ts: nothing here talks to the children). After every step the
+ * invariants of ARCHITECTURE.md are checked from the outside:
+ *
+ * - at most one live process per key (/proc: processes whose cwd is in a
+ *   home of the key), and it is the one the model expects;
+ * - at most one generation directory per key on disk (invariant 3);
+ * - loopback tokens of dead children do not resolve, the live child's does;
+ * and at the end of each run every marker written into a home is there
+ * after a final ensure (invariants 2 and 4).
+ *
+ * A failure prints fast-check's seed and counterexample (the program of
+ * steps); replay it with `{ seed, path }`. CXG_FAULTS_MODEL_RUNS=250 (with a
+ * larger --testTimeout) searches longer; the run stops after 90 s anyway.
+ */
+import { rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ChildHandle, ConfigBuilder } from 'codex-app-gateway';
+import { homeDirs, spawnConfig, startTestSupervisor, tempDir, waitFor } from '../helpers.js';
+import type { TestSupervisor } from '../helpers.js';
+import { writeLightCodex } from './light-codex.js';
+import { killGroups, killLeftovers, MarkerLedger, processesPerWorkspace, recordLost } from './markers.js';
+
+const KEYS = 3;
+const NUM_RUNS = Number(process.env.CXG_FAULTS_MODEL_RUNS ?? 50);
+const MAX_STEPS = 20;
+
+type Op =
+  | { kind: 'ensure'; key: number }
+  | { kind: 'touch'; key: number }
+  | { kind: 'shutdown'; key: number }
+  | { kind: 'crash'; key: number }
+  | { kind: 'reap'; idleAfterMs: number }
+  | { kind: 'storeDown' }
+  | { kind: 'storeUp' };
+
+/** One step: a single op, or a few sent at once without waiting in between. */
+type Step = Op[];
+
+const keyArb = fc.integer({ min: 0, max: KEYS - 1 });
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  { weight: 5, arbitrary: keyArb.map((key): Op => ({ kind: 'ensure', key })) },
+  { weight: 1, arbitrary: keyArb.map((key): Op => ({ kind: 'touch', key })) },
+  { weight: 2, arbitrary: keyArb.map((key): Op => ({ kind: 'shutdown', key })) },
+  { weight: 2, arbitrary: keyArb.map((key): Op => ({ kind: 'crash', key })) },
+  { weight: 1, arbitrary: fc.constantFrom(0, 3_600_000).map((idleAfterMs): Op => ({ kind: 'reap', idleAfterMs })) },
+  { weight: 1, arbitrary: fc.constantFrom<Op>({ kind: 'storeDown' }, { kind: 'storeUp' }) },
+);
+const stepArb: fc.Arbitrary<Step> = fc.oneof({ weight: 4, arbitrary: opArb.map((op) => [op]) }, { weight: 1, arbitrary: fc.array(opArb, { minLength: 2, maxLength: 3 }) });
+const programArb = fc.array(stepArb, { minLength: 1, maxLength: MAX_STEPS, size: 'medium' });
+
+function describeStep(step: Step): string {
+  return step.map((op) => (op.kind === 'reap' ? `reap(${op.idleAfterMs})` : 'key' in op ? `${op.kind}(${op.key})` : op.kind)).join(' ∥ ');
+}
+
+describe('fault: random interleavings against the invariants', () => {
+  let t: TestSupervisor;
+  let binDir: string;
+  const pids = new Set<number>();
+
+  beforeAll(async () => {
+    binDir = await tempDir('cxg-faults-bin-');
+    // Crashes here are the point, not a reason to back off. Nothing talks to
+    // the children, so the light stand-in does (half the CPU per start).
+    t = await startTestSupervisor({ codexBin: await writeLightCodex(binDir), shards: 2, stopGraceMs: 2000, crashLoop: { threshold: 1_000_000 }, spoolRetryBaseMs: 100, spoolRetryMaxMs: 400 });
+  });
+  afterAll(async () => {
+    await storeUp();
+    await t?.close();
+    killGroups(pids);
+    if (t !== undefined) await killLeftovers(t.homeRoot);
+    if (binDir !== undefined) await rm(binDir, { recursive: true, force: true });
+  });
+
+  /** The store is down while its directory is replaced by a file (uploads and downloads fail). */
+  let storeIsDown = false;
+  async function storeDown(): Promise<void> {
+    if (storeIsDown) return;
+    storeIsDown = true;
+    await rename(t.storeDir, `${t.storeDir}.away`);
+    await writeFile(t.storeDir, 'the object store is down');
+  }
+  async function storeUp(): Promise<void> {
+    if (!storeIsDown) return;
+    storeIsDown = false;
+    await rm(t.storeDir, { force: true });
+    await rename(`${t.storeDir}.away`, t.storeDir);
+  }
+
+  it(`scenario 5: random interleavings of ensure / touch / shutdown / crash / reaper ticks / store outages over ${KEYS} keys (fast-check, ${NUM_RUNS} runs): the invariants hold after every step`, async ({ task }) => {
+    let runs = 0;
+    let written = 0;
+    let lost = 0;
+    let stepsRun = 0;
+
+    const property = fc.asyncProperty(programArb, async (program) => {
+      const run = ++runs;
+      const keys = Array.from({ length: KEYS }, (_, i) => `model-r${run}-k${i}`);
+      const ledger = new MarkerLedger();
+      /** The model: the child each key should have now. */
+      const live = new Map<string, ChildHandle>();
+      const handles = new Map<string, ChildHandle>();
+      /** Every loopback token handed to a builder in this run, with its key. */
+      const tokens: Array<{ token: string; key: string }> = [];
+      const build: ConfigBuilder = (token, { workspaceId }) => {
+        tokens.push({ token, key: workspaceId });
+        return spawnConfig();
+      };
+      let markers = 0;
+      const history: string[] = [];
+
+      const ensure = async (key: string): Promise<ChildHandle | undefined> => {
+        const down = storeIsDown;
+        let h: ChildHandle;
+        try {
+          h = await t.sup.ensureSubprocess({ workspaceId: key }, build);
+        } catch (err) {
+          // With the store down a start that needs a download fails, cleanly; never otherwise.
+          const code = (err as { code?: string }).code ?? '';
+          if ((down || storeIsDown) && code.startsWith('GW_STORE')) return undefined;
+          throw err;
+        }
+        handles.set(h.generation, h);
+        pids.add(h.pid);
+        return h;
+      };
+      const mark = async (key: string, h: ChildHandle): Promise<void> => {
+        await ledger.write(key, h.codexHome, `m/${++markers}.txt`, `${key} marker ${markers} in ${h.generation}`);
+      };
+
+      /** Runs one op; returns the handle an ensure got. */
+      const exec = async (op: Op): Promise<ChildHandle | undefined> => {
+        if (op.kind === 'reap') {
+          const stopped = await t.sup.reapIdle({ idleAfterMs: op.idleAfterMs, hardIdleAfterMs: op.idleAfterMs });
+          for (const r of stopped) {
+            if (!keys.includes(r.workspaceId)) throw new Error(`the reaper stopped ${r.workspaceId}, which is not part of this run`);
+          }
+          return undefined;
+        }
+        if (op.kind === 'storeDown') {
+          await storeDown();
+          return undefined;
+        }
+        if (op.kind === 'storeUp') {
+          await storeUp();
+          return undefined;
+        }
+        const key = keys[op.key] as string;
+        switch (op.kind) {
+          case 'ensure':
+            return ensure(key);
+          case 'touch':
+            t.sup.touch({ workspaceId: key });
+            return undefined;
+          case 'shutdown':
+            await t.sup.shutdown({ workspaceId: key });
+            return undefined;
+          case 'crash': {
+            const h = live.get(key);
+            if (h === undefined) return undefined;
+            try {
+              process.kill(h.pid, 'SIGKILL');
+            } catch {
+              // Already gone (a concurrent stop).
+            }
+            await h.done();
+            return undefined;
+          }
+        }
+      };
+
+      /** The model after a step, read from the supervisor: the live child of each key. */
+      const resync = async (): Promise<void> => {
+        for (const key of keys) {
+          const st = await t.sup.workspaceStatus({ workspaceId: key });
+          if (st === undefined) {
+            live.delete(key);
+            continue;
+          }
+          if (st.state !== 'running') throw new Error(`${key} is ${st.state} after a step ended`);
+          const h = handles.get(st.generation);
+          if (h === undefined) throw new Error(`${key} runs generation ${st.generation}, which no ensure returned`);
+          live.set(key, h);
+        }
+      };
+
+      const check = async (where: string): Promise<void> => {
+        const fail = (what: string): never => {
+          throw new Error(`${what}\n  after step ${where}\n  history:\n    ${history.join('\n    ')}`);
+        };
+        const procs = await processesPerWorkspace(t.homeRoot);
+        for (const key of keys) {
+          const h = live.get(key);
+          const running = procs.get(key) ?? [];
+          if (running.length > 1) fail(`${key}: ${running.length} live processes (${running.join(', ')})`);
+          const expected = h === undefined ? [] : [h.pid];
+          if (running.join() !== expected.join()) fail(`${key}: live processes [${running.join(', ')}], the model expects [${expected.join(', ')}]`);
+          if (h !== undefined && !h.isAlive()) fail(`${key}: the live child's handle says it exited`);
+          const dirs = await homeDirs(t.homeRoot, key);
+          if (dirs.length > 1) fail(`${key}: ${dirs.length} generation directories (${dirs.join(', ')})`);
+          if (h !== undefined && dirs[0] !== path.basename(h.codexHome)) fail(`${key}: the live child's home ${h.codexHome} is not the one on disk (${dirs.join(', ')})`);
+        }
+        for (const { token, key } of tokens) {
+          const got = await t.sup.lookupWorkspaceForLoopbackToken(token);
+          if (got !== undefined && got !== key) fail(`a token of ${key} resolves to ${got}`);
+        }
+        for (const key of keys) {
+          const resolving = [];
+          for (const x of tokens.filter((x) => x.key === key)) if ((await t.sup.lookupWorkspaceForLoopbackToken(x.token)) === key) resolving.push(x);
+          const want = live.has(key) ? 1 : 0;
+          if (resolving.length !== want) fail(`${key}: ${resolving.length} loopback tokens resolve, expected ${want} (${live.has(key) ? 'one live child' : 'no live child'})`);
+        }
+      };
+
+      const unsaved: string[] = [];
+      try {
+        for (const [i, step] of program.entries()) {
+          const where = `${i + 1}/${program.length} (${describeStep(step)})`;
+          history.push(where);
+          const got = await Promise.all(step.map(exec));
+          await resync();
+          stepsRun++;
+          // Markers go into the live home of each key an ensure of this step returned.
+          for (const h of got) {
+            if (h !== undefined && live.get(h.workspaceId) === h) await mark(h.workspaceId, h);
+          }
+          await check(where);
+        }
+      } finally {
+        // The store comes back; every marker must be there after a final ensure; then the run's keys are stopped.
+        await storeUp();
+        for (const key of keys) {
+          const h = await ensure(key);
+          const missing = h === undefined ? ledger.markers(key).map(([rel]) => rel) : await ledger.missing(key, h.codexHome);
+          lost += missing.length;
+          if (missing.length > 0) history.push(`LOST ${key}: ${missing.join(', ')}`);
+          const r = await t.sup.shutdown({ workspaceId: key });
+          if (r.stopped && !r.saved) unsaved.push(`${key}: not saved with the store up: ${r.error ?? '?'}`);
+        }
+        written += ledger.count;
+      }
+      if (unsaved.length > 0) throw new Error(unsaved.join('; '));
+      await waitFor(async () => (await t.sup.stats()).every((x) => x.spool.length === 0), 10_000, 'the spool to drain');
+      const procs = await processesPerWorkspace(t.homeRoot);
+      for (const key of keys) {
+        if (procs.has(key)) throw new Error(`${key}: processes left after the run: ${(procs.get(key) ?? []).join(', ')}`);
+        if ((await homeDirs(t.homeRoot, key)).length > 0) throw new Error(`${key}: a directory left after the run`);
+      }
+      if (lost > 0) throw new Error(`markers lost:\n  ${history.join('\n  ')}`);
+    });
+
+    const t0 = Date.now();
+    try {
+      await fc.assert(property, { numRuns: NUM_RUNS, plugins: [fc.interruptAfterTimeLimit(90_000)] });
+    } finally {
+      recordLost(task, lost);
+      console.log(`scenario 5: ${runs} runs, ${stepsRun} steps, ${written} markers, lost ${lost}, ${Date.now() - t0} ms`);
+    }
+    expect(runs).toBeGreaterThanOrEqual(NUM_RUNS);
+    expect(lost).toBe(0);
+  }, 150_000);
+});
