@@ -29,6 +29,15 @@ export type RecordKind = (typeof RecordKind)[keyof typeof RecordKind];
 export const FLAG_BINARY = 1;
 export const HEADER_BYTES = 12;
 const DEFAULT_BATCH_BYTES = 64 * 1024;
+/**
+ * Credit that waits for a ride: an Ack queued with `ack()` goes out with the
+ * next batch that carries anything else, so an echo-like exchange costs one
+ * message (one wake-up of the other thread) each way instead of two. Credit
+ * never waits longer than ACK_DELAY_MS, and goes out at once (in its own
+ * batch) when ACK_EAGER_BYTES are owed, far below the windows it refills.
+ */
+const ACK_DELAY_MS = 5;
+const ACK_EAGER_BYTES = 32 * 1024;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -36,21 +45,41 @@ const decoder = new TextDecoder();
 export type RecordHandler = (kind: RecordKind, flags: number, code: number, connId: number, payload: Uint8Array) => void;
 
 export class FrameBatcher {
-  private buf: ArrayBuffer | undefined;
-  private view: DataView | undefined;
-  private bytes: Uint8Array | undefined;
+  /**
+   * Records are written into this staging buffer, which never leaves the
+   * thread; a flush posts a copy of exactly the bytes used. A fresh 64 KiB
+   * buffer per batch would cost a 64 KiB zero-fill (and 64 KiB of external
+   * memory for the GC to account) for every batch, most of which carry one
+   * small frame.
+   */
+  private readonly staging: ArrayBuffer;
+  private readonly view: DataView;
+  private readonly bytes: Uint8Array;
   private used = 0;
   private scheduled = false;
+  /** Credit owed per connection, written into the next batch posted. */
+  private readonly owed = new Map<number, number>();
+  private owedBytes = 0;
+  private ackTimer: NodeJS.Timeout | undefined;
   /** Batches posted so far (for stats). */
   posted = 0;
 
   constructor(
     private readonly post: (batch: ArrayBuffer) => void,
     private readonly batchBytes = DEFAULT_BATCH_BYTES,
-  ) {}
+  ) {
+    this.staging = new ArrayBuffer(batchBytes);
+    this.view = new DataView(this.staging);
+    this.bytes = new Uint8Array(this.staging);
+  }
 
   /** Queues one record; `payload` is copied, so the caller may reuse its memory at once. */
   push(kind: RecordKind, flags: number, code: number, connId: number, payload?: Uint8Array | string): void {
+    if (this.append(kind, flags, code, connId, payload)) this.schedule();
+  }
+
+  /** Writes one record into the current batch; false when it was posted alone. */
+  private append(kind: RecordKind, flags: number, code: number, connId: number, payload?: Uint8Array | string): boolean {
     const body = typeof payload === 'string' ? encoder.encode(payload) : payload;
     const len = body?.byteLength ?? 0;
     const need = HEADER_BYTES + len;
@@ -61,17 +90,36 @@ export class FrameBatcher {
       writeRecord(new DataView(ab), new Uint8Array(ab), 0, kind, flags, code, connId, body);
       this.posted++;
       this.post(ab);
-      return;
+      return false;
     }
-    if (this.buf === undefined || this.used + need > this.batchBytes) {
-      this.flush();
-      this.buf = new ArrayBuffer(this.batchBytes);
-      this.view = new DataView(this.buf);
-      this.bytes = new Uint8Array(this.buf);
-      this.used = 0;
-    }
-    writeRecord(this.view as DataView, this.bytes as Uint8Array, this.used, kind, flags, code, connId, body);
+    if (this.used + need > this.batchBytes) this.postCurrent();
+    writeRecord(this.view, this.bytes, this.used, kind, flags, code, connId, body);
     this.used += need;
+    return true;
+  }
+
+  /**
+   * Owes `bytes` of credit to `connId`: an Ack record that rides with the next
+   * batch, or goes alone after ACK_DELAY_MS or once ACK_EAGER_BYTES are owed.
+   */
+  ack(connId: number, bytes: number): void {
+    if (bytes <= 0) return;
+    this.owed.set(connId, (this.owed.get(connId) ?? 0) + bytes);
+    this.owedBytes += bytes;
+    if (this.owedBytes >= ACK_EAGER_BYTES) {
+      this.schedule();
+    } else if (this.ackTimer === undefined) {
+      this.ackTimer = setTimeout(this.ackDue, ACK_DELAY_MS);
+      this.ackTimer.unref();
+    }
+  }
+
+  private readonly ackDue = (): void => {
+    this.ackTimer = undefined;
+    this.flush();
+  };
+
+  private schedule(): void {
     if (!this.scheduled) {
       this.scheduled = true;
       setImmediate(this.flushSoon);
@@ -83,14 +131,21 @@ export class FrameBatcher {
     this.flush();
   };
 
-  /** Posts what is queued now. */
+  /** Posts what is queued now, with any credit owed. */
   flush(): void {
-    if (this.buf === undefined || this.used === 0) return;
-    const ab = this.buf;
-    if (this.used < ab.byteLength) (this.bytes as Uint8Array)[this.used] = 0;
-    this.buf = undefined;
-    this.view = undefined;
-    this.bytes = undefined;
+    if (this.owedBytes > 0) {
+      for (const [id, n] of this.owed) this.append(RecordKind.Ack, 0, 0, id, ackPayload(n));
+      this.owed.clear();
+      this.owedBytes = 0;
+    }
+    this.postCurrent();
+  }
+
+  private postCurrent(): void {
+    if (this.used === 0) return;
+    // new + set measured faster than ArrayBuffer.prototype.slice here (Node 20).
+    const ab = new ArrayBuffer(this.used);
+    new Uint8Array(ab).set(this.bytes.subarray(0, this.used));
     this.used = 0;
     this.posted++;
     this.post(ab);
@@ -135,8 +190,8 @@ export function readAck(payload: Uint8Array): number {
 }
 
 /**
- * Per-connection byte counts gathered while one batch is read, sent back as
- * one Ack record per connection afterwards.
+ * Per-connection byte counts gathered while one batch is read, owed back as
+ * credit (one Ack record per connection) afterwards.
  */
 export class AckTally {
   private readonly counts = new Map<number, number>();
@@ -146,7 +201,7 @@ export class AckTally {
   }
 
   flushTo(out: FrameBatcher): void {
-    for (const [id, n] of this.counts) out.push(RecordKind.Ack, 0, 0, id, ackPayload(n));
+    for (const [id, n] of this.counts) out.ack(id, n);
     this.counts.clear();
   }
 }
