@@ -57,12 +57,13 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
       shards: settings.shards,
       configBuilder: builder,
       readyTimeoutMs: settings.spawn.readyTimeoutMs,
+      childNice: settings.spawn.nice,
       stopGraceMs: Math.max(1, settings.spawn.stopGraceMs),
       shutdownConcurrency: settings.shutdown.concurrency,
       dataPlane: { ...DEFAULT_DATA_PLANE, maxFrameBytes },
       limits: {
         ...(settings.limits.maxChildren === undefined ? {} : { maxChildren: settings.limits.maxChildren }),
-        ...(settings.limits.maxConcurrentSpawns === undefined ? {} : { maxConcurrentSpawns: settings.limits.maxConcurrentSpawns }),
+        maxConcurrentSpawns: settings.limits.maxConcurrentSpawns,
       },
       crashLoop: {
         threshold: settings.crashLoop.threshold,

@@ -57,6 +57,8 @@ export interface SupervisorOptions {
   configBuilder?: ConfigBuilder;
   /** Time from spawn until /readyz must answer 200. Default 5 s. */
   readyTimeoutMs?: number;
+  /** Nice levels children run below the gateway, so its threads keep serving frames under load. Default 0. */
+  childNice?: number;
   /** SIGTERM → SIGKILL grace. Default 10 s. */
   stopGraceMs?: number;
   /** Children stopped at once by shutdownAll and close. Default 16. */
@@ -478,6 +480,12 @@ export class Supervisor extends EventEmitter {
 
 type ResolvedInit = Omit<ShardInit, 'shard' | 'shards' | 'logLevel' | 'shutdownConcurrency'>;
 
+function niceLevel(v: number | undefined): number {
+  const n = v ?? 0;
+  if (!Number.isInteger(n) || n < 0 || n > 19) throw new GatewayError('GW_BAD_OPTIONS', `childNice must be an integer from 0 to 19, got ${String(v)}`);
+  return n;
+}
+
 function positive(name: string, v: number | undefined, dflt: number): number {
   const n = v ?? dflt;
   if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0) throw new GatewayError('GW_BAD_OPTIONS', `${name} must be a positive number, got ${String(v)}`);
@@ -496,6 +504,7 @@ function resolveInit(o: SupervisorOptions): ResolvedInit {
     extraEnv: [...(o.extraEnv ?? [])],
     envAllowlist: [...(o.envAllowlist ?? DEFAULT_ENV_ALLOWLIST)],
     readyTimeoutMs: positive('readyTimeoutMs', o.readyTimeoutMs, 5000),
+    childNice: niceLevel(o.childNice),
     stopGraceMs: positive('stopGraceMs', o.stopGraceMs, 10_000),
     builderTimeoutMs: positive('builderTimeoutMs', o.builderTimeoutMs, 30_000),
     archiveExclude: [...(o.archiveExclude ?? DEFAULT_ARCHIVE_EXCLUDES)],

@@ -89,6 +89,8 @@ export interface ShardInit {
   extraEnv: string[];
   envAllowlist: string[];
   readyTimeoutMs: number;
+  /** Nice levels children run below the gateway. */
+  childNice: number;
   stopGraceMs: number;
   /** Children this shard stops at once during shutdownAll and close. */
   shutdownConcurrency: number;

@@ -4,6 +4,7 @@
  * cross a thread, so a failure comes back as `{ ok: false, error }` with its
  * stable code, for the caller to rebuild with deserializeError.
  */
+import os from 'node:os';
 import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../shared/archive-protocol.js';
 import { GatewayError, serializeError } from '../shared/errors.js';
 import type { StoreSpec } from '../shared/store-spec.js';
@@ -17,6 +18,18 @@ import { pack, unpack } from './archive.js';
  * client (and its connection pool) is reused across tasks.
  */
 const stores = new Map<string, ObjectStore>();
+
+/**
+ * Archive work (tar, gzip) yields the CPU to the threads that serve frames:
+ * this thread runs 10 nice levels below them. On Linux the priority is per
+ * thread, so only this pool thread is affected.
+ */
+const ARCHIVE_NICE = 10;
+try {
+  os.setPriority(0, Math.min(19, os.getPriority(0) + ARCHIVE_NICE));
+} catch {
+  // Not permitted here: archive work runs at the normal priority.
+}
 
 function storeFor(spec: StoreSpec): ObjectStore {
   const key = JSON.stringify(spec);

@@ -1,9 +1,9 @@
 /**
  * Packs a CODEX_HOME into its store object and unpacks it again, streaming:
  * the archive is never held whole in memory or spooled to a temp file.
- * Runs in the archive pool (archive-worker.ts); node-tar's gzip is
- * synchronous CPU work that must stay off every event loop that serves
- * frames.
+ * Runs in the archive pool (archive-worker.ts): tar and gzip are CPU work
+ * that must stay off every event loop that serves frames. Packing
+ * compresses with BlockGzip (block-gzip.ts); unpacking reads any gzip.
  *
  * Unpack treats every object as hostile. Nothing is written outside the
  * target directory: only regular files and directories are extracted, paths
@@ -21,6 +21,7 @@ import { Pack, ReadEntry, Unpack } from 'tar';
 import type { PackResult, PackTask, UnpackLimits, UnpackResult, UnpackTask } from '../shared/archive-protocol.js';
 import { GatewayError, isGatewayError, toGatewayError } from '../shared/errors.js';
 import type { ObjectStore } from '../shared/stores/object-store.js';
+import { BlockGzip } from './block-gzip.js';
 
 /** How long a failed unpack waits for tar to close the files it has open before giving up on them. */
 const SETTLE_TIMEOUT_MS = 10_000;
@@ -40,7 +41,6 @@ export async function pack(task: PackTask, store: ObjectStore): Promise<PackResu
   let tarError: unknown;
   const archive = new Pack({
     cwd: task.home,
-    gzip: true,
     // No uid/gid/uname/atime/ctime, modes normalised to a 022 umask.
     portable: true,
     strict: true,
@@ -55,9 +55,12 @@ export async function pack(task: PackTask, store: ObjectStore): Promise<PackResu
       if (entry.type === 'File') files += 1;
     },
   });
-  const body = readableOf(archive, (err) => {
+  const tarStream = readableOf(archive, (err) => {
     tarError ??= err;
   });
+  const body = new BlockGzip();
+  tarStream.on('error', (err) => body.destroy(err));
+  tarStream.pipe(body);
   // '.' rather than the top-level names: the root entry keeps an empty home
   // a valid archive, and its mode travels with it.
   archive.end('.');

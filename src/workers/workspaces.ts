@@ -225,6 +225,7 @@ export class WorkspaceTable {
         env,
         wsToken: e.wsToken,
         readyTimeoutMs: this.init.readyTimeoutMs,
+        nice: this.init.childNice,
         onSpawned: (pid) => {
           home.ran = true;
           e.pid = pid;

@@ -61,6 +61,7 @@ async function harness(drainBudgetMs: number): Promise<Harness> {
     extraEnv: [],
     envAllowlist: [...DEFAULT_ENV_ALLOWLIST],
     readyTimeoutMs: 15_000,
+    childNice: 0,
     stopGraceMs: 1000,
     shutdownConcurrency: 4,
     builderTimeoutMs: 5000,
