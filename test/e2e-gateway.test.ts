@@ -9,10 +9,10 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
 import { AppServerClient } from './fixtures/app-server-client.js';
-import { TEST_API_KEY, TEST_API_KEY_ENV } from './fixtures/codex-home.js';
+import { TEST_API_KEY } from './fixtures/codex-home.js';
 import { startResponsesMock } from './fixtures/responses-mock.js';
 import type { ResponsesMock } from './fixtures/responses-mock.js';
-import { startGatewayProcess, writeConfig } from './gateway-process.js';
+import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess, writeConfig } from './gateway-process.js';
 import type { GatewayProcess } from './gateway-process.js';
 import { processAlive, tempDir } from './helpers.js';
 
@@ -27,27 +27,7 @@ describe('gateway process end to end (real codex)', () => {
   beforeAll(async () => {
     mock = await startResponsesMock({ deltas: ['Streamed', ' through', ' the', ' gateway.'] });
     dir = await tempDir('cxg-e2e-gw-');
-    config = await writeConfig(
-      path.join(dir, 'gateway.toml'),
-      [
-        'shards = 2',
-        '[data]',
-        `dir = ${JSON.stringify(dir)}`,
-        '[listen]',
-        'port = 0',
-        '[auth.jwt]',
-        `secret = ${JSON.stringify(SECRET)}`,
-        '[model]',
-        'provider = "mock"',
-        'name = "gpt-test"',
-        `base_url = ${JSON.stringify(mock.baseUrl)}`,
-        `env_key = "${TEST_API_KEY_ENV}"`,
-        `api_key_env = "CXG_TEST_GATEWAY_KEY"`,
-        '[shutdown]',
-        'budget = "30s"',
-        '',
-      ].join('\n'),
-    );
+    config = await writeConfig(path.join(dir, 'gateway.toml'), realCodexToml({ dir, secret: SECRET, mockBaseUrl: mock.baseUrl, extra: ['[shutdown]', 'budget = "30s"'] }));
   });
   afterAll(async () => {
     await gw?.stop('SIGKILL');
@@ -56,7 +36,7 @@ describe('gateway process end to end (real codex)', () => {
   });
 
   it('a turn streams through the proxy; SIGTERM saves it; after a restart the thread is listed', async () => {
-    const env = { CXG_TEST_GATEWAY_KEY: TEST_API_KEY, CXG_LOG_LEVEL: 'info' };
+    const env = { [GATEWAY_KEY_ENV]: TEST_API_KEY, CXG_LOG_LEVEL: 'info' };
     gw = await startGatewayProcess(config, env);
     const token = await signWorkspaceToken({ secret: SECRET, workspaceId: 'team-alpha', expiresIn: '10m' });
 

@@ -13,10 +13,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
 import { AppServerClient } from '../fixtures/app-server-client.js';
-import { TEST_API_KEY, TEST_API_KEY_ENV } from '../fixtures/codex-home.js';
+import { TEST_API_KEY } from '../fixtures/codex-home.js';
 import { startResponsesMock } from '../fixtures/responses-mock.js';
 import type { ResponsesMock } from '../fixtures/responses-mock.js';
-import { startGatewayProcess, writeConfig } from '../gateway-process.js';
+import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess, writeConfig } from '../gateway-process.js';
 import type { GatewayProcess } from '../gateway-process.js';
 import { tempDir, waitFor } from '../helpers.js';
 import { exists, groupsUnder, isRunning, killGroups, killLeftovers, processesUnder, recordedChildPid, recordLost } from './markers.js';
@@ -29,34 +29,14 @@ describe('fault: the gateway process is SIGKILLed mid-session (real codex)', () 
   let config: string;
   const gateways: GatewayProcess[] = [];
   const pids = new Set<number>();
-  const env = { CXG_TEST_GATEWAY_KEY: TEST_API_KEY, CXG_LOG_LEVEL: 'info' };
+  const env = { [GATEWAY_KEY_ENV]: TEST_API_KEY, CXG_LOG_LEVEL: 'info' };
 
   beforeAll(async () => {
     mock = await startResponsesMock({ deltas: ['Back', ' after', ' a', ' SIGKILL.'] });
     dir = await tempDir('cxg-faults-gw-kill-');
     config = await writeConfig(
       path.join(dir, 'gateway.toml'),
-      [
-        'shards = 2',
-        '[data]',
-        `dir = ${JSON.stringify(dir)}`,
-        '[listen]',
-        'port = 0',
-        '[auth.jwt]',
-        `secret = ${JSON.stringify(SECRET)}`,
-        '[model]',
-        'provider = "mock"',
-        'name = "gpt-test"',
-        `base_url = ${JSON.stringify(mock.baseUrl)}`,
-        `env_key = "${TEST_API_KEY_ENV}"`,
-        'api_key_env = "CXG_TEST_GATEWAY_KEY"',
-        '[spawn]',
-        'stop_grace = "3s"',
-        'ready_timeout = "15s"',
-        '[shutdown]',
-        'budget = "30s"',
-        '',
-      ].join('\n'),
+      realCodexToml({ dir, secret: SECRET, mockBaseUrl: mock.baseUrl, extra: ['[spawn]', 'stop_grace = "3s"', 'ready_timeout = "15s"', '[shutdown]', 'budget = "30s"'] }),
     );
   });
   afterAll(async () => {

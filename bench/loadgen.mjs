@@ -1,0 +1,175 @@
+// The load generator: a process of its own (node + ws, bufferutil masking),
+// driven by the bench over IPC. The same client drives every path of a bench.
+//
+//   echo  closed loop: each connection sends its next frame when the echo of
+//         the last one arrives; msgs/s and RTT over a measured window.
+//   open / hold / closeAll  many mostly idle connections (connections bench):
+//         open them at a bounded rate, then send one frame per connection per
+//         interval, staggered, and count what comes back.
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import WebSocket from 'ws';
+import { Samples, serveIpc, summarize } from './common.mjs';
+
+/** A JSON-RPC-shaped text frame of exactly `size` bytes. */
+function frameOf(size) {
+  const head = '{"jsonrpc":"2.0","id":1,"method":"bench/echo","params":{"pad":"';
+  const tail = '"}}';
+  const pad = Math.max(0, size - head.length - tail.length);
+  return Buffer.from(head + 'x'.repeat(pad) + tail).subarray(0, Math.max(size, 1));
+}
+
+function connect(url, headers, localAddress) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, {
+      headers,
+      perMessageDeflate: false,
+      maxPayload: 256 * 1024 * 1024,
+      skipUTF8Validation: true,
+      handshakeTimeout: 60_000,
+      ...(localAddress === undefined ? {} : { localAddress }),
+    });
+    ws.once('open', () => resolve(ws));
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
+    ws.once('error', reject);
+  });
+}
+
+async function echo({ url, headers, conns, size, warmupMs, durationMs }) {
+  const payload = frameOf(size);
+  const sockets = await Promise.all(Array.from({ length: conns }, () => connect(url, headers)));
+  const rtts = new Samples();
+  let measuring = false;
+  let stopping = false;
+  let inFlight = 0;
+  let count = 0;
+  let all = 0;
+  let bad = 0;
+  let closed = 0;
+  let drained;
+  for (const ws of sockets) {
+    let sentAt = 0;
+    const send = () => {
+      inFlight++;
+      sentAt = performance.now();
+      ws.send(payload, { binary: false });
+    };
+    ws.on('message', (data) => {
+      const now = performance.now();
+      inFlight--;
+      all++;
+      if (data.length !== payload.length) bad++;
+      if (measuring) {
+        rtts.push((now - sentAt) * 1000);
+        count++;
+      }
+      if (!stopping) send();
+      else if (inFlight === 0) drained?.();
+    });
+    ws.on('close', () => {
+      closed++;
+    });
+    ws.on('error', () => {});
+    send();
+  }
+  await sleep(warmupMs);
+  measuring = true;
+  const t0 = performance.now();
+  await sleep(durationMs);
+  measuring = false;
+  const seconds = (performance.now() - t0) / 1000;
+  stopping = true;
+  if (inFlight > 0) await Promise.race([new Promise((r) => (drained = r)), sleep(10_000)]);
+  const unexpectedCloses = closed;
+  for (const ws of sockets) ws.close(1000);
+  await Promise.race([Promise.all(sockets.map((ws) => (ws.readyState === WebSocket.CLOSED ? undefined : new Promise((r) => ws.once('close', r))))), sleep(5000)]);
+  return { msgs: count, allMsgs: all, seconds, msgsPerSec: count / seconds, mbPerSec: (count * size) / seconds / 1e6, rttUs: summarize(rtts), badFrames: bad, unexpectedCloses, lostInFlight: inFlight };
+}
+
+// ---- many idle connections ------------------------------------------------------
+
+const held = [];
+const stats = { sent: 0, received: 0, unexpectedCloses: 0, rtts: new Samples() };
+
+async function open({ url, tokens, perToken, concurrency = 256, localAddresses = [undefined] }) {
+  const jobs = [];
+  for (let k = 0; k < perToken; k++) for (const token of tokens) jobs.push(token);
+  const t0 = performance.now();
+  let failed = 0;
+  const errors = new Map();
+  let next = 0;
+  const run = async () => {
+    while (next < jobs.length) {
+      const i = next++;
+      try {
+        const ws = await connect(url, { authorization: `Bearer ${jobs[i]}` }, localAddresses[i % localAddresses.length]);
+        const c = { ws, sentAt: 0, timer: undefined, open: true };
+        ws.on('message', () => {
+          stats.received++;
+          if (c.sentAt > 0) stats.rtts.push((performance.now() - c.sentAt) * 1000);
+          c.sentAt = 0;
+        });
+        ws.on('close', () => {
+          if (c.open) stats.unexpectedCloses++;
+          c.open = false;
+        });
+        ws.on('error', () => {});
+        held.push(c);
+      } catch (err) {
+        failed++;
+        const key = err instanceof Error ? err.message : String(err);
+        errors.set(key, (errors.get(key) ?? 0) + 1);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, run));
+  return { opened: held.length, failed, errors: Object.fromEntries(errors), ms: performance.now() - t0, rssClient: process.memoryUsage().rss };
+}
+
+async function hold({ intervalMs, durationMs, size }) {
+  const payload = frameOf(size);
+  stats.sent = 0;
+  stats.received = 0;
+  stats.rtts = new Samples();
+  const unexpectedBefore = stats.unexpectedCloses;
+  const send = (c) => {
+    if (!c.open) return;
+    c.sentAt = performance.now();
+    stats.sent++;
+    c.ws.send(payload, { binary: false });
+  };
+  for (const c of held) {
+    // Staggered over the interval, so the load is even.
+    c.timer = setTimeout(() => {
+      send(c);
+      c.timer = setInterval(() => send(c), intervalMs);
+    }, Math.random() * intervalMs);
+  }
+  await sleep(durationMs);
+  for (const c of held) {
+    clearTimeout(c.timer);
+    clearInterval(c.timer);
+  }
+  // Let the last frames come back.
+  const until = Date.now() + 5000;
+  while (stats.received < stats.sent && Date.now() < until) await sleep(50);
+  return {
+    sent: stats.sent,
+    received: stats.received,
+    stillOpen: held.filter((c) => c.open && c.ws.readyState === WebSocket.OPEN).length,
+    unexpectedCloses: stats.unexpectedCloses - unexpectedBefore,
+    rttUs: summarize(stats.rtts),
+  };
+}
+
+async function closeAll() {
+  for (const c of held) {
+    c.open = false;
+    c.ws.terminate();
+  }
+  held.length = 0;
+  return true;
+}
+
+serveIpc({ echo, open, hold, closeAll });
+process.send?.({ event: 'ready' });
