@@ -146,8 +146,10 @@ export async function hasStoredNote(home: Home): Promise<boolean> {
   );
 }
 
+/** Removes the note, and the workspace directory once nothing is left in it. */
 export async function clearStoredNote(home: Home): Promise<void> {
   await fs.rm(storedNotePath(home), { force: true });
+  await fs.rmdir(path.dirname(home.dir)).catch(() => {});
 }
 
 /**

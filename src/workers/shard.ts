@@ -29,7 +29,7 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
       const s: ShardStats = {
         shard: init.shard,
         workspaces: table.statuses(),
-        spool: table.spool.status(),
+        spool: table.homes.spool.status(),
         connections: proxy.connectionCount,
         eventLoopDelayP99Ms: loopDelay.percentile(99) / 1e6,
       };

@@ -6,30 +6,33 @@
  * Invariants kept here (ARCHITECTURE.md):
  * 1. One spawn per key: concurrent ensures share the entry's `ready` promise.
  * 2. A start waits for any earlier stop or upload of its key (`busy`), and
- *    takes a spooled home before it would download older state.
+ *    takes a spooled home before it would download older state (HomeStore).
  * 3. Each start gets a new generation directory.
- * 4. Homes are deleted only through deleteHome, after their upload.
+ * 4. Homes are deleted only through deleteHome, after their upload (HomeStore).
  * 6. Stopping a child stops its process group (spawn.ts).
+ *
+ * Where homes come from and go to (spool, store, recovery) is home-store.ts.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { ArchiveOutcome, ArchiveTask, ArchiveValue, HeadResult, PackResult, UnpackResult } from '../shared/archive-protocol.js';
+import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../shared/archive-protocol.js';
 import { buildChildEnv, parseEnvEntries } from '../shared/child-env.js';
 import { renderCodexConfig } from '../shared/codex-config.js';
 import type { SpawnConfig } from '../shared/codex-config.js';
 import { mapLimit, withTimeout } from '../shared/concurrency.js';
-import { GatewayError, deserializeError, toGatewayError } from '../shared/errors.js';
-import type { ChildInfo, ReapOptions, ShardInit, StopReason, StopResult, WorkspaceState, WorkspaceStatus } from '../shared/protocol.js';
+import { CrashLoopGuard } from '../shared/crash-loop.js';
+import { GatewayError, toGatewayError } from '../shared/errors.js';
 import { stripAnsi } from '../shared/logger.js';
+import type { ChildInfo, ReapOptions, ShardInit, StopReason, StopResult, WorkspaceState, WorkspaceStatus } from '../shared/protocol.js';
 import { shouldReap } from '../shared/reap-policy.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
-import { Home, adoptDir, clearStoredNote, createHomeDir, deleteHome, hasStoredNote, noteStoredButKept, newGeneration, processEnded, processStartTicks, writePidFile, writePrivateFile } from './home.js';
-import { CrashLoopGuard } from '../shared/crash-loop.js';
-import { findLeftoverHomes, quarantine, stopLeftoverChild } from './recovery.js';
+import { HomeStore } from './home-store.js';
+import { deleteHome, newGeneration, processEnded, processStartTicks, writePidFile, writePrivateFile } from './home.js';
+import type { Home } from './home.js';
+import { findLeftoverHomes } from './recovery.js';
 import { describeExit, reapGroup, spawnAppServer, stopProcessGroup } from './spawn.js';
 import type { ExitInfo, RunningChild } from './spawn.js';
-import { Spool } from './spool.js';
 
 export interface TableHost {
   buildConfig(builderId: number, workspaceId: string, loopbackToken: string): Promise<SpawnConfig>;
@@ -82,7 +85,7 @@ export class WorkspaceTable {
   private readonly live = new Map<string, Entry>();
   private readonly busy = new Map<string, Promise<unknown>>();
   private readonly tokens = new Map<string, { token: Buffer; workspaceId: string }>();
-  readonly spool: Spool;
+  readonly homes: HomeStore;
   private readonly crashLoop: CrashLoopGuard;
   private closed = false;
   /** Pending while recover() scans homes.root; starts wait for it (see recover). */
@@ -94,12 +97,7 @@ export class WorkspaceTable {
     private readonly events: TableEvents,
     private readonly log: Logger,
   ) {
-    this.spool = new Spool({
-      baseMs: init.spoolRetryBaseMs,
-      maxMs: init.spoolRetryMaxMs,
-      logger: log,
-      save: (home) => this.save(home),
-    });
+    this.homes = new HomeStore(init, host, log);
     this.crashLoop = new CrashLoopGuard(init.crashLoop);
   }
 
@@ -199,7 +197,7 @@ export class WorkspaceTable {
     const toml = renderCodexConfig(spawnConfig.config, e.loopbackToken);
     parseEnvEntries(spawnConfig.env, 'config builder env');
 
-    const home = await this.prepareHome(e);
+    const home = await this.homes.prepare(e.workspaceId, e.generation);
     e.home = home;
     let gated = false;
     try {
@@ -278,57 +276,6 @@ export class WorkspaceTable {
     return cfg;
   }
 
-  /** A spooled home if there is one (newest state), else the stored object, else empty. */
-  private async prepareHome(e: Entry): Promise<Home> {
-    let spooled = await this.spool.claim(e.workspaceId);
-    if (spooled?.recovered === true) {
-      // Left by an earlier gateway and not yet checked against the store: it
-      // may be older than what is stored. With the store unreachable there is
-      // no telling, so the start fails rather than risk going back in time.
-      const found = spooled;
-      try {
-        if (await this.alreadyStored(found)) spooled = undefined;
-        else found.recovered = false;
-      } catch (err) {
-        // The store cannot be asked. A home noted as stored may be older than
-        // the stored state: never start from it. Any other is the newest work
-        // there is (nothing newer could be stored after it): start from it.
-        if (await hasStoredNote(found)) {
-          this.spool.add(found, toGatewayError(err).describe());
-          throw err;
-        }
-        found.recovered = false;
-      }
-    }
-    if (spooled !== undefined) {
-      try {
-        const dir = await adoptDir(spooled.dir, this.init.homeRoot, e.workspaceId, e.generation);
-        const home = new Home(e.workspaceId, e.generation, dir, 'spool');
-        home.ran = true;
-        return home;
-      } catch (err) {
-        this.spool.add(spooled, `could not reuse: ${toGatewayError(err).describe()}`);
-        throw err;
-      }
-    }
-    const dir = await createHomeDir(this.init.homeRoot, e.workspaceId, e.generation);
-    const outcome = await this.host.archive({
-      op: 'unpack',
-      store: this.init.store,
-      workspaceId: e.workspaceId,
-      home: dir,
-      exclude: this.init.archiveExclude,
-      limits: this.init.unpackLimits,
-    });
-    const home = new Home(e.workspaceId, e.generation, dir, 'fresh');
-    if (!outcome.ok) {
-      await deleteHome(home);
-      throw deserializeError(outcome.error);
-    }
-    const r = outcome.value as UnpackResult;
-    return r.found ? new Home(e.workspaceId, e.generation, dir, 'store') : home;
-  }
-
   private async recordPid(home: Home, pid: number): Promise<void> {
     try {
       await writePidFile(home.dir, { pid, startTicks: await processStartTicks(pid), workspaceId: home.workspaceId, generation: home.generation, gatewayPid: process.pid });
@@ -342,7 +289,7 @@ export class WorkspaceTable {
     if (home.disposable) {
       this.setBusy(home.workspaceId, deleteHome(home).catch((err: unknown) => log.error({ err: toGatewayError(err).describe() }, 'could not remove home')));
     } else {
-      this.setBusy(home.workspaceId, this.persist(home, 'failed-start'));
+      this.setBusy(home.workspaceId, this.homes.persist(home, 'failed-start'));
     }
   }
 
@@ -365,7 +312,7 @@ export class WorkspaceTable {
       e.workspaceId,
       (async () => {
         await reapGroup(e.pid as number, 1000);
-        return this.persist(home, 'crash');
+        return this.homes.persist(home, 'crash');
       })(),
     );
   }
@@ -436,77 +383,7 @@ export class WorkspaceTable {
     const exit = await stopProcessGroup(child, this.init.stopGraceMs);
     if (Date.now() - e.readyAt >= this.init.crashLoop.windowMs) this.crashLoop.healthy(e.workspaceId);
     this.log.info({ workspaceId: e.workspaceId, pid: child.pid, reason, exit: describeExit(exit) }, 'codex app-server stopped');
-    return this.persist(e.home as Home, reason);
-  }
-
-  /** Uploads and deletes a home; on failure keeps it in the spool. */
-  private async persist(home: Home, reason: string): Promise<StopResult> {
-    let result: StopResult;
-    try {
-      await this.save(home);
-      result = { workspaceId: home.workspaceId, stopped: true, saved: true };
-    } catch (err) {
-      const msg = toGatewayError(err, 'GW_STORE_UPLOAD').describe();
-      this.spool.add(home, msg);
-      result = { workspaceId: home.workspaceId, stopped: true, saved: false, error: msg, spooledDir: home.dir };
-    }
-    this.host.workspaceStopped(home.workspaceId, reason, result.saved);
-    return result;
-  }
-
-  /** Upload then delete; throws only when the upload failed. */
-  private async save(home: Home): Promise<void> {
-    const t0 = Date.now();
-    if (home.recovered && (await this.alreadyStored(home))) return;
-    const outcome = await this.host.archive({
-      op: 'pack',
-      store: this.init.store,
-      workspaceId: home.workspaceId,
-      home: home.dir,
-      exclude: this.init.archiveExclude,
-      generation: home.generation,
-    });
-    if (!outcome.ok) throw deserializeError(outcome.error);
-    home.uploaded = true;
-    const r = outcome.value as PackResult;
-    this.log.info({ workspaceId: home.workspaceId, key: r.key, bytes: r.bytes, files: r.files, ms: Date.now() - t0 }, 'home uploaded');
-    await this.removeStored(home);
-  }
-
-  /** Deletes a stored home; if that fails, leaves a note that it is stored (see noteStoredButKept). */
-  private async removeStored(home: Home): Promise<void> {
-    try {
-      await deleteHome(home);
-      await clearStoredNote(home);
-    } catch (err) {
-      this.log.error({ workspaceId: home.workspaceId, dir: home.dir, err: toGatewayError(err).describe() }, 'home uploaded but not removed');
-      await noteStoredButKept(home).catch((e: unknown) => this.log.error({ workspaceId: home.workspaceId, err: toGatewayError(e).describe() }, 'could not note that the kept home is stored'));
-    }
-  }
-
-  /**
-   * For a home left by an earlier gateway: whether the store already holds
-   * it or something newer, so uploading it would lose work. The object
-   * records the generation it was packed from; generations sort by time.
-   * An equal generation is this very home, stored before its directory
-   * could be removed: it goes now. An older one was superseded by a run
-   * that started from the store after it was stored: it is set aside.
-   */
-  private async alreadyStored(home: Home): Promise<boolean> {
-    const outcome = await this.host.archive({ op: 'head', store: this.init.store, workspaceId: home.workspaceId });
-    if (!outcome.ok) throw deserializeError(outcome.error);
-    const stored = (outcome.value as HeadResult).generation;
-    if (stored === undefined || stored < home.generation) return false;
-    if (stored === home.generation) {
-      home.uploaded = true;
-      this.log.info({ workspaceId: home.workspaceId, dir: home.dir }, 'recovery: home was already stored; removing it');
-      await this.removeStored(home);
-    } else {
-      const to = await quarantine(this.init.homeRoot, { workspaceId: home.workspaceId, generation: home.generation, dir: home.dir, record: undefined });
-      await clearStoredNote(home);
-      this.log.warn({ workspaceId: home.workspaceId, dir: to, stored }, 'recovery: home is older than the stored state; set aside, not uploaded');
-    }
-    return true;
+    return this.homes.persist(e.home as Home, reason);
   }
 
   private setBusy(workspaceId: string, p: Promise<unknown>): void {
@@ -531,7 +408,7 @@ export class WorkspaceTable {
       const byWorkspace = new Map<string, typeof leftovers>();
       for (const h of leftovers) byWorkspace.set(h.workspaceId, [...(byWorkspace.get(h.workspaceId) ?? []), h]);
       for (const [workspaceId, homes] of byWorkspace) {
-        this.setBusy(workspaceId, this.recoverWorkspace(homes));
+        this.setBusy(workspaceId, this.homes.recoverWorkspace(homes));
       }
       return leftovers.length;
     })();
@@ -553,30 +430,6 @@ export class WorkspaceTable {
       },
       (err: unknown) => this.log.error({ err: toGatewayError(err).describe() }, 'recovery failed'),
     );
-  }
-
-  private async recoverWorkspace(homes: Awaited<ReturnType<typeof findLeftoverHomes>>): Promise<void> {
-    for (const h of homes) {
-      const outcome = await stopLeftoverChild(h.record, this.init.stopGraceMs);
-      if (outcome !== 'none') this.log.warn({ workspaceId: h.workspaceId, dir: h.dir, pid: h.record?.pid, outcome }, 'recovery: leftover codex process');
-    }
-    const ran = homes.filter((h) => h.record !== undefined);
-    for (const h of homes.filter((x) => x.record === undefined)) {
-      // Never ran a process: at most a copy of what the store holds.
-      await deleteHome(new Home(h.workspaceId, h.generation, h.dir, 'store'));
-    }
-    const newest = ran.at(-1);
-    for (const h of ran.slice(0, -1)) {
-      // Two homes with work for one workspace should not happen; keep the older one aside, untouched.
-      const to = await quarantine(this.init.homeRoot, h);
-      this.log.error({ workspaceId: h.workspaceId, dir: to }, 'recovery: an older home with unsaved work was set aside; inspect it by hand');
-    }
-    if (newest !== undefined) {
-      const home = new Home(newest.workspaceId, newest.generation, newest.dir, 'spool');
-      home.ran = true;
-      home.recovered = true;
-      this.spool.add(home, 'left by a previous gateway', { immediate: true });
-    }
   }
 
   /** The least recently active running child without clients, for the capacity limit. */
@@ -669,7 +522,7 @@ export class WorkspaceTable {
     // the budget, not a budget of its own: each shutdown above had one already.
     const left = Math.max(0, deadline - Date.now());
     await Promise.all([...this.busy.values()].map((p) => withTimeout(p, left, () => new Error('budget')).catch(() => {})));
-    this.spool.close();
+    this.homes.spool.close();
     return results;
   }
 }

@@ -206,8 +206,8 @@ describe('start-up recovery', () => {
     expect(existsSync(path.join(dir, 'state.txt'))).toBe(true);
     await rm(e.storeDir, { force: true });
     await rename(`${e.storeDir}.away`, e.storeDir);
-    await waitFor(() => !existsSync(dir), 15_000, 'the stored home to be removed');
-    expect(existsSync(path.join(e.homeRoot, 'rec-noted', `.cxg-stored-${generation}`))).toBe(false);
+    const note = path.join(e.homeRoot, 'rec-noted', `.cxg-stored-${generation}`);
+    await waitFor(() => !existsSync(dir) && !existsSync(note), 15_000, 'the stored home and its note to be removed');
     const h = await sup.ensureSubprocess({ workspaceId: 'rec-noted' }, countingBuilder());
     expect(await readInHome(h, 'state.txt')).toBe('stored-v1');
   });
