@@ -13,6 +13,9 @@ export default defineConfig({
   test: {
     pool: 'forks',
     include: ['test/**/*.test.ts'],
+    // The fault suite's last line (`faults: N scenarios, N passed, lost L`)
+    // ends every run that includes test/faults, `npm test` as well.
+    reporters: ['default', './test/faults/summary-reporter.ts'],
     testTimeout: 30_000,
     hookTimeout: 60_000,
     teardownTimeout: 30_000,

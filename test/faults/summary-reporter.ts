@@ -63,6 +63,8 @@ export function summarize(testModules: ReadonlyArray<TestModule>): FaultSummary 
 
 export default class FaultSummaryReporter implements Reporter {
   onTestRunEnd(testModules: ReadonlyArray<TestModule>): void {
+    // A run without any fault file (one unit test, say) has nothing to report.
+    if (!testModules.some(isFaultModule)) return;
     const s = summarize(testModules);
     process.stdout.write(`faults: ${s.scenarios} scenarios, ${s.passed} passed, lost ${s.lost}\n`);
   }
