@@ -115,8 +115,10 @@ problem is reported at once, naming the key, where the value came from and
 what was expected; the gateway then exits with status 2. Unknown keys in the
 file, unknown \`CXG_*\` variables and unknown flags are refused (a misspelt
 setting left silently at its default is worse than a refusal to start), so do
-not use \`CXG_\` for variables of your own. Secrets (\`auth.jwt.secret\`,
-\`admin.token\`) are never echoed in errors and are masked by \`config check\`.
+not use \`CXG_\` for variables of your own (\`CXG_TEST_*\`, \`CXG_FAULTS_*\` and
+\`CXG_BENCH_*\` are the project's test and benchmark knobs, and are ignored).
+Secrets (\`auth.jwt.secret\`, \`admin.token\`) are never echoed in errors and
+are masked by \`config check\`.
 
 ## Writing values
 

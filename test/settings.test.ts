@@ -173,8 +173,8 @@ reasoning_effort = "high"
     expect(s.homes.root).toBe(path.join(dir, 'h'));
   });
 
-  it('variables that are not settings are left alone: CXG_CONFIG, CXG_TEST_*, the child tokens, other prefixes', async () => {
-    const s = await load({ env: { CXG_LOG_LEVEL: 'debug', CXG_TEST_ANYTHING: 'x', CXG_LOOPBACK_TOKEN: 't', CXG_WORKSPACE_TOKEN: 't', PATH: '/bin', CXGX: '1' } });
+  it('variables that are not settings are left alone: CXG_CONFIG, the test, fault-suite and bench knobs, the child tokens, other prefixes', async () => {
+    const s = await load({ env: { CXG_LOG_LEVEL: 'debug', CXG_TEST_ANYTHING: 'x', CXG_FAULTS_CLIENTS: '1000', CXG_BENCH_LOG_LEVEL: 'info', CXG_LOOPBACK_TOKEN: 't', CXG_WORKSPACE_TOKEN: 't', PATH: '/bin', CXGX: '1' } });
     expect(s.log.level).toBe('debug');
   });
 });

@@ -163,11 +163,16 @@ export function envName(key: string): string {
   return `CXG_${key.toUpperCase().replace(/\./g, '_')}`;
 }
 
-/** CXG_* variables that are not settings: the config file, and what the gateway or tests set. */
+/**
+ * CXG_* variables that are not settings: the config file, what the gateway
+ * gives its children, and the knobs of the project's own tests, fault suite
+ * and benchmarks (which start gateways that inherit them).
+ */
 export const CONFIG_ENV = 'CXG_CONFIG';
 const NOT_SETTINGS = new Set([CONFIG_ENV, 'CXG_LOOPBACK_TOKEN', 'CXG_WORKSPACE_TOKEN']);
+const NOT_SETTING_PREFIXES = ['CXG_TEST_', 'CXG_FAULTS_', 'CXG_BENCH_'];
 export function isNonSettingEnv(name: string): boolean {
-  return NOT_SETTINGS.has(name) || name.startsWith('CXG_TEST_');
+  return NOT_SETTINGS.has(name) || NOT_SETTING_PREFIXES.some((p) => name.startsWith(p));
 }
 
 /** `store.s3.force_path_style` (a bool) → ['store', 's3', 'forcePathStyle']; durations end in Ms, sizes in Bytes. */
