@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -94,6 +95,43 @@ describe('JwtAuthenticator', () => {
   it.each(cases)('%s → GW_UNAUTHORIZED', async (_name, make, verifier, message) => {
     const err = await failure(verifier.verify(await make()), 'GW_UNAUTHORIZED');
     expect(err.message).toMatch(message);
+  });
+
+  it('verifyNow answers without waiting, with the same verdicts as verify', async () => {
+    const token = await signWorkspaceToken({ secret: SECRET, workspaceId: 'ws-now' });
+    expect(auth.verifyNow(token)).toEqual({ workspaceId: 'ws-now' });
+    for (const [name, make, verifier, message] of cases) {
+      const bad = await make();
+      let thrown: unknown;
+      try {
+        (verifier as JwtAuthenticator).verifyNow(bad);
+      } catch (err) {
+        thrown = err;
+      }
+      expect(thrown, name).toBeInstanceOf(GatewayError);
+      expect((thrown as GatewayError).code, name).toBe('GW_UNAUTHORIZED');
+      expect((thrown as GatewayError).message, name).toMatch(message);
+    }
+  });
+
+  it('an audience list containing ours is accepted; a tampered payload, a critical header, an array payload are not', async () => {
+    const strict = new JwtAuthenticator({ secret: SECRET, audience: 'codex' });
+    const listed = await new SignJWT({ workspace_id: 'ws-aud' }).setProtectedHeader({ alg: 'HS256' }).setAudience(['other', 'codex']).setExpirationTime('1h').sign(key);
+    expect(strict.verifyNow(listed)).toEqual({ workspaceId: 'ws-aud' });
+
+    const [h, , sig] = (await signWorkspaceToken({ secret: SECRET, workspaceId: 'ws-a' })).split('.');
+    const forged = Buffer.from(JSON.stringify({ workspace_id: 'ws-b', exp: Math.floor(Date.now() / 1000) + 3600 })).toString('base64url');
+    expect(() => auth.verifyNow(`${h}.${forged}.${sig}`)).toThrow(/signature verification failed/);
+
+    const crit = await new SignJWT({ workspace_id: 'ws' }).setProtectedHeader({ alg: 'HS256', crit: ['b64'], b64: true }).setExpirationTime('1h').sign(key);
+    expect(() => auth.verifyNow(crit)).toThrow(/"crit"/);
+
+    const enc = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
+    const head = enc({ alg: 'HS256' });
+    const body = enc([{ workspace_id: 'ws' }]);
+    const mac = createHmac('sha256', key).update(`${head}.${body}`).digest('base64url');
+    expect(() => auth.verifyNow(`${head}.${body}.${mac}`)).toThrow(/top-level JSON object/);
+    expect(() => auth.verifyNow(`${head}.${body}`)).toThrow(/Invalid Compact JWS/);
   });
 
   it('signWorkspaceToken refuses a bad workspace id', async () => {
@@ -202,6 +240,18 @@ describe('RemoteAuthenticator', () => {
     now += 1;
     await auth.verify('good');
     expect(v.hits.get('good')).toBe(2);
+  });
+
+  it('verifyNow answers from the cache only: nothing before the first answer, the workspace after, nothing once expired', async () => {
+    let now = 1_000_000;
+    const auth = new RemoteAuthenticator({ url: v.url, cacheMs: 1000, now: () => now });
+    expect(auth.verifyNow('good:ws-now')).toBeUndefined();
+    await auth.verify('good:ws-now');
+    expect(auth.verifyNow('good:ws-now')).toEqual({ workspaceId: 'ws-now' });
+    now += 1000;
+    expect(auth.verifyNow('good:ws-now')).toBeUndefined();
+    expect(() => auth.verifyNow('')).toThrow(/empty bearer token/);
+    expect(v.hits.get('good:ws-now')).toBe(1);
   });
 
   it('the cache is bounded: the least recently used token goes first', async () => {

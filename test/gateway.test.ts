@@ -2,11 +2,14 @@
  * The front door and data plane, in process, on the fake codex.
  */
 import { readFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { DEFAULT_FRONT_LIMITS } from 'codex-app-gateway';
+import { DEFAULT_FRONT_LIMITS, RemoteAuthenticator } from 'codex-app-gateway';
 import { SignJWT } from 'jose';
 import { JWT_SECRET, closeOf, collect, openWs, refusedUpgrade, rpc, startTestGateway } from './gateway-helpers.js';
 import type { TestGateway } from './gateway-helpers.js';
@@ -148,6 +151,56 @@ describe('gateway front door (fake codex)', () => {
     expect(body.workspace_id).toBe('ws-internal');
     expect(body.status).toMatchObject({ pid: info.pid, connected_clients: 1, state: 'running' });
     ws.close();
+  });
+});
+
+describe('gateway with a remote auth verifier (fake codex)', () => {
+  let t: TestGateway;
+  let verifier: Server;
+  let verifierUp = true;
+  const asked: string[] = [];
+
+  beforeAll(async () => {
+    // A real verifier on loopback: "good:<id>" grants <id>, anything else is refused.
+    verifier = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString()));
+      req.on('end', () => {
+        const { token } = JSON.parse(body) as { token: string };
+        asked.push(token);
+        if (!verifierUp) return void res.writeHead(500).end();
+        const [kind, id] = token.split(':');
+        if (kind === 'good') return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ workspace_id: id }));
+        res.writeHead(401).end();
+      });
+    });
+    await new Promise<void>((r) => verifier.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(verifier.address() as AddressInfo).port}/verify`;
+    t = await startTestGateway({ auth: new RemoteAuthenticator({ url, cacheMs: 60_000 }) });
+  });
+  afterAll(async () => {
+    await t?.close();
+    await new Promise((r) => verifier?.close(r));
+  });
+
+  it('a first token is upgraded once the verifier answers, a cached one at once; refused tokens get 401, a verifier that is down 503', async () => {
+    // First sight: the upgrade waits for the verifier. Second: answered from the cache, no request.
+    for (let i = 0; i < 2; i++) {
+      const ws = await openWs(t.url, 'good:ws-remote');
+      expect((await rpc<FakeInfo>(ws, 'fake/info')).codexHome).toContain('ws-remote');
+      ws.close();
+    }
+    expect(asked.filter((x) => x === 'good:ws-remote')).toHaveLength(1);
+
+    expect((await refusedUpgrade(t.url, { authorization: 'Bearer nope' })).status).toBe(401);
+    verifierUp = false;
+    const down = await refusedUpgrade(t.url, { authorization: 'Bearer good:ws-other' });
+    expect(down.status).toBe(503);
+    expect(down.body).toContain('GW_AUTH_UNAVAILABLE');
+    // A cached token does not need the verifier.
+    const cached = await openWs(t.url, 'good:ws-remote');
+    cached.close();
+    verifierUp = true;
   });
 });
 

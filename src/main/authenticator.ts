@@ -10,6 +10,14 @@ import { validateWorkspaceId } from '../shared/workspace-id.js';
 
 export interface Authenticator {
   verify(token: string): Promise<{ workspaceId: string }>;
+  /**
+   * The answer without waiting, when there is one: the workspace, or a throw
+   * as from verify(); undefined when only verify() can tell (a remote
+   * verifier's cache miss). The front upgrades at once on an answer here:
+   * uWS 20.30 can cut a socket it upgraded after an await, from res.cork
+   * (docs/operations.md, "Clients dropped right after connecting").
+   */
+  verifyNow?(token: string): { workspaceId: string } | undefined;
 }
 
 /**

@@ -186,33 +186,55 @@ export class Front {
       sendJson(res, 401, { error: { code: 'GW_UNAUTHORIZED', message: 'missing bearer token' } }, { 'www-authenticate': 'Bearer' });
       return;
     }
+    // An answer now upgrades inside this callback: uWS 20.30 can cut a socket
+    // upgraded later from res.cork (its cork() may read the freed HTTP state
+    // of the socket it just upgraded and close it). See Authenticator.verifyNow.
+    let now: { workspaceId: string } | undefined;
+    try {
+      now = this.o.auth.verifyNow?.(token);
+    } catch (err) {
+      this.refuse(res, err, (f) => f());
+      return;
+    }
+    if (now !== undefined) {
+      this.accept(res, now.workspaceId, (f) => f(), (data) => res.upgrade(data, key, protocol, extensions, ctx));
+      return;
+    }
     let aborted = false;
     res.onAborted(() => {
       aborted = true;
     });
+    const corked = (f: () => void): void => void res.cork(f);
     this.o.auth.verify(token).then(
       ({ workspaceId }) => {
-        if (aborted) return;
-        if (this.draining) {
-          res.cork(() => sendJson(res, 503, { error: { code: 'GW_CLOSED', message: 'gateway is shutting down' } }));
-          return;
-        }
-        const shard = this.o.sup.shardFor(workspaceId);
-        if (this.downShards.has(shard)) {
-          res.cork(() => sendJson(res, 503, { error: { code: 'GW_SHARD_FAILED', message: 'the shard serving this workspace is down' } }));
-          return;
-        }
-        const data: ClientData = { id: this.nextId++, workspaceId, shard, closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0 };
-        res.cork(() => res.upgrade(data, key, protocol, extensions, ctx));
+        if (!aborted) this.accept(res, workspaceId, corked, (data) => res.upgrade(data, key, protocol, extensions, ctx));
       },
       (err: unknown) => {
-        if (aborted) return;
-        const e = toGatewayError(err, 'GW_UNAUTHORIZED');
-        this.o.observer?.authFailed?.(e.code);
-        const status = e.code === 'GW_AUTH_UNAVAILABLE' ? 503 : 401;
-        res.cork(() => sendJson(res, status, { error: { code: e.code, message: e.message } }, status === 401 ? { 'www-authenticate': 'Bearer error="invalid_token"' } : {}));
+        if (!aborted) this.refuse(res, err, corked);
       },
     );
+  }
+
+  /** Upgrades an authenticated request, unless the gateway drains or the workspace's shard is down. */
+  private accept(res: HttpResponse, workspaceId: string, write: (f: () => void) => void, upgrade: (data: ClientData) => void): void {
+    if (this.draining) {
+      write(() => sendJson(res, 503, { error: { code: 'GW_CLOSED', message: 'gateway is shutting down' } }));
+      return;
+    }
+    const shard = this.o.sup.shardFor(workspaceId);
+    if (this.downShards.has(shard)) {
+      write(() => sendJson(res, 503, { error: { code: 'GW_SHARD_FAILED', message: 'the shard serving this workspace is down' } }));
+      return;
+    }
+    const data: ClientData = { id: this.nextId++, workspaceId, shard, closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0 };
+    write(() => upgrade(data));
+  }
+
+  private refuse(res: HttpResponse, err: unknown, write: (f: () => void) => void): void {
+    const e = toGatewayError(err, 'GW_UNAUTHORIZED');
+    this.o.observer?.authFailed?.(e.code);
+    const status = e.code === 'GW_AUTH_UNAVAILABLE' ? 503 : 401;
+    write(() => sendJson(res, status, { error: { code: e.code, message: e.message } }, status === 401 ? { 'www-authenticate': 'Bearer error="invalid_token"' } : {}));
   }
 
   // ---- client → shard ----------------------------------------------------------

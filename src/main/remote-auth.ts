@@ -47,17 +47,17 @@ export class RemoteAuthenticator implements Authenticator {
     this.now = o.now ?? Date.now;
   }
 
+  /** A cached positive answer; undefined when the verifier must be asked. */
+  verifyNow(token: string): { workspaceId: string } | undefined {
+    checkTokenShape(token);
+    return this.cached(tokenKey(token));
+  }
+
   async verify(token: string): Promise<{ workspaceId: string }> {
     checkTokenShape(token);
-    const key = createHash('sha256').update(token).digest('hex');
-    const hit = this.cache.get(key);
-    if (hit !== undefined) {
-      this.cache.delete(key);
-      if (hit.expiresAt > this.now()) {
-        this.cache.set(key, hit);
-        return { workspaceId: hit.workspaceId };
-      }
-    }
+    const key = tokenKey(token);
+    const hit = this.cached(key);
+    if (hit !== undefined) return hit;
     let pending = this.inflight.get(key);
     if (pending === undefined) {
       pending = this.ask(token)
@@ -69,6 +69,15 @@ export class RemoteAuthenticator implements Authenticator {
       this.inflight.set(key, pending);
     }
     return pending;
+  }
+
+  private cached(key: string): { workspaceId: string } | undefined {
+    const hit = this.cache.get(key);
+    if (hit === undefined) return undefined;
+    this.cache.delete(key);
+    if (hit.expiresAt <= this.now()) return undefined;
+    this.cache.set(key, hit);
+    return { workspaceId: hit.workspaceId };
   }
 
   private remember(key: string, workspaceId: string): void {
@@ -116,4 +125,8 @@ function reason(err: unknown): string {
   // A JSON SyntaxError quotes the body, which is not ours to pass on.
   if (err instanceof SyntaxError) return 'invalid JSON';
   return err instanceof Error ? err.message : String(err);
+}
+
+function tokenKey(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
 }
