@@ -21,6 +21,7 @@ import { HOSTILE, fileEntry as file, tarOf } from './fixtures/hostile-archives.j
 import type { HostileContext } from './fixtures/hostile-archives.js';
 import type { S3rverHandle } from './fixtures/s3rver.js';
 import { startS3rver } from './fixtures/s3rver.js';
+import { readObject } from './helpers.js';
 
 const MiB = 1024 * 1024;
 
@@ -73,14 +74,6 @@ const STORES: StoreCase[] = [
 ];
 
 // ---------------------------------------------------------------- helpers
-
-async function readObject(store: ObjectStore, id: string): Promise<Buffer | undefined> {
-  const body = await store.get(id);
-  if (body === undefined) return undefined;
-  const chunks: Buffer[] = [];
-  for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
-  return Buffer.concat(chunks);
-}
 
 async function putObject(store: ObjectStore, id: string, bytes: Buffer): Promise<void> {
   await store.put(id, Readable.from([bytes]));

@@ -118,3 +118,12 @@ export async function rejection(p: Promise<unknown>): Promise<Error & { code?: s
   }
   throw new Error('expected a rejection');
 }
+
+/** An object's whole body, or undefined when the store has none. */
+export async function readObject(store: ObjectStore, id: string): Promise<Buffer | undefined> {
+  const body = await store.get(id);
+  if (body === undefined) return undefined;
+  const chunks: Buffer[] = [];
+  for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}

@@ -3,7 +3,7 @@
  * work: a new worker takes the shard over, its recovery stops the orphaned
  * children and uploads their homes, and the workspaces start again.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { once } from 'node:events';
@@ -12,18 +12,9 @@ import type { Worker } from 'node:worker_threads';
 import type { Supervisor } from 'codex-app-gateway';
 import { closeOf, openWs, rpc, startTestGateway } from './gateway-helpers.js';
 import type { TestGateway } from './gateway-helpers.js';
-import { countingBuilder, processAlive, startTestSupervisor, waitFor } from './helpers.js';
+import { countingBuilder, startTestSupervisor, waitFor } from './helpers.js';
 import type { TestSupervisor } from './helpers.js';
-
-function processGone(pid: number): boolean {
-  if (!processAlive(pid)) return true;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch {
-    return true;
-  }
-}
+import { isRunning } from './faults/markers.js';
 
 /** Ends a shard's worker thread the way a crash would (test-only reach into the supervisor). */
 async function killShard(sup: Supervisor, index: number): Promise<void> {
@@ -49,7 +40,7 @@ describe('shard worker death', () => {
     await killShard(t.sup, 0);
     await restarted;
     // The dead worker's ChildProcess can no longer reap it: stopped means gone or a zombie.
-    await waitFor(() => processGone(h.pid), 15_000, 'the orphaned child to be stopped');
+    await waitFor(async () => !(await isRunning(h.pid)), 15_000, 'the orphaned child to be stopped');
     await waitFor(() => existsSync(path.join(t?.storeDir ?? '', 'ws-orphan.tar.gz')), 15_000, 'the home to be uploaded');
     const h2 = await t.sup.ensureSubprocess({ workspaceId: 'ws-orphan' }, countingBuilder());
     expect(h2.pid).not.toBe(h.pid);

@@ -24,20 +24,12 @@ import { startS3rver } from '../fixtures/s3rver.js';
 import { closeOf, openWs, startTestGateway } from '../gateway-helpers.js';
 import type { TestGateway } from '../gateway-helpers.js';
 import type { S3rverHandle } from '../fixtures/s3rver.js';
-import { countingBuilder, rejection, startTestSupervisor, tempDir } from '../helpers.js';
+import { countingBuilder, readObject, rejection, startTestSupervisor, tempDir } from '../helpers.js';
 import type { TestSupervisor } from '../helpers.js';
 import { descendantsOf, processesUnder, recordLost, sha256, treeSnapshot } from './markers.js';
 
 /** Cases run through S3 as well (the rest through the file store only). */
 const THROUGH_S3 = new Set(['a ../ path', 'an absolute path', 'a symlink to .. followed by a file through it', 'a hardlink to a file outside', 'a gzip bomb', 'truncated gzip']);
-
-async function readAll(store: ObjectStore, id: string): Promise<Buffer | undefined> {
-  const body = await store.get(id);
-  if (body === undefined) return undefined;
-  const chunks: Buffer[] = [];
-  for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
-  return Buffer.concat(chunks);
-}
 
 describe('fault: hostile archives in the store', () => {
   let root: string;
@@ -91,7 +83,7 @@ describe('fault: hostile archives in the store', () => {
       }
       const bytes = await hostile.object({ root: t.root, marker });
       await store.put(id, Readable.from([bytes]));
-      const stored = sha256((await readAll(store, id)) ?? Buffer.alloc(0));
+      const stored = sha256((await readObject(store, id)) ?? Buffer.alloc(0));
       const skipStore = (rel: string): boolean => rel === 'store' || rel.startsWith('store/');
       const before = await treeSnapshot(t.root, skipStore);
 
@@ -104,12 +96,20 @@ describe('fault: hostile archives in the store', () => {
       // Nothing outside the home: every path under the test root (the store aside) is as it was.
       const after = await treeSnapshot(t.root, skipStore);
       expect(after).toEqual(before);
-      const changed = canaries.filter((dir) => !existsSync(path.join(dir, 'canary.txt')));
+      // Losses are counted and recorded before anything below can fail the test:
+      // a canary gone or rewritten, or the stored object changed.
+      const changed: string[] = [];
+      for (const dir of canaries) {
+        const text = await readFile(path.join(dir, 'canary.txt'), 'utf8').catch(() => undefined);
+        if (text !== `alive ${id}`) changed.push(dir);
+      }
+      const now = sha256((await readObject(store, id)) ?? Buffer.alloc(0));
+      const lost = changed.length + (now === stored ? 0 : 1);
+      recordLost(task, lost);
       for (const dir of canaries) expect(await readFile(path.join(dir, 'canary.txt'), 'utf8')).toBe(`alive ${id}`);
       expect(Object.keys(after).some((p) => p.includes(marker))).toBe(false);
       for (const dir of ['/', os.tmpdir(), os.homedir(), path.dirname(t.root)]) expect(existsSync(path.join(dir, marker))).toBe(false);
       // The object is left as it was, for a person to look at.
-      const now = sha256((await readAll(store, id)) ?? Buffer.alloc(0));
       expect(now).toBe(stored);
       // No process was started, none is left; the generation directory is gone.
       expect(await processesUnder(t.homeRoot)).toEqual([]);
@@ -119,10 +119,8 @@ describe('fault: hostile archives in the store', () => {
 
       // A second start does not take the hostile object for an empty workspace.
       expect((await rejection(t.sup.ensureSubprocess({ workspaceId: id }, build))).code).toBe('GW_ARCHIVE_INVALID');
-      expect(sha256((await readAll(store, id)) ?? Buffer.alloc(0))).toBe(stored);
+      expect(sha256((await readObject(store, id)) ?? Buffer.alloc(0))).toBe(stored);
 
-      const lost = changed.length + (now === stored ? 0 : 1);
-      recordLost(task, lost);
       expect(lost).toBe(0);
       for (const dir of canaries) await rm(dir, { recursive: true, force: true });
       await rm(path.join(t.homeRoot, id), { recursive: true, force: true });
@@ -145,7 +143,7 @@ describe('fault: a hostile archive behind the gateway', () => {
     const marker = `pwned-${randomBytes(6).toString('hex')}`;
     const hostile = HOSTILE.find((h) => h.name === 'a symlink to .. followed by a file through it') as HostileCase;
     await store.put(id, Readable.from([await hostile.object({ root: g.homeRoot, marker })]));
-    const stored = sha256((await readAll(store, id)) ?? Buffer.alloc(0));
+    const stored = sha256((await readObject(store, id)) ?? Buffer.alloc(0));
     await mkdir(g.homeRoot, { recursive: true });
     const before = await treeSnapshot(path.dirname(g.homeRoot), (rel) => rel === 'store' || rel.startsWith('store/'));
 
@@ -157,7 +155,7 @@ describe('fault: a hostile archive behind the gateway', () => {
     expect((await fetch(`${g.httpUrl}/readyz`)).status).toBe(200);
     expect(await treeSnapshot(path.dirname(g.homeRoot), (rel) => rel === 'store' || rel.startsWith('store/'))).toEqual(before);
     expect(await processesUnder(g.homeRoot)).toEqual([]);
-    const now = sha256((await readAll(store, id)) ?? Buffer.alloc(0));
+    const now = sha256((await readObject(store, id)) ?? Buffer.alloc(0));
     recordLost(task, now === stored ? 0 : 1);
     expect(now).toBe(stored);
   }, 60_000);

@@ -4,12 +4,12 @@
  * (starts beyond the limit wait, and all finish).
  */
 import { existsSync } from 'node:fs';
-import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { WorkspaceStatus } from 'codex-app-gateway';
 import { closeOf, openWs, rpc, startTestGateway } from '../gateway-helpers.js';
 import { countingBuilder, homeDirs, processAlive, rejection, startTestSupervisor, waitFor } from '../helpers.js';
+import { processesUnder } from '../faults/markers.js';
 import { builderWith, readInHome, sleep, writeInHome } from './helpers.js';
 
 async function statuses(sup: { stats(): Promise<Array<{ workspaces: WorkspaceStatus[] }>> }): Promise<WorkspaceStatus[]> {
@@ -68,7 +68,7 @@ describe('limits.max_children (Supervisor)', () => {
       let polling = true;
       const poll = (async () => {
         while (polling) {
-          max = Math.max(max, (await codexChildren()).length);
+          max = Math.max(max, (await processesUnder(t.homeRoot)).length);
           await sleep(5);
         }
       })();
@@ -98,23 +98,6 @@ describe('limits.max_children (Supervisor)', () => {
     }
   });
 });
-
-/** Live fake-codex processes started by this test process (its shard threads). */
-async function codexChildren(): Promise<number[]> {
-  const out: number[] = [];
-  for (const p of await readdir('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const st = await readFile(`/proc/${p}/stat`, 'utf8');
-      const fields = st.slice(st.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[1]) !== process.pid || fields[0] === 'Z') continue;
-      if ((await readFile(`/proc/${p}/cmdline`, 'utf8')).includes('fake-codex')) out.push(Number(p));
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
 
 describe('limits.max_children (gateway clients)', () => {
   it('when every child has a client attached, a new start fails with GW_CAPACITY and its client gets 1013; once a client leaves, its child makes room', async () => {
