@@ -60,6 +60,9 @@ export async function pack(task: PackTask, store: ObjectStore): Promise<PackResu
   });
   const body = new BlockGzip();
   tarStream.on('error', (err) => body.destroy(err));
+  // A store destroys the body when a put fails; pipe() would only pause tar,
+  // so the tar stream goes with it and tar can run dry (see the catch below).
+  body.once('close', () => tarStream.destroy());
   tarStream.pipe(body);
   // '.' rather than the top-level names: the root entry keeps an empty home
   // a valid archive, and its mode travels with it.

@@ -46,9 +46,9 @@ export class HomeStore {
       // may be older than what is stored. With the store unreachable there is
       // no telling, so the start fails rather than risk going back in time.
       const found = spooled;
+      let head: { stored: string | undefined } | undefined;
       try {
-        if (await this.alreadyStored(found)) spooled = undefined;
-        else found.recovered = false;
+        head = { stored: await this.storedGeneration(found) };
       } catch (err) {
         // The store cannot be asked. A home noted as stored may be older than
         // the stored state: never start from it. Any other is the newest work
@@ -58,6 +58,17 @@ export class HomeStore {
           throw err;
         }
         found.recovered = false;
+      }
+      if (head !== undefined) {
+        // The store answered: a failure from here on (removing or setting the
+        // home aside) is local and fails the start, the home kept in the spool.
+        try {
+          if (await this.settleIfStored(found, head.stored)) spooled = undefined;
+          else found.recovered = false;
+        } catch (err) {
+          this.spool.add(found, toGatewayError(err).describe());
+          throw err;
+        }
       }
     }
     if (spooled !== undefined) {
@@ -108,7 +119,11 @@ export class HomeStore {
   /** Upload then delete; throws only when the upload failed. */
   private async save(home: Home): Promise<void> {
     const t0 = Date.now();
-    if (home.recovered && (await this.alreadyStored(home))) return;
+    if (home.recovered) {
+      if (await this.settleIfStored(home, await this.storedGeneration(home))) return;
+      // Checked once: a retry from the spool uploads without asking again.
+      home.recovered = false;
+    }
     const outcome = await this.host.archive({
       op: 'pack',
       store: this.init.store,
@@ -143,10 +158,7 @@ export class HomeStore {
    * could be removed: it goes now. An older one was superseded by a run
    * that started from the store after it was stored: it is set aside.
    */
-  private async alreadyStored(home: Home): Promise<boolean> {
-    const outcome = await this.host.archive({ op: 'head', store: this.init.store, workspaceId: home.workspaceId });
-    if (!outcome.ok) throw deserializeError(outcome.error);
-    const stored = (outcome.value as HeadResult).generation;
+  private async settleIfStored(home: Home, stored: string | undefined): Promise<boolean> {
     if (stored === undefined || stored < home.generation) return false;
     if (stored === home.generation) {
       home.uploaded = true;
@@ -158,6 +170,13 @@ export class HomeStore {
       this.log.warn({ workspaceId: home.workspaceId, dir: to, stored }, 'recovery: home is older than the stored state; set aside, not uploaded');
     }
     return true;
+  }
+
+  /** The generation the stored object was packed from (undefined: none stored, or stored without one). */
+  private async storedGeneration(home: Home): Promise<string | undefined> {
+    const outcome = await this.host.archive({ op: 'head', store: this.init.store, workspaceId: home.workspaceId });
+    if (!outcome.ok) throw deserializeError(outcome.error);
+    return (outcome.value as HeadResult).generation;
   }
 
 
