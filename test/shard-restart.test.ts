@@ -12,9 +12,11 @@ import type { Worker } from 'node:worker_threads';
 import type { Supervisor } from 'codex-app-gateway';
 import { closeOf, openWs, rpc, startTestGateway } from './gateway-helpers.js';
 import type { TestGateway } from './gateway-helpers.js';
-import { countingBuilder, startTestSupervisor, waitFor } from './helpers.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { SpawnConfig } from 'codex-app-gateway';
+import { countingBuilder, spawnConfig, startTestSupervisor, waitFor } from './helpers.js';
 import type { TestSupervisor } from './helpers.js';
-import { isRunning } from './faults/markers.js';
+import { isRunning, processesUnder } from './faults/markers.js';
 
 /** Ends a shard's worker thread the way a crash would (test-only reach into the supervisor). */
 async function killShard(sup: Supervisor, index: number): Promise<void> {
@@ -46,6 +48,25 @@ describe('shard worker death', () => {
     expect(h2.pid).not.toBe(h.pid);
     expect(await readFile(path.join(h2.codexHome, 'marker.txt'), 'utf8')).toBe('survives the shard');
     expect(t.sup.healthy).toBe(true);
+  });
+
+  it('a start the dead worker had in progress gives its spawn permit back: the next start does not wait for it forever', async () => {
+    t = await startTestSupervisor({ shards: 1, limits: { maxConcurrentSpawns: 1 } });
+    const slow = (): SpawnConfig => spawnConfig({ env: ['FAKE_CODEX_MODE=slow-ready', 'FAKE_CODEX_READY_AFTER_MS=60000'] });
+    const pending = t.sup.ensureSubprocess({ workspaceId: 'ws-slow' }, slow).then(
+      () => 'started',
+      (err: unknown) => (err as { code?: string }).code,
+    );
+    // The start holds the only permit while its child waits to be ready.
+    await waitFor(async () => (await processesUnder(t?.homeRoot ?? '')).length > 0, 15_000, 'the slow child to run');
+    const restarted = once(t.sup, 'shard-restarted');
+    await killShard(t.sup, 0);
+    expect(await pending).toBe('GW_SHARD_FAILED');
+    await restarted;
+    const next = t.sup.ensureSubprocess({ workspaceId: 'ws-next' }, countingBuilder());
+    const h = await Promise.race([next, sleep(15_000).then(() => undefined)]);
+    expect(h, 'a start after the worker died got its permit').toBeDefined();
+    expect(h?.isAlive()).toBe(true);
   });
 
   it('clients of the dead shard are closed with 1011 and can reconnect to their workspace', async () => {

@@ -39,6 +39,8 @@ interface ShardRef {
   restarts: number[];
   /** Archive tasks running for this shard. */
   archives: Set<Promise<unknown>>;
+  /** Starts of this worker holding a spawn permit (entered, not yet settled). */
+  gated: Set<string>;
 }
 
 /** A shard that dies this many times within RESTART_WINDOW_MS stays down (the gateway turns unhealthy). */
@@ -105,7 +107,7 @@ export class Supervisor extends EventEmitter {
   }
 
   private startShard(init: ShardInit): void {
-    const ref = { index: init.shard, init, failed: false, epoch: 0, restarts: [], archives: new Set() } as unknown as ShardRef;
+    const ref = { index: init.shard, init, failed: false, epoch: 0, restarts: [], archives: new Set(), gated: new Set() } as unknown as ShardRef;
     this.launch(ref);
     this.shardRefs.push(ref);
   }
@@ -139,13 +141,17 @@ export class Supervisor extends EventEmitter {
         enterSpawn: async (p) => {
           await this.gate.enter(p.generation);
           // A slot granted to a worker that has died since would never be given back.
-          if (!current()) this.gate.settled(p.generation, false);
+          if (current()) ref.gated.add(p.generation);
+          else this.gate.settled(p.generation, false);
           return null;
         },
       },
       {
         childStarted: (p) => this.pids.set(p.generation, { pid: p.pid, shard: init.shard }),
-        spawnSettled: (p) => this.gate.settled(p.generation, p.ok),
+        spawnSettled: (p) => {
+          ref.gated.delete(p.generation);
+          this.gate.settled(p.generation, p.ok);
+        },
         workspaceStopped: (p) => {
           this.opts.onWorkspaceStopped?.(p);
           this.opts.observer?.workspaceStopped?.(p);
@@ -194,6 +200,9 @@ export class Supervisor extends EventEmitter {
     for (const [generation, c] of this.pids) {
       if (c.shard === ref.index) this.childGone(generation, { code: null, signal: null });
     }
+    // Starts it had in progress will never settle: their permits and slots go back.
+    for (const generation of ref.gated) this.gate.settled(generation, false);
+    ref.gated.clear();
     if (this.closing !== undefined) return;
     const now = Date.now();
     ref.restarts = ref.restarts.filter((t) => now - t < RESTART_WINDOW_MS);
