@@ -182,8 +182,8 @@ workspace_budget = "45s"
 
 **\`model.provider\` must not be a codex built-in id.** The gateway writes a
 \`[model_providers.<provider>]\` table into each child's \`config.toml\`. codex
-0.169 refuses one that redefines a built-in provider (\`openai\`, the default
-of this setting), logs \`Invalid configuration; using defaults\` on the
+0.169 refuses one that redefines a built-in provider (\`openai\`, \`ollama\`,
+\`lmstudio\`), logs \`Invalid configuration; using defaults\` on the
 child's output, and ignores the whole file, including the settings that turn
 off its local tools. Use an id of your own, such as \`openai-api\`, with
 \`base_url\` and \`env_key\` as above.

@@ -97,6 +97,12 @@ describe('JwtAuthenticator', () => {
     expect(err.message).toMatch(message);
   });
 
+  it('a clock tolerance that is not a finite number ≥ 0 is refused (NaN would pass every expiry check)', () => {
+    for (const bad of [Number.NaN, -1, Number.POSITIVE_INFINITY]) {
+      expect(() => new JwtAuthenticator({ secret: SECRET, clockToleranceSec: bad })).toThrow(/clockToleranceSec/);
+    }
+  });
+
   it('verifyNow answers without waiting, with the same verdicts as verify', async () => {
     const token = await signWorkspaceToken({ secret: SECRET, workspaceId: 'ws-now' });
     expect(auth.verifyNow(token)).toEqual({ workspaceId: 'ws-now' });

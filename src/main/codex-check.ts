@@ -23,14 +23,17 @@ export async function checkCodexAcceptsConfig(codexBin: string, configToml: stri
         ['app-server', '--strict-config', '--print-startup-config'],
         { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, CODEX_HOME: home }, timeout: timeoutMs, maxBuffer: 1024 * 1024 },
         (err, stdout, stderr) => {
-          const e = err as (NodeJS.ErrnoException & { code?: number | string }) | null;
-          if (e !== null && typeof e.code === 'string') resolve({ code: null, stdout, stderr, spawnError: e });
+          const e = err as (NodeJS.ErrnoException & { code?: number | string; killed?: boolean }) | null;
+          // Killed at the timeout: codex did not answer, which says nothing about the config.
+          if (e?.killed === true) resolve({ code: null, stdout, stderr, spawnError: Object.assign(e, { code: 'ETIMEDOUT' }) });
+          else if (e !== null && typeof e.code === 'string') resolve({ code: null, stdout, stderr, spawnError: e });
           else resolve({ code: e === null ? 0 : typeof e.code === 'number' ? e.code : 1, stdout, stderr });
         },
       );
     });
     if (result.spawnError !== undefined) {
-      throw new GatewayError('GW_SETTINGS', `codex.bin: cannot run ${codexBin} (${String(result.spawnError.code)})`, { cause: result.spawnError });
+      const why = result.spawnError.code === 'ETIMEDOUT' ? `it did not answer within ${timeoutMs} ms` : String(result.spawnError.code);
+      throw new GatewayError('GW_SETTINGS', `codex.bin: cannot run ${codexBin} (${why})`, { cause: result.spawnError });
     }
     if (result.code === 0) return;
     let reason = result.stderr.split('\n').find((l) => l.startsWith('Error: '))?.slice(7) ?? `exit code ${String(result.code)}`;

@@ -189,6 +189,7 @@ export class Front {
     // An answer now upgrades inside this callback: uWS 20.30 can cut a socket
     // upgraded later from res.cork (its cork() may read the freed HTTP state
     // of the socket it just upgraded and close it). See Authenticator.verifyNow.
+    const upgrade = (data: ClientData): void => void res.upgrade(data, key, protocol, extensions, ctx);
     let now: { workspaceId: string } | undefined;
     try {
       now = this.o.auth.verifyNow?.(token);
@@ -197,7 +198,7 @@ export class Front {
       return;
     }
     if (now !== undefined) {
-      this.accept(res, now.workspaceId, (f) => f(), (data) => res.upgrade(data, key, protocol, extensions, ctx));
+      this.accept(res, now.workspaceId, (f) => f(), upgrade);
       return;
     }
     let aborted = false;
@@ -207,7 +208,7 @@ export class Front {
     const corked = (f: () => void): void => void res.cork(f);
     this.o.auth.verify(token).then(
       ({ workspaceId }) => {
-        if (!aborted) this.accept(res, workspaceId, corked, (data) => res.upgrade(data, key, protocol, extensions, ctx));
+        if (!aborted) this.accept(res, workspaceId, corked, upgrade);
       },
       (err: unknown) => {
         if (!aborted) this.refuse(res, err, corked);

@@ -45,6 +45,8 @@ export class JwtAuthenticator implements Authenticator {
     this.issuer = o.issuer;
     this.audience = o.audience;
     this.toleranceSec = o.clockToleranceSec ?? 5;
+    // NaN would pass every expiry check.
+    if (!Number.isFinite(this.toleranceSec) || this.toleranceSec < 0) throw new GatewayError('GW_SETTINGS', `clockToleranceSec: expected a finite number of seconds of at least 0, got ${String(o.clockToleranceSec)}`);
   }
 
   // eslint-disable-next-line @typescript-eslint/require-await -- async turns a throw into a rejection

@@ -11,6 +11,7 @@
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { DEFAULT_ENV_ALLOWLIST } from '../shared/child-env.js';
+import { RESERVED_PROVIDER_IDS } from '../shared/codex-config.js';
 import type { Kind, KindValue, SettingValue } from './setting-kinds.js';
 import { isStoreUrl } from './store-url.js';
 
@@ -46,10 +47,11 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const ENV_VAR = { type: 'string', pattern: ENV_NAME, expected: 'an environment variable name like OPENAI_API_KEY' } as const;
 const KiB = 1024;
 // codex refuses a [model_providers.X] table for its built-in ids (see RESERVED_PROVIDER_IDS).
+const RESERVED = [...RESERVED_PROVIDER_IDS];
 const PROVIDER_ID = {
   type: 'string',
-  pattern: /^(?!(?:openai|ollama|lmstudio)$)[A-Za-z0-9_-]+$/,
-  expected: 'a provider id of [A-Za-z0-9_-] other than codex\'s built-in openai, ollama and lmstudio, e.g. openai-api',
+  pattern: new RegExp(`^(?!(?:${RESERVED.join('|')})$)[A-Za-z0-9_-]+$`),
+  expected: `a provider id of [A-Za-z0-9_-] other than codex's built-in ${RESERVED.slice(0, -1).join(', ')} and ${RESERVED.at(-1) ?? ''}, e.g. openai-api`,
 } as const;
 
 export const SETTINGS = [
