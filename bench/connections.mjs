@@ -104,9 +104,9 @@ async function main() {
   const r = result;
   const allHeld = r.open.opened === CONNS && r.held.stillOpen === CONNS && r.held.unexpectedCloses === 0 && r.held.received === r.held.sent;
   const checks = [
-    { target: `all ${fmtInt(WANTED)} held`, value: `${fmtInt(r.held.stillOpen)} of ${fmtInt(CONNS)} open at the end, ${r.open.failed} failed to open, ${r.held.unexpectedCloses} closed, ${fmtInt(r.held.received)}/${fmtInt(r.held.sent)} echoes`, ok: allHeld, partial: CONNS < WANTED ? `(${fmtInt(CONNS)} here: open-file limit)` : undefined },
+    { target: `all ${fmtInt(WANTED)} held`, value: `${fmtInt(r.held.stillOpen)} of ${fmtInt(CONNS)} open at the end, ${r.open.failed} failed to open, ${r.held.unexpectedCloses} closed, ${fmtInt(r.held.received)}/${fmtInt(r.held.sent)} echoes`, ok: allHeld, partial: CONNS < WANTED ? `for ${fmtInt(CONNS)} only (${fmtInt(WANTED)} not measured: open-file limit)` : undefined },
     { target: 'gateway memory ≤ 40 KB per connection', value: `${round(r.perConnBytes / 1000, 1)} KB (RSS ${round(r.rss.idle / 1e6, 0)} → ${round(r.rss.held / 1e6, 0)} MB)`, ok: r.perConnBytes <= 40_000 },
-    { target: 'front event-loop delay p99 ≤ 10 ms', value: `${round(r.frontLoopHoldMs.p99, 2)} ms while held (max ${round(r.frontLoopHoldMs.max, 1)}); ${round(r.frontLoopRampMs.p99, 2)} ms while opening`, ok: r.frontLoopHoldMs.p99 <= 10 },
+    { target: 'front event-loop delay p99 ≤ 10 ms (while held)', value: `${round(r.frontLoopHoldMs.p99, 2)} ms while held (max ${round(r.frontLoopHoldMs.max, 1)}); ${round(r.frontLoopRampMs.p99, 2)} ms while opening`, ok: r.frontLoopHoldMs.p99 <= 10 },
   ];
   console.log(`\nconnections (${machineLine()})`);
   console.log(

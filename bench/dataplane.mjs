@@ -5,7 +5,7 @@
 // workspace; the load generator is a third process.
 //
 // Env: BENCH_DURATION_MS (measured window per run, default 4000),
-// BENCH_WARMUP_MS (default 1000), BENCH_ROUNDS (runs per cell, median kept;
+// BENCH_WARMUP_MS (default 1000), BENCH_ROUNDS (runs per cell, the median one by throughput kept;
 // default 2), BENCH_CPU_PROF=DIR (gateway process under --cpu-prof).
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -128,13 +128,14 @@ async function startNaive(target) {
   return { proc, port };
 }
 
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
+/** The median round by throughput (the lower middle one for an even count): every figure of a row comes from it. */
+function medianRound(rounds) {
+  const s = [...rounds].sort((a, b) => a.msgsPerSec - b.msgsPerSec);
   return s[Math.floor((s.length - 1) / 2)];
 }
 
 async function main() {
-  console.log(`dataplane: closed-loop echo, ${DURATION_MS} ms measured after ${WARMUP_MS} ms warm-up, median of ${ROUNDS} round(s)`);
+  console.log(`dataplane: closed-loop echo, ${DURATION_MS} ms measured after ${WARMUP_MS} ms warm-up, median round of ${ROUNDS} by throughput`);
   console.log(machineLine());
   const busyBefore = { start: await checkQuiet() };
   const threadRtt = JSON.parse(spawnSync(process.execPath, [path.join(BENCH_DIR, 'thread-rtt.mjs')], { encoding: 'utf8' }).stdout);
@@ -202,12 +203,13 @@ async function main() {
           cells[sc.name][p] = null;
           continue;
         }
+        const m = medianRound(runs[p]);
         cells[sc.name][p] = {
-          msgsPerSec: median(runs[p].map((x) => x.msgsPerSec)),
-          mbPerSec: median(runs[p].map((x) => x.mbPerSec)),
-          p50Us: median(runs[p].map((x) => x.rttUs.p50)),
-          p99Us: median(runs[p].map((x) => x.rttUs.p99)),
-          proxyCpuUsPerMsg: median(runs[p].map((x) => x.proxyCpuUsPerMsg)),
+          msgsPerSec: m.msgsPerSec,
+          mbPerSec: m.mbPerSec,
+          p50Us: m.rttUs.p50,
+          p99Us: m.rttUs.p99,
+          proxyCpuUsPerMsg: m.proxyCpuUsPerMsg,
           badFrames: runs[p].reduce((a, x) => a + x.badFrames + x.unexpectedCloses + x.lostInFlight, 0),
           rounds: runs[p],
         };
