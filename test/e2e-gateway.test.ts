@@ -2,7 +2,7 @@
  * End to end: the gateway as a real process, the real codex binary behind
  * it, a client that speaks to it the way codex's remote TUI does (a bearer
  * JWT on `/`). A turn streams through the proxy; SIGTERM saves the
- * workspace; a restarted gateway serves the thread again.
+ * workspace; a restarted gateway resumes the thread and a new turn streams.
  */
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -35,7 +35,7 @@ describe('gateway process end to end (real codex)', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('a turn streams through the proxy; SIGTERM saves it; after a restart the thread is listed', async () => {
+  it('a turn streams through the proxy; SIGTERM saves it; after a restart the thread is listed, resumes and takes a turn', async () => {
     const env = { [GATEWAY_KEY_ENV]: TEST_API_KEY, CXG_LOG_LEVEL: 'info' };
     gw = await startGatewayProcess(config, env);
     const token = await signWorkspaceToken({ secret: SECRET, workspaceId: 'team-alpha', expiresIn: '10m' });
@@ -65,6 +65,11 @@ describe('gateway process end to end (real codex)', () => {
     await c2.initialize();
     const threads = await c2.listThreads();
     expect(threads.map((th) => th.id)).toContain(threadId);
+    // Listed is not enough: the thread resumes and a new turn streams.
+    await c2.request('thread/resume', { threadId });
+    const again = await c2.runTurn(threadId, 'and on after the restart');
+    expect(again.status).toBe('completed');
+    expect(again.deltas).toEqual(['Streamed', ' through', ' the', ' gateway.']);
     await c2.close();
     expect((await gw.stop('SIGTERM')).code).toBe(0);
   }, 90_000);

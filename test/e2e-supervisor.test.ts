@@ -13,7 +13,7 @@ import { startResponsesMock } from './fixtures/responses-mock.js';
 import type { ResponsesMock } from './fixtures/responses-mock.js';
 import { startS3rver } from './fixtures/s3rver.js';
 import type { S3rverHandle } from './fixtures/s3rver.js';
-import { homeDirs, rejection, spawnConfig, startTestSupervisor, tempDir, waitFor } from './helpers.js';
+import { homeDirs, homeState, rejection, spawnConfig, startTestSupervisor, tempDir, waitFor } from './helpers.js';
 import path from 'node:path';
 
 describe('Supervisor end to end with the real codex binary', () => {
@@ -40,7 +40,8 @@ describe('Supervisor end to end with the real codex binary', () => {
       const err = await rejection(t.sup.ensureSubprocess({ workspaceId: 'e2e-strict' }, () => cfg));
       expect(err.code).toBe('GW_BAD_CONFIG');
       expect(err.message).toContain('not_a_codex_setting');
-      await waitFor(async () => (await homeDirs(t.homeRoot, 'e2e-strict')).length === 0, 5000, 'the home to be removed');
+      // codex ran and refused: its home is stored like any other, never left unsaved.
+      await waitFor(async () => (await homeState(t.homeRoot, 'e2e-strict'))?.stored ?? true, 10_000, 'the home to be stored');
       expect(t.sup.childProcessCount).toBe(0);
     } finally {
       await t.close();
@@ -55,9 +56,10 @@ describe('Supervisor end to end with the real codex binary', () => {
     ],
   ];
 
-  it.each(stores)('%s › a turn streams deltas; after shutdown and a new start the thread is listed', async (_name, makeStore) => {
+  it.each(stores)('%s › a turn streams deltas; after shutdown, with the home removed, a new start downloads it and the thread resumes and takes a turn', async (_name, makeStore) => {
     const store = await makeStore();
-    const t = await startTestSupervisor({ codexBin: defaultCodexBin(), store, shards: 2 });
+    // No warm cache: the new start restores the home from the store, as another replica would.
+    const t = await startTestSupervisor({ codexBin: defaultCodexBin(), store, shards: 2, homeCache: { enabled: false } });
     const id = `e2e-${store.spec.kind}`;
     const build = () => spawnConfig({}, mock.baseUrl);
     try {
@@ -75,14 +77,19 @@ describe('Supervisor end to end with the real codex binary', () => {
       const stopped = await t.sup.shutdown({ workspaceId: id });
       expect(stopped).toMatchObject({ stopped: true, saved: true });
       expect(await store.head(id)).toBeDefined();
+      expect(await homeDirs(t.homeRoot, id)).toEqual([]);
 
       const h2 = await t.sup.ensureSubprocess({ workspaceId: id }, build);
       expect(h2.pid).not.toBe(h.pid);
-      expect(h2.codexHome).not.toBe(h.codexHome);
+      expect(h2.codexHome).toBe(h.codexHome);
       const c2 = await AppServerClient.connect(h2.wsUrl, { token: h2.wsToken });
       await c2.initialize();
       const threads = await c2.listThreads();
       expect(threads.map((th) => th.id)).toContain(threadId);
+      await c2.request('thread/resume', { threadId });
+      const again = await c2.runTurn(threadId, 'and again');
+      expect(again.status).toBe('completed');
+      expect(again.text).toBe('Hello from the mock.');
       await c2.close();
     } finally {
       await t.close();

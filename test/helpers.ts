@@ -2,7 +2,7 @@
  * Shared set-up for supervisor and gateway tests: temp directories, a
  * Supervisor on the fake or real codex, and process checks.
  */
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -100,7 +100,16 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs 
   throw new Error(`timed out waiting for ${what}`);
 }
 
-/** Directories left under a workspace's home root (generation dirs). */
+/** What a workspace's home says of itself (`codex-home/.cxg-home.json`), or undefined when it has no home. */
+export async function homeState(homeRoot: string, workspaceId: string): Promise<{ generation: string | null; stored: boolean; pid: number | null } | undefined> {
+  try {
+    return JSON.parse(await readFile(path.join(homeRoot, workspaceId, 'codex-home', '.cxg-home.json'), 'utf8')) as { generation: string | null; stored: boolean; pid: number | null };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Entries of a workspace's directory under the home root (`codex-home` when it has a home). */
 export async function homeDirs(homeRoot: string, workspaceId: string): Promise<string[]> {
   try {
     return await readdir(path.join(homeRoot, workspaceId));

@@ -9,7 +9,7 @@ import { IdleReaper } from 'codex-app-gateway';
 import type { ChildHandle } from 'codex-app-gateway';
 import { AppServerClient } from './fixtures/app-server-client.js';
 import type { ConnectError } from './fixtures/app-server-client.js';
-import { countingBuilder, homeDirs, processAlive, rejection, spawnConfig, startTestSupervisor, waitFor } from './helpers.js';
+import { countingBuilder, homeDirs, homeState, processAlive, rejection, spawnConfig, startTestSupervisor, waitFor } from './helpers.js';
 import type { TestSupervisor } from './helpers.js';
 
 async function connect(h: ChildHandle): Promise<AppServerClient> {
@@ -203,9 +203,9 @@ describe('Supervisor (fake codex)', () => {
 
     const h2 = await t.sup.ensureSubprocess({ workspaceId: id }, build);
     expect(h2.pid).not.toBe(h.pid);
-    expect(h2.codexHome).not.toBe(h.codexHome);
+    // The same path after a crash (invariant 3): codex's state names it.
+    expect(h2.codexHome).toBe(h.codexHome);
     expect(await readFile(path.join(h2.codexHome, 'marker.txt'), 'utf8')).toBe('before-crash');
-    expect(existsSync(h.codexHome)).toBe(false);
     expect(existsSync(path.join(t.storeDir, `${id}.tar.gz`))).toBe(true);
     expect(await t.sup.lookupWorkspaceForLoopbackToken(token)).toBe(id);
   });
@@ -222,7 +222,8 @@ describe('Supervisor (fake codex)', () => {
     expect(r).toMatchObject({ workspaceId: id, stopped: true, saved: true });
     expect(h.isAlive()).toBe(false);
     expect(processAlive(h.pid)).toBe(false);
-    expect(existsSync(h.codexHome)).toBe(false);
+    // Kept warm: stored, with no process.
+    expect(await homeState(t.homeRoot, id)).toMatchObject({ stored: true, pid: null });
     expect(await t.sup.lookupWorkspaceForLoopbackToken(token)).toBeUndefined();
     expect(existsSync(path.join(t.storeDir, `${id}.tar.gz`))).toBe(true);
     expect(await t.sup.shutdown({ workspaceId: id })).toMatchObject({ stopped: false });
@@ -317,7 +318,8 @@ describe('Supervisor failure modes (fake codex)', () => {
       }
     }
     const err = await rejection(t.sup.ensureSubprocess({ workspaceId: id }, () => cfg));
-    await waitFor(async () => (await homeDirs(t.homeRoot, id)).length === 0, 5000, `no home left for ${id}`);
+    // A process ran: its home is stored (and kept warm), never left unsaved.
+    await waitFor(async () => (await homeState(t.homeRoot, id))?.stored === true, 10_000, `the home of ${id} to be stored`);
     return err;
   }
 
@@ -325,7 +327,7 @@ describe('Supervisor failure modes (fake codex)', () => {
     ['exit-before-banner', 'GW_SPAWN_EXITED'],
     ['no-url', 'GW_SPAWN_TIMEOUT'],
     ['never-ready', 'GW_SPAWN_NOT_READY'],
-  ])('a child in mode %s fails with %s and leaves no process or directory', async (mode, code) => {
+  ])('a child in mode %s fails with %s and leaves no process and no unsaved home', async (mode, code) => {
     const before = await listChildren();
     const err = await failingStart(`fail-${mode}`, mode);
     expect(err.code).toBe(code);
@@ -394,14 +396,15 @@ describe('Persistence when the store fails', () => {
       // The spooled home is newer than the stored object: the next start takes it.
       h = await t.sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
       expect(await readFile(path.join(h.codexHome, 'state.txt'), 'utf8')).toBe('v2');
-      expect(existsSync(failed.spooledDir as string)).toBe(false);
+      // Used where it is: the spooled home is the workspace's one home.
+      expect(h.codexHome).toBe(failed.spooledDir);
       await writeMarker(h, 'state.txt', 'v3');
       const again = await t.sup.shutdown({ workspaceId: id });
       expect(again.saved).toBe(false);
 
       await fixStore();
       await waitFor(async () => (await t.sup.stats()).every((s) => s.spool.length === 0), 10_000, 'spool to drain');
-      expect(existsSync(again.spooledDir as string)).toBe(false);
+      expect(await homeState(t.homeRoot, id)).toMatchObject({ stored: true });
       expect(existsSync(object)).toBe(true);
       h = await t.sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
       expect(await readFile(path.join(h.codexHome, 'state.txt'), 'utf8')).toBe('v3');

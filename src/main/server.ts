@@ -72,6 +72,7 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
         backoffMaxMs: settings.crashLoop.backoffMaxMs,
       },
       drainBudgetMs: settings.shutdown.workspaceBudgetMs,
+      homeCache: { enabled: settings.homes.cache, maxBytes: settings.homes.cacheMaxBytes },
     },
     auth: await createAuthenticator(settings),
     listen: { host: settings.listen.host, port: settings.listen.port },

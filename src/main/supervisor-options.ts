@@ -68,6 +68,12 @@ export interface SupervisorOptions {
   crashLoop?: Partial<CrashLoopOptions>;
   /** Time one workspace's stop and upload may take during close(). Default 30 s. */
   drainBudgetMs?: number;
+  /**
+   * Stored homes kept on disk after their upload, so the next start skips the
+   * download while its copy is still the stored generation. Default: on, 10 GiB
+   * over all shards, least recently used removed first.
+   */
+  homeCache?: { enabled?: boolean; maxBytes?: number };
   /** Called when a workspace's child stopped and its home was handled (progress, metrics). */
   onWorkspaceStopped?: (e: { workspaceId: string; reason: string; saved: boolean }) => void;
   /** Sees starts, stops and archive transfers (metrics). */
@@ -88,6 +94,9 @@ export const DEFAULT_DATA_PLANE: DataPlaneLimits = {
   windowBytes: 1 * MiB,
 };
 
+export const DEFAULT_HOME_CACHE_BYTES = 10 * 1024 * MiB;
+
+/** homeCacheBytes is the whole cache budget here; each shard gets its share. */
 export type ResolvedInit = Omit<ShardInit, 'shard' | 'shards' | 'logLevel' | 'shutdownConcurrency'>;
 
 function niceLevel(v: number | undefined): number {
@@ -99,6 +108,12 @@ function niceLevel(v: number | undefined): number {
 function positive(name: string, v: number | undefined, dflt: number): number {
   const n = v ?? dflt;
   if (typeof n !== 'number' || !Number.isFinite(n) || n <= 0) throw new GatewayError('GW_BAD_OPTIONS', `${name} must be a positive number, got ${String(v)}`);
+  return n;
+}
+
+function nonNegative(name: string, v: number | undefined, dflt: number): number {
+  const n = v ?? dflt;
+  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) throw new GatewayError('GW_BAD_OPTIONS', `${name} must be a number of 0 or more, got ${String(v)}`);
   return n;
 }
 
@@ -126,6 +141,7 @@ export function resolveInit(o: SupervisorOptions): ResolvedInit {
     crashLoop: { ...DEFAULT_CRASH_LOOP, ...(o.crashLoop ?? {}) },
     gatedSpawns: o.limits?.maxChildren !== undefined || o.limits?.maxConcurrentSpawns !== undefined,
     drainBudgetMs: positive('drainBudgetMs', o.drainBudgetMs, 30_000),
+    homeCacheBytes: o.homeCache?.enabled === false ? 0 : nonNegative('homeCache.maxBytes', o.homeCache?.maxBytes, DEFAULT_HOME_CACHE_BYTES),
   };
 }
 

@@ -93,6 +93,8 @@ export class Supervisor extends EventEmitter {
         shards,
         logLevel: level,
         shutdownConcurrency: Math.max(1, Math.ceil(concurrency / shards)),
+        // Each shard keeps the homes of its own workspaces warm.
+        homeCacheBytes: Math.floor(init.homeCacheBytes / shards),
       });
     }
     process.once('exit', sup.killAllOnExit);

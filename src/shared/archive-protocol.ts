@@ -28,9 +28,10 @@ export const DEFAULT_UNPACK_LIMITS: UnpackLimits = {
  * Paths (relative to CODEX_HOME, `/`-separated) that never enter an archive
  * and are never extracted from one. `config.toml` and `auth.json` hold
  * secrets; `tmp` and `.tmp` are scratch space codex rebuilds;
- * `.cxg-child.json` names the process of one run and means nothing later.
+ * `.cxg-home.json` describes one home on one disk (its generation travels in
+ * the object's metadata); `.cxg-child.json` is its older form.
  */
-export const DEFAULT_ARCHIVE_EXCLUDES: readonly string[] = ['config.toml', 'auth.json', 'tmp', '.tmp', '.cxg-child.json'];
+export const DEFAULT_ARCHIVE_EXCLUDES: readonly string[] = ['config.toml', 'auth.json', 'tmp', '.tmp', '.cxg-home.json', '.cxg-child.json'];
 
 export interface PackTask {
   op: 'pack';
@@ -39,7 +40,7 @@ export interface PackTask {
   /** Absolute path of the CODEX_HOME to archive. Left untouched. */
   home: string;
   exclude: readonly string[];
-  /** The home's generation, stored with the object so recovery can tell older homes from newer ones. */
+  /** The home's generation, stored with the object so recovery can tell older homes from newer ones. The home's path is stored too. */
   generation?: string;
 }
 
@@ -69,6 +70,8 @@ export interface PackResult {
   bytes: number;
   /** Regular files archived. */
   files: number;
+  /** Their bytes before compression (what the home holds on disk, near enough). */
+  fileBytes: number;
   durationMs: number;
 }
 
@@ -80,6 +83,10 @@ export interface UnpackResult {
   bytes: number;
   files: number;
   durationMs: number;
+  /** Generation the object was packed from, when it was recorded. */
+  generation: string | undefined;
+  /** CODEX_HOME the object was packed from, when it was recorded. */
+  homePath: string | undefined;
 }
 
 export interface HeadResult {

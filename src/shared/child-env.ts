@@ -60,7 +60,10 @@ export interface ChildEnvParts {
 
 /**
  * Allowlisted parent variables, then extraEnv, then the builder's env (later
- * wins), then CODEX_HOME and CXG_LOOPBACK_TOKEN, which nothing overrides.
+ * wins), then CODEX_HOME, GIT_CEILING_DIRECTORIES and CXG_LOOPBACK_TOKEN,
+ * which nothing overrides. The ceiling keeps git (and so codex's record of
+ * a thread's repository) from looking above the home: homes.root may lie
+ * inside the gateway's own checkout.
  */
 export function buildChildEnv(p: ChildEnvParts): Record<string, string> {
   const env: Record<string, string> = {};
@@ -71,6 +74,7 @@ export function buildChildEnv(p: ChildEnvParts): Record<string, string> {
   for (const [k, v] of parseEnvEntries(p.extraEnv, 'extraEnv')) env[k] = v;
   for (const [k, v] of parseEnvEntries(p.builderEnv, 'config builder env')) env[k] = v;
   env.CODEX_HOME = p.codexHome;
+  env.GIT_CEILING_DIRECTORIES = p.codexHome;
   env.CXG_LOOPBACK_TOKEN = p.loopbackToken;
   return env;
 }

@@ -55,6 +55,11 @@ export interface ShardStats {
   spool: SpoolStatus[];
   connections: number;
   eventLoopDelayP99Ms: number;
+  /** True while start-up recovery is still taking over homes an earlier gateway left. */
+  recovering: boolean;
+  /** Warm homes kept on disk by this shard, and their bytes. */
+  cachedHomes: number;
+  cachedBytes: number;
 }
 
 /** Why a child is being stopped; decides the close code its clients see. */
@@ -104,6 +109,8 @@ export interface ShardInit {
   gatedSpawns: boolean;
   /** Time one workspace's stop and upload may take during a drain; past it the home stays on disk. */
   drainBudgetMs: number;
+  /** Disk budget of this shard's warm cache of stored homes (0: stored homes are removed). */
+  homeCacheBytes: number;
   logLevel: string;
   logPretty: boolean;
   dataPlane: DataPlaneLimits;

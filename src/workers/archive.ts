@@ -37,6 +37,7 @@ export async function pack(task: PackTask, store: ObjectStore): Promise<PackResu
 
   const excluded = exclusions(task.exclude);
   let files = 0;
+  let fileBytes = 0;
   let abandoned = false;
   let tarError: unknown;
   const archive = new Pack({
@@ -52,7 +53,10 @@ export async function pack(task: PackTask, store: ObjectStore): Promise<PackResu
     filter: (path, stat) =>
       !abandoned && stat instanceof Stats && (stat.isFile() || stat.isDirectory()) && !excluded(relativePath(path)),
     onWriteEntry: (entry) => {
-      if (entry.type === 'File') files += 1;
+      if (entry.type === 'File') {
+        files += 1;
+        fileBytes += entry.stat?.size ?? 0;
+      }
     },
   });
   const tarStream = readableOf(archive, (err) => {
@@ -69,8 +73,9 @@ export async function pack(task: PackTask, store: ObjectStore): Promise<PackResu
   archive.end('.');
 
   try {
-    const { bytes } = await store.put(task.workspaceId, body, task.generation === undefined ? {} : { generation: task.generation });
-    return { key: store.key(task.workspaceId), bytes, files, durationMs: performance.now() - started };
+    const meta = { homePath: task.home, ...(task.generation === undefined ? {} : { generation: task.generation }) };
+    const { bytes } = await store.put(task.workspaceId, body, meta);
+    return { key: store.key(task.workspaceId), bytes, files, fileBytes, durationMs: performance.now() - started };
   } catch (err) {
     // Let tar run dry instead of leaving it paused: it finishes only the
     // entries it has already opened (the filter now refuses the rest) and
@@ -88,13 +93,14 @@ export async function unpack(task: UnpackTask, store: ObjectStore): Promise<Unpa
   const key = store.key(task.workspaceId);
   await assertEmptyDirectory(task.home);
 
-  let source: Readable | undefined;
+  let opened: Awaited<ReturnType<ObjectStore['open']>>;
   try {
-    source = await store.get(task.workspaceId);
+    opened = await store.open(task.workspaceId);
   } catch (err) {
     throw toGatewayError(err, 'GW_STORE_DOWNLOAD', `download ${object}`);
   }
-  if (source === undefined) return { key, found: false, bytes: 0, files: 0, durationMs: performance.now() - started };
+  if (opened === undefined) return { key, found: false, bytes: 0, files: 0, durationMs: performance.now() - started, generation: undefined, homePath: undefined };
+  const source = opened.body;
 
   const read = { bytes: 0 };
   const extraction = new GuardedExtraction(task, object);
@@ -109,7 +115,7 @@ export async function unpack(task: UnpackTask, store: ObjectStore): Promise<Unpa
     await extraction.settle();
     throw unpackError(err, object, task.home);
   }
-  return { key, found: true, bytes: read.bytes, files: extraction.files, durationMs: performance.now() - started };
+  return { key, found: true, bytes: read.bytes, files: extraction.files, durationMs: performance.now() - started, generation: opened.meta.generation, homePath: opened.meta.homePath };
 }
 
 /**

@@ -1,31 +1,48 @@
 /**
- * A shard's side of the object store: where a new generation's home comes
- * from (the spool, the store, or nothing) and where a stopped one goes
- * (uploaded, then removed; or kept in the spool). Every path that removes a
- * home goes through deleteHome (home.ts), after its upload.
+ * A shard's side of the object store: what a workspace's home holds before
+ * a start (its spooled work, its warm copy, a download, or nothing) and
+ * where it goes after a stop (uploaded, then kept warm or removed; or kept
+ * in the spool). Every path that removes a home goes through deleteHome
+ * (home.ts), after its upload.
  *
- * Homes found at start-up (recovered) are compared with the store before
- * they are uploaded or started from: each stored object records the
- * generation it was packed from, and generations sort by time, so an older
- * leftover is never uploaded over newer work.
+ * Generations order homes: each stored object records the generation it was
+ * packed from, and each home records the one it holds (home.ts), so an
+ * older home is never uploaded over newer work and a warm copy is used only
+ * while it is the stored generation.
  */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import type { HeadResult, PackResult, UnpackResult } from '../shared/archive-protocol.js';
 import { deserializeError, toGatewayError } from '../shared/errors.js';
 import type { ShardInit, StopResult } from '../shared/protocol.js';
-import { Home, adoptDir, clearStoredNote, createHomeDir, deleteHome, hasStoredNote, noteStoredButKept } from './home.js';
-import { quarantine, stopLeftoverChild } from './recovery.js';
-import type { LeftoverHome } from './recovery.js';
+import { HomeCache } from './home-cache.js';
+import { Home, createEmptyHome, createIncomingDir, deleteHome, dirBytes, homePath, installHome, newGeneration, readHomeState, removeDir, writeHomeState } from './home.js';
+import type { HomeState } from './home.js';
+import { clearLegacyNotes, quarantine, stopLeftoverChild } from './recovery.js';
+import type { LeftoverWorkspace } from './recovery.js';
 import { Spool } from './spool.js';
 import type { TableHost } from './workspaces.js';
 
+export interface HomeStoreHooks {
+  /** A stored home was kept warm: the cache may be over its budget now. */
+  cached(): void;
+}
+
+/** A stored home's state on disk: no process, contents equal to `generation` in the store. */
+function storedState(generation: string | null): HomeState {
+  return { generation, stored: true, pid: null, startTicks: null, gatewayPid: process.pid };
+}
+
 export class HomeStore {
   readonly spool: Spool;
+  readonly cache: HomeCache;
 
   constructor(
     private readonly init: ShardInit,
     private readonly host: Pick<TableHost, 'archive' | 'workspaceStopped'>,
     private readonly log: Logger,
+    private readonly hooks: HomeStoreHooks,
   ) {
     this.spool = new Spool({
       baseMs: init.spoolRetryBaseMs,
@@ -33,76 +50,119 @@ export class HomeStore {
       logger: log,
       save: (home) => this.save(home),
     });
+    this.cache = new HomeCache(init.homeCacheBytes);
   }
 
   /**
-   * The home for a new generation: the workspace's spooled home if there is
-   * one (newest state), else the stored object, else an empty directory.
+   * The workspace's home, ready for a start: its spooled home if it has one
+   * (the newest work), else its warm copy if that is still the stored
+   * generation, else a download of the stored object, else an empty home.
    */
-  async prepare(workspaceId: string, generation: string): Promise<Home> {
-    let spooled = await this.spool.claim(workspaceId);
-    if (spooled?.recovered === true) {
-      // Left by an earlier gateway and not yet checked against the store: it
-      // may be older than what is stored. With the store unreachable there is
-      // no telling, so the start fails rather than risk going back in time.
-      const found = spooled;
-      let head: { stored: string | undefined } | undefined;
-      try {
-        head = { stored: await this.storedGeneration(found) };
-      } catch (err) {
-        // The store cannot be asked. A home noted as stored may be older than
-        // the stored state: never start from it. Any other is the newest work
-        // there is (nothing newer could be stored after it): start from it.
-        if (await hasStoredNote(found)) {
-          this.spool.add(found, toGatewayError(err).describe());
-          throw err;
-        }
-        found.recovered = false;
-      }
-      if (head !== undefined) {
-        // The store answered: a failure from here on (removing or setting the
-        // home aside) is local and fails the start, the home kept in the spool.
-        try {
-          if (await this.settleIfStored(found, head.stored)) spooled = undefined;
-          else found.recovered = false;
-        } catch (err) {
-          this.spool.add(found, toGatewayError(err).describe());
-          throw err;
-        }
-      }
-    }
-    if (spooled !== undefined) {
-      try {
-        const dir = await adoptDir(spooled.dir, this.init.homeRoot, workspaceId, generation);
-        const home = new Home(workspaceId, generation, dir, 'spool');
+  async prepare(workspaceId: string): Promise<Home> {
+    const spooled = await this.claimSpooled(workspaceId);
+    if (spooled !== undefined) return spooled;
+    this.cache.take(workspaceId);
+    const dir = homePath(this.init.homeRoot, workspaceId);
+    const state = await readHomeState(dir);
+    if (state !== undefined) {
+      const home = new Home(workspaceId, state.generation, dir, 'cache');
+      if (!state.stored) {
+        // Unsaved work the spool does not know of (a drain that ran out of
+        // budget, say): the newest state there is. Start from it as it is.
+        home.origin = 'spool';
         home.ran = true;
         return home;
-      } catch (err) {
-        this.spool.add(spooled, `could not reuse: ${toGatewayError(err).describe()}`);
-        throw err;
       }
+      const stored = await this.storedGeneration(workspaceId);
+      // Equal generations, or none on either side (nothing stored yet, or an object from before generations were recorded).
+      if (stored === (state.generation ?? undefined)) return home;
+      if (stored === undefined || (state.generation !== null && stored < state.generation)) {
+        // The store lost what was uploaded from here (the object was removed
+        // or replaced by an older one): this copy is the newest. It is
+        // started from and uploaded again at its next stop.
+        this.log.warn({ workspaceId, generation: state.generation, stored: stored ?? null }, 'home is newer than the stored state; keeping it and storing it again');
+        home.origin = 'spool';
+        home.ran = true;
+        return home;
+      }
+      // A newer generation was stored from elsewhere: this copy is stale.
+      // It is replaced once the download is complete.
+      return await this.download(workspaceId, home);
     }
-    const dir = await createHomeDir(this.init.homeRoot, workspaceId, generation);
+    return await this.download(workspaceId, undefined);
+  }
+
+  /** A spooled home of the workspace, checked against the store when an earlier gateway left it. */
+  private async claimSpooled(workspaceId: string): Promise<Home | undefined> {
+    const spooled = await this.spool.claim(workspaceId);
+    if (spooled === undefined || !spooled.recovered) return spooled;
+    let stored: string | undefined;
+    try {
+      stored = await this.storedGeneration(workspaceId);
+    } catch {
+      // The store cannot be asked: nothing newer could have been stored
+      // after this home was left unsaved here, so it is the newest work.
+      spooled.recovered = false;
+      return spooled;
+    }
+    // The store answered: a failure from here on (marking the home stored or
+    // setting it aside) is local and fails the start, the home kept spooled.
+    try {
+      if (!(await this.settleIfStored(spooled, stored))) {
+        spooled.recovered = false;
+        return spooled;
+      }
+    } catch (err) {
+      this.spool.add(spooled, toGatewayError(err).describe());
+      throw err;
+    }
+    // Settled: now a warm copy of the stored generation, or set aside.
+    return undefined;
+  }
+
+  /**
+   * Downloads the stored object into a new directory beside the home and
+   * moves it into place once complete: a failed download leaves `stale` (a
+   * stored, older copy) or nothing. Without an object: an empty home.
+   */
+  private async download(workspaceId: string, stale: Home | undefined): Promise<Home> {
+    const dir = homePath(this.init.homeRoot, workspaceId);
+    const incoming = await createIncomingDir(this.init.homeRoot, workspaceId);
     const outcome = await this.host.archive({
       op: 'unpack',
       store: this.init.store,
-      workspaceId: workspaceId,
-      home: dir,
+      workspaceId,
+      home: incoming,
       exclude: this.init.archiveExclude,
       limits: this.init.unpackLimits,
     });
-    const home = new Home(workspaceId, generation, dir, 'fresh');
     if (!outcome.ok) {
-      await deleteHome(home);
+      await removeDir(incoming).catch((err: unknown) => this.log.error({ workspaceId, dir: incoming, err: toGatewayError(err).describe() }, 'could not remove a failed download'));
+      // A workspace that had nothing here leaves nothing here.
+      await fs.rmdir(path.dirname(incoming)).catch(() => {});
       throw deserializeError(outcome.error);
     }
     const r = outcome.value as UnpackResult;
-    return r.found ? new Home(workspaceId, generation, dir, 'store') : home;
+    if (stale !== undefined) await deleteHome(stale);
+    const home = new Home(workspaceId, r.found ? (r.generation ?? null) : null, dir, r.found ? 'store' : 'fresh');
+    if (!r.found) {
+      await removeDir(incoming);
+      await createEmptyHome(home, storedState(null));
+      return home;
+    }
+    if (r.homePath !== undefined && r.homePath !== dir) {
+      // codex's state names paths under the home it ran in: threads from
+      // there are listed here but cannot be resumed (docs/operations.md).
+      this.log.warn({ workspaceId, code: 'GW_HOME_PATH_CHANGED', storedFrom: r.homePath, home: dir }, 'stored home was packed from another path; its earlier threads cannot be resumed here (every replica must use the same homes.root)');
+    }
+    await installHome(incoming, home, storedState(home.generation));
+    return home;
   }
 
-
-  /** Uploads and deletes a home; on failure keeps it in the spool. */
+  /** Uploads a stopped home, then keeps it warm or removes it; on failure keeps it in the spool. */
   async persist(home: Home, reason: string): Promise<StopResult> {
+    // Rewritten at every start; it holds the run's tokens.
+    await fs.rm(path.join(home.dir, 'config.toml'), { force: true }).catch(() => {});
     let result: StopResult;
     try {
       await this.save(home);
@@ -116,14 +176,27 @@ export class HomeStore {
     return result;
   }
 
-  /** Upload then delete; throws only when the upload failed. */
+  /**
+   * A start failed before any process ran in the home: its contents are as
+   * they were. A stored copy goes back to the cache; unsaved work is stored.
+   */
+  async release(home: Home, generation: string | null, stored: boolean): Promise<StopResult | undefined> {
+    home.generation = generation;
+    if (!stored) return await this.persist(home, 'failed-start');
+    await writeHomeState(home.dir, storedState(generation));
+    await this.keepOrDelete(home);
+    return undefined;
+  }
+
+  /** Upload, then keep warm or delete; throws only when the upload failed. */
   private async save(home: Home): Promise<void> {
     const t0 = Date.now();
     if (home.recovered) {
-      if (await this.settleIfStored(home, await this.storedGeneration(home))) return;
+      if (await this.settleIfStored(home, await this.storedGeneration(home.workspaceId))) return;
       // Checked once: a retry from the spool uploads without asking again.
       home.recovered = false;
     }
+    home.generation ??= newGeneration();
     const outcome = await this.host.archive({
       op: 'pack',
       store: this.init.store,
@@ -135,78 +208,122 @@ export class HomeStore {
     if (!outcome.ok) throw deserializeError(outcome.error);
     home.uploaded = true;
     const r = outcome.value as PackResult;
-    this.log.info({ workspaceId: home.workspaceId, key: r.key, bytes: r.bytes, files: r.files, ms: Date.now() - t0 }, 'home uploaded');
-    await this.removeStored(home);
+    this.log.info({ workspaceId: home.workspaceId, key: r.key, bytes: r.bytes, files: r.files, generation: home.generation, ms: Date.now() - t0 }, 'home uploaded');
+    await this.markStored(home, r.fileBytes);
   }
 
-  /** Deletes a stored home; if that fails, leaves a note that it is stored (see noteStoredButKept). */
-  private async removeStored(home: Home): Promise<void> {
+  /** Records that the home's contents are stored, then keeps it warm or removes it. */
+  private async markStored(home: Home, bytes?: number): Promise<void> {
+    try {
+      await writeHomeState(home.dir, storedState(home.generation));
+    } catch (err) {
+      // The home still reads as unsaved: the next start or recovery stores it again. Nothing is lost.
+      this.log.error({ workspaceId: home.workspaceId, dir: home.dir, err: toGatewayError(err).describe() }, 'home uploaded but not marked stored');
+      return;
+    }
+    await this.keepOrDelete(home, bytes);
+  }
+
+  /** `bytes`: the home's size when known (an upload counts it), else it is measured. */
+  private async keepOrDelete(home: Home, bytes?: number): Promise<void> {
+    if (this.cache.enabled) {
+      this.cache.add(home.workspaceId, bytes ?? (await dirBytes(home.dir)));
+      this.hooks.cached();
+      return;
+    }
     try {
       await deleteHome(home);
-      await clearStoredNote(home);
     } catch (err) {
+      // Marked stored, so a later start or recovery takes it for a warm copy.
       this.log.error({ workspaceId: home.workspaceId, dir: home.dir, err: toGatewayError(err).describe() }, 'home uploaded but not removed');
-      await noteStoredButKept(home).catch((e: unknown) => this.log.error({ workspaceId: home.workspaceId, err: toGatewayError(e).describe() }, 'could not note that the kept home is stored'));
     }
+  }
+
+  /** Removes a warm copy (cache eviction); the caller serializes it with starts of the workspace. */
+  async evict(workspaceId: string): Promise<void> {
+    const dir = homePath(this.init.homeRoot, workspaceId);
+    const state = await readHomeState(dir);
+    if (state?.stored !== true) return;
+    const home = new Home(workspaceId, state.generation, dir, 'cache');
+    await deleteHome(home).catch((err: unknown) => this.log.error({ workspaceId, dir, err: toGatewayError(err).describe() }, 'could not remove a cached home'));
   }
 
   /**
-   * For a home left by an earlier gateway: whether the store already holds
-   * it or something newer, so uploading it would lose work. The object
-   * records the generation it was packed from; generations sort by time.
-   * An equal generation is this very home, stored before its directory
-   * could be removed: it goes now. An older one was superseded by a run
-   * that started from the store after it was stored: it is set aside.
+   * For a home left unsaved by an earlier gateway: whether the store already
+   * holds it or something newer, so uploading it would lose work. An equal
+   * generation is this very home, stored before its state could say so: it
+   * becomes a warm copy. An older one was superseded by a run elsewhere
+   * that started from the store: it is set aside. So is a home that does
+   * not know its generation when the store holds anything.
    */
   private async settleIfStored(home: Home, stored: string | undefined): Promise<boolean> {
-    if (stored === undefined || stored < home.generation) return false;
+    if (stored === undefined) return false;
+    if (home.generation !== null && stored < home.generation) return false;
     if (stored === home.generation) {
       home.uploaded = true;
-      this.log.info({ workspaceId: home.workspaceId, dir: home.dir }, 'recovery: home was already stored; removing it');
-      await this.removeStored(home);
-    } else {
-      const to = await quarantine(this.init.homeRoot, { workspaceId: home.workspaceId, generation: home.generation, dir: home.dir, record: undefined });
-      await clearStoredNote(home);
-      this.log.warn({ workspaceId: home.workspaceId, dir: to, stored }, 'recovery: home is older than the stored state; set aside, not uploaded');
+      this.log.info({ workspaceId: home.workspaceId, dir: home.dir }, 'recovery: home was already stored');
+      await this.markStored(home);
+      return true;
     }
+    const to = await quarantine(this.init.homeRoot, home.workspaceId, home.dir, home.generation ?? `unknown-${Date.now()}`);
+    this.log.warn({ workspaceId: home.workspaceId, dir: to, generation: home.generation, stored }, 'recovery: home is older than the stored state; set aside, not uploaded');
     return true;
   }
 
   /** The generation the stored object was packed from (undefined: none stored, or stored without one). */
-  private async storedGeneration(home: Home): Promise<string | undefined> {
-    const outcome = await this.host.archive({ op: 'head', store: this.init.store, workspaceId: home.workspaceId });
+  private async storedGeneration(workspaceId: string): Promise<string | undefined> {
+    const outcome = await this.host.archive({ op: 'head', store: this.init.store, workspaceId });
     if (!outcome.ok) throw deserializeError(outcome.error);
     return (outcome.value as HeadResult).generation;
   }
 
-
   /**
-   * Handles the homes an earlier gateway left for one workspace (found by
-   * findLeftoverHomes, oldest first): stops their leftover processes, removes
-   * those where no process ran, sets aside all but the newest with work, and
-   * spools the newest for an upload at once (checked against the store first).
+   * Takes over what an earlier gateway left for one workspace (recovery.ts):
+   * stops leftover processes, removes cut-short downloads, moves the newest
+   * earlier-layout home with work into the stable place, and then keeps a
+   * stored home warm or spools an unsaved one for an upload at once
+   * (checked against the store first).
    */
-  async recoverWorkspace(homes: LeftoverHome[]): Promise<void> {
-    for (const h of homes) {
-      const outcome = await stopLeftoverChild(h.record, this.init.stopGraceMs);
-      if (outcome !== 'none') this.log.warn({ workspaceId: h.workspaceId, dir: h.dir, pid: h.record?.pid, outcome }, 'recovery: leftover codex process');
+  async recoverWorkspace(w: LeftoverWorkspace): Promise<void> {
+    const { workspaceId } = w;
+    for (const rec of [...w.legacy.map((h) => h.record), w.home?.state ?? undefined]) {
+      const outcome = await stopLeftoverChild(rec, this.init.stopGraceMs);
+      if (outcome !== 'none') this.log.warn({ workspaceId, pid: rec?.pid, outcome }, 'recovery: leftover codex process');
     }
-    const ran = homes.filter((h) => h.record !== undefined);
-    for (const h of homes.filter((x) => x.record === undefined)) {
+    for (const d of w.debris) await removeDir(d);
+    let home = w.home;
+    const ran = w.legacy.filter((h) => h.record !== undefined);
+    for (const h of w.legacy.filter((x) => x.record === undefined)) {
       // Never ran a process: at most a copy of what the store holds.
-      await deleteHome(new Home(h.workspaceId, h.generation, h.dir, 'store'));
+      await removeDir(h.dir);
     }
     const newest = ran.at(-1);
-    for (const h of ran.slice(0, -1)) {
-      // Two homes with work for one workspace should not happen; keep the older one aside, untouched.
-      const to = await quarantine(this.init.homeRoot, h);
-      this.log.error({ workspaceId: h.workspaceId, dir: to }, 'recovery: an older home with unsaved work was set aside; inspect it by hand');
+    for (const h of ran) {
+      if (h === newest && home === undefined) {
+        // Its threads name its old path and stay read-only; the rest of its
+        // work goes on in the stable home (docs/operations.md).
+        const dir = homePath(this.init.homeRoot, workspaceId);
+        const state: HomeState = { generation: h.generation, stored: h.storedNote, pid: null, startTicks: null, gatewayPid: process.pid };
+        await writeHomeState(h.dir, state);
+        await fs.rm(path.join(h.dir, '.cxg-child.json'), { force: true });
+        await fs.rename(h.dir, dir);
+        home = { dir, state };
+        this.log.warn({ workspaceId, from: h.dir, dir }, 'recovery: home of the earlier layout moved to the stable path');
+        continue;
+      }
+      const to = await quarantine(this.init.homeRoot, workspaceId, h.dir, h.generation);
+      this.log.error({ workspaceId, dir: to }, 'recovery: an older home with unsaved work was set aside; inspect it by hand');
     }
-    if (newest !== undefined) {
-      const home = new Home(newest.workspaceId, newest.generation, newest.dir, 'spool');
-      home.ran = true;
-      home.recovered = true;
-      this.spool.add(home, 'left by a previous gateway', { immediate: true });
+    await clearLegacyNotes(w);
+    if (home === undefined) return;
+    const state = home.state;
+    if (state?.stored === true) {
+      await this.keepOrDelete(new Home(workspaceId, state.generation, home.dir, 'cache'));
+      return;
     }
+    const h = new Home(workspaceId, state?.generation ?? null, home.dir, 'spool');
+    h.ran = true;
+    h.recovered = true;
+    this.spool.add(h, 'left by a previous gateway', { immediate: true });
   }
 }

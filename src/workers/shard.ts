@@ -32,6 +32,9 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
         spool: table.homes.spool.status(),
         connections: proxy.connectionCount,
         eventLoopDelayP99Ms: loopDelay.percentile(99) / 1e6,
+        recovering: table.recovering,
+        cachedHomes: table.homes.cache.size,
+        cachedBytes: table.homes.cache.bytes,
       };
       loopDelay.reset();
       return s;

@@ -27,7 +27,8 @@ export interface ExitInfo {
 
 export interface SpawnRequest {
   codexBin: string;
-  codexHome: string;
+  /** The child's working directory (inside its CODEX_HOME, which env names). */
+  cwd: string;
   env: Record<string, string>;
   /** The capability secret; only its SHA-256 reaches the child's argv. */
   wsToken: string;
@@ -78,7 +79,7 @@ export async function spawnAppServer(req: SpawnRequest): Promise<RunningChild> {
   let child: ChildProcess;
   try {
     child = spawn(req.codexBin, appServerArgs(req.wsToken), {
-      cwd: req.codexHome,
+      cwd: req.cwd,
       env: req.env,
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -7,7 +7,9 @@
  * 1. One spawn per key: concurrent ensures share the entry's `ready` promise.
  * 2. A start waits for any earlier stop or upload of its key (`busy`), and
  *    takes a spooled home before it would download older state (HomeStore).
- * 3. Each start gets a new generation directory.
+ * 3. A workspace's CODEX_HOME is one stable path (home.ts); one process at a
+ *    time uses it, since starts, stops, uploads and cache evictions of a key
+ *    are serialized here. Each start is a new generation of its contents.
  * 4. Homes are deleted only through deleteHome, after their upload (HomeStore).
  * 6. Stopping a child stops its process group (spawn.ts).
  *
@@ -28,9 +30,9 @@ import type { ChildInfo, ReapOptions, ShardInit, StopReason, StopResult, Workspa
 import { shouldReap } from '../shared/reap-policy.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
 import { HomeStore } from './home-store.js';
-import { deleteHome, newGeneration, processEnded, processStartTicks, writePidFile, writePrivateFile } from './home.js';
+import { ensureWorkDir, homePath, newGeneration, processEnded, processStartTicks, writeHomeState, writePrivateFile } from './home.js';
 import type { Home } from './home.js';
-import { findLeftoverHomes } from './recovery.js';
+import { findLeftovers } from './recovery.js';
 import { describeExit, reapGroup, spawnAppServer, stopProcessGroup } from './spawn.js';
 import type { ExitInfo, RunningChild } from './spawn.js';
 
@@ -90,6 +92,8 @@ export class WorkspaceTable {
   private closed = false;
   /** Pending while recover() scans homes.root; starts wait for it (see recover). */
   private scanning: Promise<void> | undefined;
+  /** True from recover() until every leftover it found is handled. */
+  recovering = false;
 
   constructor(
     private readonly init: ShardInit,
@@ -97,7 +101,7 @@ export class WorkspaceTable {
     private readonly events: TableEvents,
     private readonly log: Logger,
   ) {
-    this.homes = new HomeStore(init, host, log);
+    this.homes = new HomeStore(init, host, log, { cached: () => this.trimCache() });
     this.crashLoop = new CrashLoopGuard(init.crashLoop);
   }
 
@@ -197,17 +201,21 @@ export class WorkspaceTable {
     const toml = renderCodexConfig(spawnConfig.config, e.loopbackToken);
     parseEnvEntries(spawnConfig.env, 'config builder env');
 
-    const home = await this.homes.prepare(e.workspaceId, e.generation);
+    const home = await this.homes.prepare(e.workspaceId);
     e.home = home;
+    // What the home holds before this run, for a start that fails before any process ran in it.
+    const before = { generation: home.generation, stored: home.origin !== 'spool' };
     let gated = false;
     try {
       await writePrivateFile(path.join(home.dir, 'config.toml'), toml);
+      await ensureWorkDir(home);
       if (this.init.gatedSpawns) {
         await this.host.enterSpawn(e.workspaceId, e.generation);
         gated = true;
       }
-      // The marker goes in before the process exists: recovery then knows this home ran something.
-      await writePidFile(home.dir, { pid: null, startTicks: null, workspaceId: e.workspaceId, generation: e.generation, gatewayPid: process.pid });
+      // The new generation is recorded before the process exists: recovery then knows this home may hold unsaved work.
+      await writeHomeState(home.dir, { generation: e.generation, stored: false, pid: null, startTicks: null, gatewayPid: process.pid });
+      home.generation = e.generation;
       const env = buildChildEnv({
         parent: process.env,
         allowlist: this.init.envAllowlist,
@@ -219,7 +227,7 @@ export class WorkspaceTable {
       let pidFile: Promise<void> = Promise.resolve();
       const child = await spawnAppServer({
         codexBin: this.init.codexBin,
-        codexHome: home.dir,
+        cwd: home.workDir,
         env,
         wsToken: e.wsToken,
         readyTimeoutMs: this.init.readyTimeoutMs,
@@ -255,7 +263,7 @@ export class WorkspaceTable {
       const failure = toGatewayError(err);
       if (PROCESS_FAILURES.has(failure.code)) this.crashLoop.failed(e.workspaceId);
       log.warn({ err: failure.describe(), failures: this.crashLoop.failures(e.workspaceId) }, 'start failed');
-      this.abandon(home, log);
+      this.abandon(home, before, log);
       throw err;
     }
   }
@@ -278,19 +286,16 @@ export class WorkspaceTable {
 
   private async recordPid(home: Home, pid: number): Promise<void> {
     try {
-      await writePidFile(home.dir, { pid, startTicks: await processStartTicks(pid), workspaceId: home.workspaceId, generation: home.generation, gatewayPid: process.pid });
+      await writeHomeState(home.dir, { generation: home.generation, stored: false, pid, startTicks: await processStartTicks(pid), gatewayPid: process.pid });
     } catch (err) {
-      this.log.warn({ workspaceId: home.workspaceId, err: toGatewayError(err).describe() }, 'could not write pid file');
+      this.log.warn({ workspaceId: home.workspaceId, err: toGatewayError(err).describe() }, 'could not record the child in its home');
     }
   }
 
-  /** After a failed start: delete what holds nothing new, persist the rest. */
-  private abandon(home: Home, log: Logger): void {
-    if (home.disposable) {
-      this.setBusy(home.workspaceId, deleteHome(home).catch((err: unknown) => log.error({ err: toGatewayError(err).describe() }, 'could not remove home')));
-    } else {
-      this.setBusy(home.workspaceId, this.homes.persist(home, 'failed-start'));
-    }
+  /** After a failed start: a home no process ran in goes back as it was; the rest is persisted. */
+  private abandon(home: Home, before: { generation: string | null; stored: boolean }, log: Logger): void {
+    const work = home.ran ? this.homes.persist(home, 'failed-start') : this.homes.release(home, before.generation, before.stored);
+    this.setBusy(home.workspaceId, work.catch((err: unknown) => log.error({ err: toGatewayError(err).describe() }, 'could not put the home back after a failed start')));
   }
 
   // ---- exit, stop, persist --------------------------------------------------
@@ -403,20 +408,20 @@ export class WorkspaceTable {
    * removed. Starts of those workspaces wait until their home is handled.
    */
   recover(): void {
-    const work = (async () => {
-      const leftovers = await findLeftoverHomes(this.init.homeRoot, (id) => shardOf(id, this.init.shards) === this.init.shard);
-      const byWorkspace = new Map<string, typeof leftovers>();
-      for (const h of leftovers) byWorkspace.set(h.workspaceId, [...(byWorkspace.get(h.workspaceId) ?? []), h]);
-      for (const [workspaceId, homes] of byWorkspace) {
-        this.setBusy(workspaceId, this.homes.recoverWorkspace(homes));
-      }
-      return leftovers.length;
+    this.recovering = true;
+    const scan = (async () => {
+      const leftovers = await findLeftovers(this.init.homeRoot, (id) => shardOf(id, this.init.shards) === this.init.shard);
+      return leftovers.map((w) => {
+        const p = this.homes.recoverWorkspace(w);
+        this.setBusy(w.workspaceId, p);
+        return p.catch((err: unknown) => this.log.error({ workspaceId: w.workspaceId, err: toGatewayError(err).describe() }, 'recovery of a workspace failed'));
+      });
     })();
     // Until the scan has marked every leftover's workspace busy, a start could
-    // download state older than its leftover home, and the scan could take the
-    // new generation directory of that start for a leftover and delete it.
-    // So starts wait for the scan (not for the uploads, which `busy` covers).
-    const scanning = work.then(
+    // download state older than its leftover home, and the scan could take
+    // the home of that start for a leftover. So starts wait for the scan (not
+    // for the recoveries it began, which `busy` covers for their workspaces).
+    const scanning = scan.then(
       () => {},
       () => {},
     );
@@ -424,12 +429,30 @@ export class WorkspaceTable {
     void scanning.then(() => {
       if (this.scanning === scanning) this.scanning = undefined;
     });
-    work.then(
-      (n) => {
-        if (n > 0) this.log.info({ homes: n }, 'recovery: homes left by a previous gateway taken over');
+    scan.then(
+      async (done) => {
+        await Promise.all(done);
+        // Homes kept warm while their workspace was busy recovering are weighed against the budget now.
+        this.trimCache();
+        this.recovering = false;
+        if (done.length > 0) this.log.info({ workspaces: done.length }, 'recovery: homes left by a previous gateway taken over');
       },
-      (err: unknown) => this.log.error({ err: toGatewayError(err).describe() }, 'recovery failed'),
+      (err: unknown) => {
+        this.recovering = false;
+        this.log.error({ err: toGatewayError(err).describe() }, 'recovery failed');
+      },
     );
+  }
+
+
+  /**
+   * Removes least recently used warm homes past the cache's budget, each
+   * serialized with its workspace's starts (a workspace live, busy or
+   * spooled keeps its home).
+   */
+  private trimCache(): void {
+    const removable = (id: string): boolean => !this.live.has(id) && !this.busy.has(id) && !this.homes.spool.has(id);
+    for (const id of this.homes.cache.overBudget(removable)) this.setBusy(id, this.homes.evict(id));
   }
 
   /** The least recently active running child without clients, for the capacity limit. */
@@ -501,7 +524,7 @@ export class WorkspaceTable {
       clients: e.clients,
       lastActivity: e.lastActivity,
       startedAt: e.startedAt,
-      codexHome: e.home?.dir ?? '',
+      codexHome: e.home?.dir ?? homePath(this.init.homeRoot, e.workspaceId),
     };
   }
 

@@ -14,7 +14,7 @@ import type { ResponsesMock } from '../fixtures/responses-mock.js';
 import { startTestGateway } from '../gateway-helpers.js';
 import type { TestGateway } from '../gateway-helpers.js';
 import { spawnConfig, waitFor } from '../helpers.js';
-import { exists, explained, groupsUnder, isRunning, killGroups, killLeftovers, recordedChildPid, recordLost } from './markers.js';
+import { explained, groupsUnder, isRunning, killGroups, killLeftovers, recordedChildPid, recordLost } from './markers.js';
 
 describe('fault: the codex child is SIGKILLed mid-session (real codex)', () => {
   let mock: ResponsesMock;
@@ -68,14 +68,13 @@ describe('fault: the codex child is SIGKILLed mid-session (real codex)', () => {
     const close = await closed;
     expect(close.code).toBe(1011);
 
-    // Reconnect at once, as a client does on 1011: a new child, in a new home,
-    // restored from what the dead one wrote.
+    // Reconnect at once, as a client does on 1011: a new child, in the same
+    // home (invariant 3), which the dead one's stop stored first.
     const c2 = await AppServerClient.connect(g.url, { token });
     const init2 = await explained('initialize after the reconnect', c2, c2.initialize());
     await inFlight;
     expect(await isRunning(pid)).toBe(false);
-    expect(init2.codexHome).not.toBe(home);
-    expect(await exists(home)).toBe(false);
+    expect(init2.codexHome).toBe(home);
     const pid2 = (await recordedChildPid(init2.codexHome)) as number;
     pids.add(pid2);
     expect(pid2).not.toBe(pid);
@@ -83,12 +82,20 @@ describe('fault: the codex child is SIGKILLed mid-session (real codex)', () => {
     const markerBack = await readFile(path.join(init2.codexHome, 'fault-marker.txt'), 'utf8').catch(() => undefined);
     const threads = await explained('thread/list after the reconnect', c2, c2.listThreads());
     const threadBack = threads.some((th) => th.id === threadId);
+    // Listed is not enough: the thread resumes and takes a new turn.
+    release();
+    const resumed = await c2.request('thread/resume', { threadId }).then(
+      () => true,
+      () => false,
+    );
+    const next = resumed ? await explained('a turn after the crash', c2, c2.runTurn(threadId, 'and on')) : undefined;
     await c2.close();
 
-    const lost = (markerBack === marker ? 0 : 1) + (threadBack ? 0 : 1);
+    const lost = (markerBack === marker ? 0 : 1) + (threadBack ? 0 : 1) + (next?.status === 'completed' ? 0 : 1);
     recordLost(task, lost);
     expect(markerBack).toBe(marker);
     expect(threads.map((th) => th.id)).toContain(threadId);
+    expect(next?.text).toBe('State survives a crash.');
     expect(lost).toBe(0);
   }, 90_000);
 });

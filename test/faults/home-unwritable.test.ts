@@ -9,7 +9,7 @@
  * always taken off again, even when the test fails.
  */
 import { existsSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileObjectStore, Supervisor } from 'codex-app-gateway';
@@ -17,7 +17,7 @@ import { AppServerClient } from '../fixtures/app-server-client.js';
 import { fakeCodexBin } from '../fixtures/codex-home.js';
 import { closeOf, openWs, startTestGateway } from '../gateway-helpers.js';
 import type { TestGateway } from '../gateway-helpers.js';
-import { quietLogger, rejection, spawnConfig, tempDir, waitFor } from '../helpers.js';
+import { homeState, quietLogger, rejection, spawnConfig, tempDir, waitFor } from '../helpers.js';
 import { MarkerLedger, killLeftovers, makeUnwritable, processesPerWorkspace, recordLost } from './markers.js';
 
 describe('fault: homes.root not writable', () => {
@@ -90,10 +90,11 @@ describe('fault: homes.root not writable', () => {
     expect(missing).toEqual([]);
   }, 60_000);
 
-  it('scenario 9: homes.root refuses to delete a home after its upload → a later generation\'s state is not replaced by that leftover after a gateway restart', async ({ task }) => {
+  it('scenario 9: a home that cannot be changed after its upload (its state not marked stored) → used as it is, never taken for older or newer; after a restart it is settled against the store without a second upload', async ({ task }) => {
     const root = await tempDir('cxg-faults-undeletable-');
     const homeRoot = path.join(root, 'homes');
-    const store = new FileObjectStore(path.join(root, 'store'));
+    const storeDir = path.join(root, 'store');
+    const store = new FileObjectStore(storeDir);
     const start = (): Promise<Supervisor> => Supervisor.start({ codexBin: fakeCodexBin(), homeRoot, store, shards: 2, logger: quietLogger, stopGraceMs: 2000, readyTimeoutMs: 15_000 });
     const ledger = new MarkerLedger();
     const id = 'undeletable';
@@ -105,25 +106,28 @@ describe('fault: homes.root not writable', () => {
       const h1 = await first.ensureSubprocess({ workspaceId: id }, () => spawnConfig());
       await ledger.write(id, h1.codexHome, 'gen-1.txt');
 
-      // The upload succeeds; the delete that follows does not (the disk refuses it).
+      // The upload succeeds; recording that in the home does not (the disk refuses it).
       undoHome = makeUnwritable(h1.codexHome);
       expect(await first.shutdown({ workspaceId: id })).toMatchObject({ stopped: true, saved: true });
-      expect(existsSync(h1.codexHome)).toBe(true);
       undoHome();
       undoHome = undefined;
-
-      // The disk is fine again; the next generation does more work and is stored and removed.
-      const h2 = await first.ensureSubprocess({ workspaceId: id }, () => spawnConfig());
-      expect(await ledger.missing(id, h2.codexHome)).toEqual([]);
-      await ledger.write(id, h2.codexHome, 'gen-2.txt');
-      expect(await first.shutdown({ workspaceId: id })).toMatchObject({ stopped: true, saved: true });
-      expect(existsSync(h2.codexHome)).toBe(false);
+      const unmarked = await homeState(homeRoot, id);
+      expect(unmarked).toMatchObject({ stored: false });
+      const object = path.join(storeDir, `${id}.tar.gz`);
+      const uploadedAt = (await stat(object)).mtimeMs;
       await first.close();
       first = undefined;
 
-      // A gateway restart finds the first generation's directory, which was stored long ago.
+      // A gateway restart finds it unsaved-looking; the store holds its very generation.
       second = await start();
-      await waitFor(async () => !existsSync(h1.codexHome) && (await second?.stats() ?? []).every((s) => s.spool.length === 0), 15_000, 'recovery to take the leftover over');
+      await waitFor(async () => (await homeState(homeRoot, id))?.stored === true, 15_000, 'recovery to settle the home');
+      expect((await homeState(homeRoot, id))?.generation).toBe(unmarked?.generation);
+      expect((await stat(object)).mtimeMs).toBe(uploadedAt);
+
+      const h2 = await second.ensureSubprocess({ workspaceId: id }, () => spawnConfig());
+      expect(await ledger.missing(id, h2.codexHome)).toEqual([]);
+      await ledger.write(id, h2.codexHome, 'gen-2.txt');
+      expect(await second.shutdown({ workspaceId: id })).toMatchObject({ stopped: true, saved: true });
       const h3 = await second.ensureSubprocess({ workspaceId: id }, () => spawnConfig());
       const missing = await ledger.missing(id, h3.codexHome);
       recordLost(task, missing.length);

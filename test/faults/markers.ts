@@ -17,8 +17,8 @@ declare module 'vitest' {
   }
 }
 
-/** The file in each home naming the process that runs in it (src/workers/home.ts). */
-export const CHILD_RECORD = '.cxg-child.json';
+/** The file in each home naming its generation and the process that runs in it (src/workers/home.ts). */
+export const CHILD_RECORD = '.cxg-home.json';
 
 // ---- markers -----------------------------------------------------------------
 
@@ -276,7 +276,7 @@ export async function killLeftovers(dir: string): Promise<number[]> {
   return pids;
 }
 
-/** The pid a home's marker file names, or undefined. */
+/** The pid a home's state file names, or undefined. */
 export async function recordedChildPid(home: string): Promise<number | undefined> {
   try {
     const rec = JSON.parse(await fs.readFile(path.join(home, CHILD_RECORD), 'utf8')) as { pid?: unknown };

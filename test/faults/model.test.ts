@@ -9,7 +9,8 @@
  *
  * - at most one live process per key (/proc: processes whose cwd is in a
  *   home of the key), and it is the one the model expects;
- * - at most one generation directory per key on disk (invariant 3);
+ * - one home per key on disk, at its one stable path (invariant 3): nothing
+ *   else in the key's directory between steps (no download, no second home);
  * - loopback tokens of dead children do not resolve, the live child's does;
  * and at the end of each run every marker written into a home is there
  * after a final ensure (invariants 2 and 4).
@@ -23,7 +24,7 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChildHandle, ConfigBuilder } from 'codex-app-gateway';
-import { homeDirs, spawnConfig, startTestSupervisor, tempDir, waitFor } from '../helpers.js';
+import { homeDirs, homeState, spawnConfig, startTestSupervisor, tempDir, waitFor } from '../helpers.js';
 import type { TestSupervisor } from '../helpers.js';
 import { writeLightCodex } from './light-codex.js';
 import { killGroups, killLeftovers, MarkerLedger, processesPerWorkspace, recordLost } from './markers.js';
@@ -222,8 +223,8 @@ describe('fault: random interleavings against the invariants', () => {
           if (running.join() !== expected.join()) fail(`${key}: live processes [${running.join(', ')}], the model expects [${expected.join(', ')}]`);
           if (h !== undefined && !h.isAlive()) fail(`${key}: the live child's handle says it exited`);
           const dirs = await homeDirs(t.homeRoot, key);
-          if (dirs.length > 1) fail(`${key}: ${dirs.length} generation directories (${dirs.join(', ')})`);
-          if (h !== undefined && dirs[0] !== path.basename(h.codexHome)) fail(`${key}: the live child's home ${h.codexHome} is not the one on disk (${dirs.join(', ')})`);
+          if (dirs.some((d) => d !== 'codex-home')) fail(`${key}: more than its one home on disk (${dirs.join(', ')})`);
+          if (h !== undefined && h.codexHome !== path.join(t.homeRoot, key, 'codex-home')) fail(`${key}: the live child's home ${h.codexHome} is not the key's stable home`);
         }
         for (const { token, key } of tokens) {
           const got = await t.sup.lookupWorkspaceForLoopbackToken(token);
@@ -270,7 +271,8 @@ describe('fault: random interleavings against the invariants', () => {
       const procs = await processesPerWorkspace(t.homeRoot);
       for (const key of keys) {
         if (procs.has(key)) throw new Error(`${key}: processes left after the run: ${(procs.get(key) ?? []).join(', ')}`);
-        if ((await homeDirs(t.homeRoot, key)).length > 0) throw new Error(`${key}: a directory left after the run`);
+        const st = await homeState(t.homeRoot, key);
+        if (st !== undefined && !st.stored) throw new Error(`${key}: an unsaved home left after the run`);
       }
       if (runLost > 0) throw new Error(`markers lost:\n  ${history.join('\n  ')}`);
     });

@@ -1,6 +1,6 @@
 /**
  * Scenario 8: a codex that cannot start. Each failure has its stable code and
- * leaves no process and no directory behind; through the gateway the client
+ * leaves no process and no unsaved home behind (a home is kept only stored); through the gateway the client
  * sees close 1011 naming the code and the gateway stays up. The workspace's
  * stored state (a marker written by an earlier, healthy run) survives the
  * failed start. Every case uses its own workspace id, since failed starts
@@ -15,9 +15,9 @@ import { AppServerClient } from '../fixtures/app-server-client.js';
 import { fakeCodexBin } from '../fixtures/codex-home.js';
 import { closeOf, openWs, startTestGateway } from '../gateway-helpers.js';
 import type { TestGateway } from '../gateway-helpers.js';
-import { rejection, spawnConfig, startTestSupervisor, tempDir, waitFor } from '../helpers.js';
+import { homeState, rejection, spawnConfig, startTestSupervisor, tempDir, waitFor } from '../helpers.js';
 import type { TestSupervisor } from '../helpers.js';
-import { descendantsOf, exists, killGroups, killLeftovers, processesUnder, recordLost } from './markers.js';
+import { descendantsOf, killGroups, killLeftovers, processesUnder, recordLost } from './markers.js';
 
 /** Ready timeout of the supervisors whose starts fail; healthy starts get the generous default. */
 const READY_TIMEOUT_MS = 5000;
@@ -108,7 +108,7 @@ describe('fault: codex that cannot start', () => {
   });
 
   for (const { what, code, mode } of CASES) {
-    it(`scenario 8: ${what} → ${code}, no process or directory left, stored state intact (Supervisor API)`, async ({ task }) => {
+    it(`scenario 8: ${what} → ${code}, no process and no unsaved home left, stored state intact (Supervisor API)`, async ({ task }) => {
       const failing = mode === 'missing-binary' ? missing : t;
       const id = `spawnfail-${mode}`;
       await seed(healthy.sup, id);
@@ -126,7 +126,7 @@ describe('fault: codex that cannot start', () => {
       // A failure takes at most the ready timeout (plus the kill); it never hangs.
       expect(ms).toBeLessThan(READY_TIMEOUT_MS + 5000);
       if (mode === 'no-url' || mode === 'never-ready') expect(watching.pids.size, 'a child was started').toBeGreaterThan(0);
-      await waitFor(async () => !(await exists(path.join(failing.homeRoot, id))), 5000, `${id}'s home directory to be removed`);
+      await waitFor(async () => (await homeState(failing.homeRoot, id))?.stored ?? true, 10_000, `${id}'s home to be stored or gone`);
       await waitFor(async () => (await leftovers(baseline)).length === 0, 5000, 'no process of the test process left');
       expect(await processesUnder(failing.homeRoot)).toEqual([]);
 
@@ -162,7 +162,7 @@ describe('fault: codex that cannot start', () => {
         expect(closed.reason).toContain(code);
         expect((await fetch(`${g.httpUrl}/healthz`)).status).toBe(200);
         expect((await fetch(`${g.httpUrl}/readyz`)).status).toBe(200);
-        await waitFor(async () => !(await exists(path.join(g.homeRoot, id))), 5000, `${id}'s home directory to be removed`);
+        await waitFor(async () => (await homeState(g.homeRoot, id))?.stored ?? true, 10_000, `${id}'s home to be stored or gone`);
         await waitFor(async () => (await leftovers(baseline)).length === 0, 5000, 'no process of the test process left');
         expect(await processesUnder(g.homeRoot)).toEqual([]);
 

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { WorkspaceStatus } from 'codex-app-gateway';
 import { closeOf, openWs, rpc, startTestGateway } from '../gateway-helpers.js';
-import { countingBuilder, homeDirs, processAlive, rejection, startTestSupervisor, waitFor } from '../helpers.js';
+import { countingBuilder, homeState, processAlive, rejection, startTestSupervisor, waitFor } from '../helpers.js';
 import { processesUnder } from '../faults/markers.js';
 import { builderWith, readInHome, sleep, writeInHome } from './helpers.js';
 
@@ -38,7 +38,7 @@ describe('limits.max_children (Supervisor)', () => {
       expect(a.isAlive()).toBe(true);
       expect(stopped).toContain('mc-b:evict:true');
       expect(existsSync(path.join(t.storeDir, 'mc-b.tar.gz'))).toBe(true);
-      expect(await homeDirs(t.homeRoot, 'mc-b')).toEqual([]);
+      expect(await homeState(t.homeRoot, 'mc-b')).toMatchObject({ stored: true, pid: null });
       const live = await statuses(t.sup);
       expect(live.map((w) => w.workspaceId).sort()).toEqual(['mc-a', 'mc-c']);
 

@@ -2,6 +2,7 @@
  * Start-up recovery: homes a dead gateway left under homeRoot are found,
  * their processes stopped (never a process that merely reused a pid), their
  * work uploaded, and starts of those workspaces see the recovered state.
+ * Homes of the earlier layout (one directory per start) are taken over.
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -10,11 +11,12 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FileObjectStore, Supervisor } from 'codex-app-gateway';
 import { fakeCodexBin } from '../fixtures/codex-home.js';
-import { countingBuilder, homeDirs, processAlive, quietLogger, tempDir, waitFor } from '../helpers.js';
-import { QUARANTINE_DIR, findLeftoverHomes } from '../../src/workers/recovery.js';
+import { countingBuilder, homeDirs, homeState, processAlive, quietLogger, tempDir, waitFor } from '../helpers.js';
+import { QUARANTINE_DIR, findLeftovers } from '../../src/workers/recovery.js';
 import { groupLeader, readInHome, startTicks, writeInHome } from './helpers.js';
 
-const MARKER = '.cxg-child.json';
+const STATE = '.cxg-home.json';
+const LEGACY_MARKER = '.cxg-child.json';
 
 /** A generation name like the gateway's, `msAgo` in the past (they sort by time). */
 function gen(msAgo: number, suffix = 'abcdef'): string {
@@ -26,15 +28,30 @@ interface Rec {
   startTicks: number | null;
 }
 
-/** A leftover home with `state.txt`, and a marker when `rec` is given. */
-async function leftover(homeRoot: string, workspaceId: string, generation: string, state: string, rec?: Rec): Promise<string> {
-  const dir = path.join(homeRoot, workspaceId, generation);
+function homeOf(homeRoot: string, workspaceId: string): string {
+  return path.join(homeRoot, workspaceId, 'codex-home');
+}
+
+/**
+ * A workspace's home as a gateway killed mid-run leaves it: `state.txt`,
+ * a config.toml with a secret, and a state file saying it holds unsaved
+ * work of `generation` (with the process `rec` when given).
+ */
+async function leftover(homeRoot: string, workspaceId: string, generation: string | null, state: string, rec: Rec = { pid: null, startTicks: null }, stored = false): Promise<string> {
+  const dir = homeOf(homeRoot, workspaceId);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await writeFile(path.join(dir, 'state.txt'), state);
   await writeFile(path.join(dir, 'config.toml'), 'secret = "never stored"\n');
-  if (rec !== undefined) {
-    await writeFile(path.join(dir, MARKER), JSON.stringify({ ...rec, workspaceId, generation, gatewayPid: 1 }));
-  }
+  await writeFile(path.join(dir, STATE), JSON.stringify({ generation, stored, ...rec, gatewayPid: 1 }));
+  return dir;
+}
+
+/** A generation directory of the earlier layout, with a marker when `rec` is given. */
+async function legacyLeftover(homeRoot: string, workspaceId: string, generation: string, state: string, rec?: Rec): Promise<string> {
+  const dir = path.join(homeRoot, workspaceId, generation);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFile(path.join(dir, 'state.txt'), state);
+  if (rec !== undefined) await writeFile(path.join(dir, LEGACY_MARKER), JSON.stringify({ ...rec, workspaceId, generation, gatewayPid: 1 }));
   return dir;
 }
 
@@ -54,7 +71,7 @@ async function setup(): Promise<Env> {
   return env;
 }
 
-async function startSup(e: Env, stopGraceMs = 2000): Promise<Supervisor> {
+async function startSup(e: Env, stopGraceMs = 2000, homeCache?: { enabled?: boolean; maxBytes?: number }): Promise<Supervisor> {
   const sup = await Supervisor.start({
     codexBin: fakeCodexBin(),
     homeRoot: e.homeRoot,
@@ -63,9 +80,19 @@ async function startSup(e: Env, stopGraceMs = 2000): Promise<Supervisor> {
     logger: quietLogger,
     stopGraceMs,
     readyTimeoutMs: 15_000,
+    ...(homeCache === undefined ? {} : { homeCache }),
   });
   e.sups.push(sup);
   return sup;
+}
+
+/** Resolves once every shard has handled what the scan at start-up found. */
+async function recovered(sup: Supervisor): Promise<void> {
+  await waitFor(async () => (await sup.stats()).every((s) => !s.recovering), 20_000, 'recovery to finish');
+}
+
+async function storedGeneration(e: Env, id: string): Promise<string | undefined> {
+  return (await new FileObjectStore(e.storeDir).head(id))?.generation;
 }
 
 /** Stores `state.txt = state` for each workspace the way a normal run does. */
@@ -89,7 +116,7 @@ afterEach(async () => {
 });
 
 describe('start-up recovery', () => {
-  it('a home whose marker records a live process › the process group is stopped, the home uploaded and deleted; the next ensure sees its state', async () => {
+  it('a home whose state records a live process › the process group is stopped, the home uploaded and kept; the next ensure sees its state', async () => {
     const e = await setup();
     // A leader and a second process in its group, like codex and a tool it started.
     const pidFile = path.join(e.root, 'bg.pid');
@@ -105,19 +132,21 @@ describe('start-up recovery', () => {
     await waitFor(() => existsSync(pidFile), 5000, 'the background pid');
     const bg = Number((await readFile(pidFile, 'utf8')).trim());
     const pid = leader.pid as number;
-    const dir = await leftover(e.homeRoot, 'rec-live', gen(5000), 'from-the-dead-gateway', { pid, startTicks: await startTicks(pid) });
+    const g = gen(5000);
+    await leftover(e.homeRoot, 'rec-live', g, 'from-the-dead-gateway', { pid, startTicks: await startTicks(pid) });
 
     const sup = await startSup(e);
     await waitFor(() => !processAlive(pid) && !processAlive(bg), 10_000, 'the leftover process group to stop');
-    await waitFor(() => !existsSync(dir), 10_000, 'the leftover home to be uploaded and removed');
-    expect(existsSync(path.join(e.storeDir, 'rec-live.tar.gz'))).toBe(true);
+    await waitFor(async () => (await homeState(e.homeRoot, 'rec-live'))?.stored === true, 10_000, 'the leftover home to be uploaded');
+    expect(await storedGeneration(e, 'rec-live')).toBe(g);
     const h = await sup.ensureSubprocess({ workspaceId: 'rec-live' }, countingBuilder());
+    expect(h.codexHome).toBe(homeOf(e.homeRoot, 'rec-live'));
     expect(await readInHome(h, 'state.txt')).toBe('from-the-dead-gateway');
-    // Secrets of the dead run were not stored: the new config.toml is the builder's.
+    // Secrets of the dead run were not kept: the new config.toml is the builder's.
     expect(await readFile(path.join(h.codexHome, 'config.toml'), 'utf8')).not.toContain('never stored');
   });
 
-  it('a recorded live process that is not a process-group leader › it is stopped too before its home is uploaded and deleted', async () => {
+  it('a recorded live process that is not a process-group leader › it is stopped too before its home is uploaded', async () => {
     const e = await setup();
     // In this test process's group, not its own: only a signal to the pid reaches it.
     const child = spawn('sleep', ['1000'], { stdio: 'ignore' });
@@ -129,20 +158,20 @@ describe('start-up recovery', () => {
         await exited;
       }
     });
-    const dir = await leftover(e.homeRoot, 'rec-nonleader', gen(5000), 'work', { pid, startTicks: await startTicks(pid) });
+    await leftover(e.homeRoot, 'rec-nonleader', gen(5000), 'work', { pid, startTicks: await startTicks(pid) });
     await startSup(e, 600);
-    await waitFor(() => !existsSync(dir), 10_000, 'the home to be uploaded and removed');
+    await waitFor(async () => (await homeState(e.homeRoot, 'rec-nonleader'))?.stored === true, 10_000, 'the home to be uploaded');
     await exited;
     expect(child.signalCode).not.toBeNull();
   });
 
-  it('a marker whose pid is alive but started at another time (pid reuse) › that process is not signalled; the home is still uploaded', async () => {
+  it('a state whose pid is alive but started at another time (pid reuse) › that process is not signalled; the home is still uploaded', async () => {
     const e = await setup();
     const stranger = await groupLeader();
     e.cleanups.push(() => stranger.stop());
-    const dir = await leftover(e.homeRoot, 'rec-reused', gen(5000), 'still-mine', { pid: stranger.pid, startTicks: stranger.ticks + 4242 });
+    await leftover(e.homeRoot, 'rec-reused', gen(5000), 'still-mine', { pid: stranger.pid, startTicks: stranger.ticks + 4242 });
     const sup = await startSup(e, 300);
-    await waitFor(() => !existsSync(dir), 10_000, 'the home to be uploaded and removed');
+    await waitFor(async () => (await homeState(e.homeRoot, 'rec-reused'))?.stored === true, 10_000, 'the home to be uploaded');
     expect(processAlive(stranger.pid)).toBe(true);
     expect(stranger.child.signalCode).toBeNull();
     const h = await sup.ensureSubprocess({ workspaceId: 'rec-reused' }, countingBuilder());
@@ -150,81 +179,94 @@ describe('start-up recovery', () => {
     expect(processAlive(stranger.pid)).toBe(true);
   });
 
-  it('a marker without a start time (pid only) › the pid cannot be told apart from a reuse: not signalled, home uploaded', async () => {
+  it('a state without a start time (pid only) › the pid cannot be told apart from a reuse: not signalled, home uploaded', async () => {
     const e = await setup();
     const stranger = await groupLeader();
     e.cleanups.push(() => stranger.stop());
-    const dir = await leftover(e.homeRoot, 'rec-noticks', gen(5000), 'kept', { pid: stranger.pid, startTicks: null });
+    await leftover(e.homeRoot, 'rec-noticks', gen(5000), 'kept', { pid: stranger.pid, startTicks: null });
     await startSup(e, 300);
-    await waitFor(() => !existsSync(dir), 10_000, 'the home to be uploaded and removed');
+    await waitFor(async () => (await homeState(e.homeRoot, 'rec-noticks'))?.stored === true, 10_000, 'the home to be uploaded');
     expect(processAlive(stranger.pid)).toBe(true);
   });
 
-  it('a home without a marker (never ran) › removed without upload: the stored object stays as it was', async () => {
+  it('a download cut short › removed without upload: the stored object stays as it was', async () => {
     const e = await setup();
-    await stored(e, { 'rec-nomarker': 'stored-v1' });
-    const object = path.join(e.storeDir, 'rec-nomarker.tar.gz');
+    await stored(e, { 'rec-incoming': 'stored-v1' });
+    const object = path.join(e.storeDir, 'rec-incoming.tar.gz');
     const before = await stat(object);
     const objectBytes = await readFile(object);
-    const dir = await leftover(e.homeRoot, 'rec-nomarker', gen(1000), 'partial-download');
+    // The stored run's home was evicted; a later download died halfway.
+    await rm(path.join(e.homeRoot, 'rec-incoming'), { recursive: true });
+    const partial = path.join(e.homeRoot, 'rec-incoming', '.incoming-0badf00d');
+    await mkdir(partial, { recursive: true });
+    await writeFile(path.join(partial, 'state.txt'), 'partial-download');
     const sup = await startSup(e);
-    await waitFor(() => !existsSync(dir), 10_000, 'the home to be removed');
+    await recovered(sup);
+    expect(existsSync(partial)).toBe(false);
     expect((await stat(object)).mtimeMs).toBe(before.mtimeMs);
     expect(await readFile(object)).toEqual(objectBytes);
-    const h = await sup.ensureSubprocess({ workspaceId: 'rec-nomarker' }, countingBuilder());
+    const h = await sup.ensureSubprocess({ workspaceId: 'rec-incoming' }, countingBuilder());
     expect(await readInHome(h, 'state.txt')).toBe('stored-v1');
   });
 
-  it('a home with a marker whose upload succeeded before the gateway died (same generation as the stored object) › removed, not uploaded again', async () => {
+  it('a home whose upload succeeded before the gateway died (same generation as the stored object) › marked stored, not uploaded again', async () => {
     const e = await setup();
     await stored(e, { 'rec-same': 'stored-v1' });
     const object = path.join(e.storeDir, 'rec-same.tar.gz');
-    const generation = (await readFile(path.join(e.storeDir, 'rec-same.generation'), 'utf8')).trim();
+    const generation = (await storedGeneration(e, 'rec-same')) as string;
     const before = await stat(object);
-    const dir = await leftover(e.homeRoot, 'rec-same', generation, 'stored-v1', { pid: null, startTicks: null });
+    await leftover(e.homeRoot, 'rec-same', generation, 'stored-v1');
     const sup = await startSup(e);
-    await waitFor(() => !existsSync(dir), 10_000, 'the home to be removed');
+    await waitFor(async () => (await homeState(e.homeRoot, 'rec-same'))?.stored === true, 10_000, 'the home to be marked stored');
     expect((await stat(object)).mtimeMs).toBe(before.mtimeMs);
     const h = await sup.ensureSubprocess({ workspaceId: 'rec-same' }, countingBuilder());
     expect(await readInHome(h, 'state.txt')).toBe('stored-v1');
   });
 
-  it('a home noted as stored but not removed, with the store down at start-up › never started from; removed once the store answers', async () => {
+  it('a home left unsaved with the store down at start-up › started from as it is (nothing newer can be stored), then stored once the store is back', async () => {
     const e = await setup();
-    await stored(e, { 'rec-noted': 'stored-v1' });
-    const generation = (await readFile(path.join(e.storeDir, 'rec-noted.generation'), 'utf8')).trim();
-    const dir = await leftover(e.homeRoot, 'rec-noted', generation, 'stored-v1', { pid: null, startTicks: null });
-    await writeFile(path.join(e.homeRoot, 'rec-noted', `.cxg-stored-${generation}`), '');
+    await stored(e, { 'rec-down': 'stored-v1' });
+    await leftover(e.homeRoot, 'rec-down', gen(0), 'unsaved-v2');
     await rename(e.storeDir, `${e.storeDir}.away`);
     await writeFile(e.storeDir, 'the store is down');
     const sup = await startSup(e);
-    const err = await sup.ensureSubprocess({ workspaceId: 'rec-noted' }, countingBuilder()).then(
+    const h = await sup.ensureSubprocess({ workspaceId: 'rec-down' }, countingBuilder());
+    expect(await readInHome(h, 'state.txt')).toBe('unsaved-v2');
+    await rm(e.storeDir, { force: true });
+    await rename(`${e.storeDir}.away`, e.storeDir);
+    expect((await sup.shutdown({ workspaceId: 'rec-down' })).saved).toBe(true);
+    expect(await homeState(e.homeRoot, 'rec-down')).toMatchObject({ stored: true });
+  });
+
+  it('a warm home with the store down › never started from unchecked (the store may hold newer); started once the store answers', async () => {
+    const e = await setup();
+    await stored(e, { 'rec-warm-down': 'stored-v1' });
+    expect(await homeState(e.homeRoot, 'rec-warm-down')).toMatchObject({ stored: true });
+    await rename(e.storeDir, `${e.storeDir}.away`);
+    await writeFile(e.storeDir, 'the store is down');
+    const sup = await startSup(e);
+    const err = await sup.ensureSubprocess({ workspaceId: 'rec-warm-down' }, countingBuilder()).then(
       () => undefined,
       (x: unknown) => x as { code?: string },
     );
     expect(err?.code).toMatch(/^GW_STORE_/);
-    expect(existsSync(path.join(dir, 'state.txt'))).toBe(true);
+    expect(await readFile(path.join(homeOf(e.homeRoot, 'rec-warm-down'), 'state.txt'), 'utf8')).toBe('stored-v1');
     await rm(e.storeDir, { force: true });
     await rename(`${e.storeDir}.away`, e.storeDir);
-    const note = path.join(e.homeRoot, 'rec-noted', `.cxg-stored-${generation}`);
-    await waitFor(() => !existsSync(dir) && !existsSync(note), 15_000, 'the stored home and its note to be removed');
-    const h = await sup.ensureSubprocess({ workspaceId: 'rec-noted' }, countingBuilder());
+    const h = await sup.ensureSubprocess({ workspaceId: 'rec-warm-down' }, countingBuilder());
     expect(await readInHome(h, 'state.txt')).toBe('stored-v1');
   });
 
-  it('a home with a marker older than the stored object › set aside in #quarantine, never uploaded over the newer state', async () => {
+  it('a home left unsaved that is older than the stored object › set aside in #quarantine, never uploaded over the newer state', async () => {
     const e = await setup();
-    const dir = await leftover(e.homeRoot, 'rec-stale', gen(60_000), 'stale', { pid: null, startTicks: null });
-    // A later run, stored after that home (whose removal had failed).
-    const moved = path.join(e.root, 'aside');
-    await rename(dir, moved);
     await stored(e, { 'rec-stale': 'newer-stored' });
-    await mkdir(path.dirname(dir), { recursive: true });
-    await rename(moved, dir);
+    await rm(path.join(e.homeRoot, 'rec-stale'), { recursive: true });
+    const g = gen(60_000);
+    await leftover(e.homeRoot, 'rec-stale', g, 'stale');
     const object = path.join(e.storeDir, 'rec-stale.tar.gz');
     const bytes = await readFile(object);
     const sup = await startSup(e);
-    const q = path.join(e.homeRoot, QUARANTINE_DIR, 'rec-stale', path.basename(dir));
+    const q = path.join(e.homeRoot, QUARANTINE_DIR, 'rec-stale', g);
     await waitFor(() => existsSync(q), 10_000, 'the stale home to be set aside');
     expect(await readFile(path.join(q, 'state.txt'), 'utf8')).toBe('stale');
     expect(await readFile(object)).toEqual(bytes);
@@ -232,45 +274,14 @@ describe('start-up recovery', () => {
     expect(await readInHome(h, 'state.txt')).toBe('newer-stored');
   });
 
-  it('two homes with markers for one workspace › the newest is uploaded; the older is moved to #quarantine with its contents intact', async () => {
+  it('a home whose state cannot be read › taken for unsaved work: uploaded when the store has nothing', async () => {
     const e = await setup();
-    const older = await leftover(e.homeRoot, 'rec-two', gen(60_000, '000001'), 'older', { pid: null, startTicks: null });
-    await writeFile(path.join(older, 'only-in-older.txt'), 'x');
-    const newer = await leftover(e.homeRoot, 'rec-two', gen(1000, '000002'), 'newer', { pid: null, startTicks: null });
+    const dir = await leftover(e.homeRoot, 'rec-garbled', gen(1000), 'only-copy');
+    await writeFile(path.join(dir, STATE), '{not json');
     const sup = await startSup(e);
-    const q = path.join(e.homeRoot, QUARANTINE_DIR, 'rec-two', path.basename(older));
-    await waitFor(() => existsSync(q) && !existsSync(newer), 10_000, 'quarantine and upload');
-    expect(await readFile(path.join(q, 'state.txt'), 'utf8')).toBe('older');
-    expect(await readFile(path.join(q, 'only-in-older.txt'), 'utf8')).toBe('x');
-    expect(existsSync(path.join(q, MARKER))).toBe(true);
-    const h = await sup.ensureSubprocess({ workspaceId: 'rec-two' }, countingBuilder());
-    expect(await readInHome(h, 'state.txt')).toBe('newer');
-    // The quarantine directory is never taken for a workspace by a later recovery.
-    await sup.close();
-    await startSup(e);
-    await new Promise((r) => setTimeout(r, 300));
-    expect(await readFile(path.join(q, 'state.txt'), 'utf8')).toBe('older');
-  });
-
-  it('two homes with markers, and the older one was quarantined before (its name is taken) › both kept, the newest uploaded', async () => {
-    const e = await setup();
-    const g = gen(60_000, '000001');
-    const earlier = path.join(e.homeRoot, QUARANTINE_DIR, 'rec-requar', g);
-    await mkdir(earlier, { recursive: true });
-    await writeFile(path.join(earlier, 'state.txt'), 'quarantined-last-time');
-    await leftover(e.homeRoot, 'rec-requar', g, 'older-copy', { pid: null, startTicks: null });
-    const newer = await leftover(e.homeRoot, 'rec-requar', gen(1000, '000002'), 'newer', { pid: null, startTicks: null });
-    const sup = await startSup(e);
-    await waitFor(() => !existsSync(newer), 10_000, 'the newest home to be uploaded');
-    const h = await sup.ensureSubprocess({ workspaceId: 'rec-requar' }, countingBuilder());
-    expect(await readInHome(h, 'state.txt')).toBe('newer');
-    expect(await readFile(path.join(earlier, 'state.txt'), 'utf8')).toBe('quarantined-last-time');
-    const kept = await readdir(path.dirname(earlier));
-    expect(kept).toHaveLength(2);
-    const states = await Promise.all(kept.map((k) => readFile(path.join(path.dirname(earlier), k, 'state.txt'), 'utf8')));
-    expect(states.sort()).toEqual(['older-copy', 'quarantined-last-time']);
-    // Nothing of this workspace is left where a later recovery would take it for the newest.
-    expect(await homeDirs(e.homeRoot, 'rec-requar')).toEqual([path.basename(h.codexHome)]);
+    await waitFor(async () => (await homeState(e.homeRoot, 'rec-garbled'))?.stored === true, 10_000, 'the home to be uploaded');
+    const h = await sup.ensureSubprocess({ workspaceId: 'rec-garbled' }, countingBuilder());
+    expect(await readInHome(h, 'state.txt')).toBe('only-copy');
   });
 
   it('an ensure for a workspace still being recovered waits and sees the recovered state, never the older stored one', async () => {
@@ -291,68 +302,145 @@ describe('start-up recovery', () => {
     // Newer than the stored object: a leftover is the run after what was stored.
     await leftover(e.homeRoot, 'rec-wait', gen(0), 'recovered-new', { pid, startTicks: await startTicks(pid) });
     const sup = await startSup(e, 1500);
-    const t0 = Date.now();
     const h = await sup.ensureSubprocess({ workspaceId: 'rec-wait' }, countingBuilder());
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
+    // The start waited for the leftover process, which only SIGKILL at the end of the grace ends.
     expect(processAlive(pid)).toBe(false);
     expect(await readInHome(h, 'state.txt')).toBe('recovered-new');
   });
 
-  it('an ensure right after start, while the scan of many leftover homes is still running, sees the recovered state', async () => {
+  it('an ensure right after start, while the scan of many leftovers is still running, sees the recovered state', async () => {
     const e = await setup();
     await stored(e, { 'rec-race': 'stored-old' });
-    // Many other leftovers make the scan take a while.
-    for (let i = 0; i < 400; i++) await leftover(e.homeRoot, `rec-filler-${i}`, gen(3000), 'filler');
-    const dir = await leftover(e.homeRoot, 'rec-race', gen(0), 'recovered-new', { pid: null, startTicks: null });
+    // Many cut-short downloads make the scan take a while.
+    for (let i = 0; i < 400; i++) await mkdir(path.join(e.homeRoot, `rec-filler-${i}`, `.incoming-${i}`), { recursive: true });
+    await leftover(e.homeRoot, 'rec-race', gen(0), 'recovered-new');
     const sup = await startSup(e);
     const h = await sup.ensureSubprocess({ workspaceId: 'rec-race' }, countingBuilder());
     expect(await readInHome(h, 'state.txt')).toBe('recovered-new');
     expect(h.isAlive()).toBe(true);
-    expect(existsSync(dir)).toBe(false);
+    await recovered(sup);
     // The live child's own home is never taken for a leftover.
-    await new Promise((r) => setTimeout(r, 500));
     expect(h.isAlive()).toBe(true);
-    expect(existsSync(h.codexHome)).toBe(true);
-    await waitFor(async () => (await readdir(e.homeRoot)).filter((n) => n.startsWith('rec-filler')).length === 0, 20_000, 'fillers removed');
+    expect(await homeState(e.homeRoot, 'rec-race')).toMatchObject({ stored: false, pid: h.pid });
+    const left = await Promise.all((await readdir(e.homeRoot)).filter((n) => n.startsWith('rec-filler')).map((n) => homeDirs(e.homeRoot, n)));
+    expect(left.flat()).toEqual([]);
   });
 });
 
-describe('findLeftoverHomes', () => {
-  it('lists generation directories of owned workspaces, oldest first, and ignores everything else', async () => {
+describe('start-up recovery of the earlier layout (a directory per start)', () => {
+  it('the newest generation that ran becomes the stable home and is stored; the older one with work is set aside; one that never ran is removed', async () => {
+    const e = await setup();
+    const older = await legacyLeftover(e.homeRoot, 'rec-two', gen(60_000, '000001'), 'older', { pid: null, startTicks: null });
+    await writeFile(path.join(older, 'only-in-older.txt'), 'x');
+    const newerGen = gen(1000, '000002');
+    await legacyLeftover(e.homeRoot, 'rec-two', newerGen, 'newer', { pid: null, startTicks: null });
+    const never = await legacyLeftover(e.homeRoot, 'rec-two', gen(500, '000003'), 'never-ran');
+    const sup = await startSup(e);
+    const q = path.join(e.homeRoot, QUARANTINE_DIR, 'rec-two', path.basename(older));
+    await waitFor(async () => existsSync(q) && (await homeState(e.homeRoot, 'rec-two'))?.stored === true, 10_000, 'quarantine and upload');
+    expect(existsSync(never)).toBe(false);
+    expect(await storedGeneration(e, 'rec-two')).toBe(newerGen);
+    expect(await homeDirs(e.homeRoot, 'rec-two')).toEqual(['codex-home']);
+    expect(await readFile(path.join(q, 'state.txt'), 'utf8')).toBe('older');
+    expect(await readFile(path.join(q, 'only-in-older.txt'), 'utf8')).toBe('x');
+    const h = await sup.ensureSubprocess({ workspaceId: 'rec-two' }, countingBuilder());
+    expect(h.codexHome).toBe(homeOf(e.homeRoot, 'rec-two'));
+    expect(await readInHome(h, 'state.txt')).toBe('newer');
+    // The quarantine directory is never taken for a workspace by a later recovery.
+    await sup.close();
+    await recovered(await startSup(e));
+    expect(await readFile(path.join(q, 'state.txt'), 'utf8')).toBe('older');
+  });
+
+  it('a generation noted as stored but not removed › kept warm; replaced by the stored state when that is newer', async () => {
+    const e = await setup();
+    await stored(e, { 'rec-noted': 'stored-v2' });
+    await rm(path.join(e.homeRoot, 'rec-noted'), { recursive: true });
+    const g = gen(60_000);
+    await legacyLeftover(e.homeRoot, 'rec-noted', g, 'stored-v1-long-ago', { pid: null, startTicks: null });
+    await writeFile(path.join(e.homeRoot, 'rec-noted', `.cxg-stored-${g}`), '');
+    const sup = await startSup(e);
+    await recovered(sup);
+    expect(await homeState(e.homeRoot, 'rec-noted')).toMatchObject({ generation: g, stored: true });
+    expect(existsSync(path.join(e.homeRoot, 'rec-noted', `.cxg-stored-${g}`))).toBe(false);
+    const h = await sup.ensureSubprocess({ workspaceId: 'rec-noted' }, countingBuilder());
+    expect(await readInHome(h, 'state.txt')).toBe('stored-v2');
+  });
+
+  it('a generation with work beside a stable home › set aside, the stable home kept', async () => {
+    const e = await setup();
+    await stored(e, { 'rec-both': 'stable-stored' });
+    const g = gen(1000);
+    await legacyLeftover(e.homeRoot, 'rec-both', g, 'legacy-work', { pid: null, startTicks: null });
+    const sup = await startSup(e);
+    const q = path.join(e.homeRoot, QUARANTINE_DIR, 'rec-both', g);
+    await waitFor(() => existsSync(q), 10_000, 'the legacy home to be set aside');
+    await recovered(sup);
+    const h = await sup.ensureSubprocess({ workspaceId: 'rec-both' }, countingBuilder());
+    expect(await readInHome(h, 'state.txt')).toBe('stable-stored');
+    expect(await readFile(path.join(q, 'state.txt'), 'utf8')).toBe('legacy-work');
+  });
+
+  it('an object stored by the earlier layout (a bare generation file, no home path) restores', async () => {
+    const e = await setup();
+    await stored(e, { 'rec-old-object': 'from-an-old-object' });
+    const g = (await storedGeneration(e, 'rec-old-object')) as string;
+    await rm(path.join(e.storeDir, 'rec-old-object.meta.json'));
+    await writeFile(path.join(e.storeDir, 'rec-old-object.generation'), g);
+    await rm(path.join(e.homeRoot, 'rec-old-object'), { recursive: true });
+    expect(await storedGeneration(e, 'rec-old-object')).toBe(g);
+    const sup = await startSup(e);
+    const h = await sup.ensureSubprocess({ workspaceId: 'rec-old-object' }, countingBuilder());
+    expect(await readInHome(h, 'state.txt')).toBe('from-an-old-object');
+    expect(await homeState(e.homeRoot, 'rec-old-object')).toMatchObject({ stored: false });
+  });
+});
+
+describe('findLeftovers', () => {
+  it('lists owned workspaces with their home, earlier-layout generations (oldest first) and debris, and ignores everything else', async () => {
     const e = await setup();
     const r = e.homeRoot;
     const g1 = gen(9000, '111111');
     const g2 = gen(1000, '222222');
     await leftover(r, 'ws-a', g2, 'x', { pid: 12, startTicks: 34 });
-    await leftover(r, 'ws-a', g1, 'x');
+    await legacyLeftover(r, 'ws-a', g2, 'x', { pid: 56, startTicks: 78 });
+    await legacyLeftover(r, 'ws-a', g1, 'x');
+    await mkdir(path.join(r, 'ws-a', '.incoming-1234abcd'), { recursive: true });
     await leftover(r, 'not-mine', gen(1000), 'x');
-    // Not workspaces or not generations:
+    // Not workspaces, not generations, not homes:
     await mkdir(path.join(r, QUARANTINE_DIR, 'ws-a', gen(5000)), { recursive: true });
     await mkdir(path.join(r, 'bad name', gen(5000)), { recursive: true });
     await writeFile(path.join(r, 'README'), 'a file where a workspace would be');
     await mkdir(path.join(r, 'ws-a', 'tmp'), { recursive: true });
     await mkdir(path.join(r, 'ws-a', 'G0000000000-abcdef'), { recursive: true });
     await writeFile(path.join(r, 'ws-a', gen(4000, 'ffffff')), 'a file with a generation name');
-    // A symlinked generation, and a symlinked workspace directory, lead outside homeRoot.
+    // A symlinked generation, a symlinked home, and a symlinked workspace directory lead outside homeRoot.
     const outside = path.join(e.root, 'outside');
     await mkdir(path.join(outside, gen(3000, 'eeeeee')), { recursive: true });
     await symlink(path.join(outside, gen(3000, 'eeeeee')), path.join(r, 'ws-a', gen(3000, 'dddddd')));
+    await mkdir(path.join(r, 'ws-b'), { recursive: true });
+    await symlink(outside, path.join(r, 'ws-b', 'codex-home'));
     await symlink(outside, path.join(r, 'ws-link'));
 
-    const found = await findLeftoverHomes(r, (id) => id !== 'not-mine');
-    expect(found.map((h) => `${h.workspaceId}/${h.generation}`)).toEqual([`ws-a/${g1}`, `ws-a/${g2}`]);
-    expect(found[0]?.record).toBeUndefined();
-    expect(found[1]?.record).toMatchObject({ pid: 12, startTicks: 34 });
-    expect(await findLeftoverHomes(path.join(e.root, 'missing'), () => true)).toEqual([]);
+    const found = await findLeftovers(r, (id) => id !== 'not-mine');
+    expect(found.map((w) => w.workspaceId)).toEqual(['ws-a', 'ws-b']);
+    const a = found[0];
+    expect(a?.home?.state).toMatchObject({ generation: g2, stored: false, pid: 12, startTicks: 34 });
+    expect(a?.legacy.map((h) => h.generation)).toEqual([g1, g2]);
+    expect(a?.legacy[0]?.record).toBeUndefined();
+    expect(a?.legacy[1]?.record).toMatchObject({ pid: 56, startTicks: 78 });
+    expect(a?.debris.map((d) => path.basename(d))).toEqual(['.incoming-1234abcd']);
+    expect(found[1]?.home).toBeUndefined();
+    expect(await findLeftovers(path.join(e.root, 'missing'), () => true)).toEqual([]);
   });
 
-  it('a marker that exists but cannot be parsed still counts as a run (the home is kept, not removed)', async () => {
+  it('a legacy marker that exists but cannot be parsed still counts as a run (the home is kept, not removed)', async () => {
     const e = await setup();
-    const dir = await leftover(e.homeRoot, 'ws-garbled', gen(1000), 'x');
-    await writeFile(path.join(dir, MARKER), '{not json');
-    const found = await findLeftoverHomes(e.homeRoot, () => true);
+    const dir = await legacyLeftover(e.homeRoot, 'ws-garbled', gen(1000), 'x');
+    await writeFile(path.join(dir, LEGACY_MARKER), '{not json');
+    const found = await findLeftovers(e.homeRoot, () => true);
     expect(found).toHaveLength(1);
-    expect(found[0]?.record).toBeDefined();
+    expect(found[0]?.legacy[0]?.record).toBeDefined();
   });
 
   it('a symlinked workspace directory is never recovered: what it points to is not deleted', async () => {
@@ -361,11 +449,12 @@ describe('findLeftoverHomes', () => {
     const g = gen(1000);
     await mkdir(path.join(outside, g), { recursive: true });
     await writeFile(path.join(outside, g, 'precious.txt'), 'do not delete');
+    await mkdir(path.join(outside, 'codex-home'), { recursive: true });
+    await writeFile(path.join(outside, 'codex-home', STATE), JSON.stringify({ generation: g, stored: true }));
     await mkdir(e.homeRoot, { recursive: true });
     await symlink(outside, path.join(e.homeRoot, 'ws-link'));
-    await startSup(e);
-    await new Promise((r) => setTimeout(r, 500));
+    await recovered(await startSup(e));
     expect(await readFile(path.join(outside, g, 'precious.txt'), 'utf8')).toBe('do not delete');
-    expect(await homeDirs(e.homeRoot, 'ws-link')).toEqual([g]);
+    expect((await homeDirs(e.homeRoot, 'ws-link')).sort()).toEqual(['codex-home', g]);
   });
 });

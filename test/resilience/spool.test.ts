@@ -7,11 +7,11 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { SpoolStatus } from 'codex-app-gateway';
-import { countingBuilder, startTestSupervisor, waitFor } from '../helpers.js';
+import { countingBuilder, homeState, startTestSupervisor, waitFor } from '../helpers.js';
 import { breakableStore, readInHome, sleep, writeInHome } from './helpers.js';
 
 describe('spool', () => {
-  it('a failed upload shows in stats() with bytes, since, attempts and the error; retries back off; once the store is back it is uploaded and removed', async () => {
+  it('a failed upload shows in stats() with bytes, since, attempts and the error; retries back off; once the store is back it is uploaded and marked stored', async () => {
     const base = 200;
     const t = await startTestSupervisor({ spoolRetryBaseMs: base, spoolRetryMaxMs: 2 * base });
     const store = breakableStore(t.storeDir);
@@ -41,12 +41,17 @@ describe('spool', () => {
       expect(later?.attempts).toBeGreaterThanOrEqual((first?.attempts ?? 0) + 2);
       expect(later?.attempts).toBeLessThanOrEqual((first?.attempts ?? 0) + Math.ceil(1500 / (base / 2)));
       expect(later?.since).toBe(first?.since);
-      expect(later?.nextRetryAt === undefined || (later.nextRetryAt) <= Date.now() + 2 * base + 50).toBe(true);
+      // Between attempts the next one is scheduled, within the backoff's cap (2 × base).
+      await waitFor(async () => (await spool())[0]?.nextRetryAt !== undefined, 5000, 'a retry to be scheduled');
+      const seenAt = Date.now();
+      const [scheduled] = await spool();
+      expect(scheduled?.nextRetryAt).toBeGreaterThan(seenAt - 2 * base);
+      expect(scheduled?.nextRetryAt).toBeLessThanOrEqual(seenAt + 2 * base);
       expect(existsSync(h.codexHome)).toBe(true);
 
       await store.up();
       await waitFor(async () => (await spool()).length === 0, 10_000, 'the spool to drain');
-      expect(existsSync(h.codexHome)).toBe(false);
+      expect(await homeState(t.homeRoot, id)).toMatchObject({ stored: true });
       expect(existsSync(path.join(t.storeDir, `${id}.tar.gz`))).toBe(true);
       const h2 = await t.sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
       expect(await readInHome(h2, 'state.txt')).toBe('unsaved');

@@ -20,7 +20,7 @@ import { processAlive, spawnConfig, tempDir, waitFor } from '../helpers.js';
 
 type Outcome = ArchiveOutcome<PackResult | UnpackResult>;
 
-const NOT_FOUND: Outcome = { ok: true, value: { key: 'x', found: false, bytes: 0, files: 0, durationMs: 0 } };
+const NOT_FOUND: Outcome = { ok: true, value: { key: 'x', found: false, bytes: 0, files: 0, durationMs: 0, generation: undefined, homePath: undefined } };
 const never = (): Promise<Outcome> => new Promise<Outcome>(() => {});
 
 interface Harness {
@@ -72,6 +72,7 @@ async function harness(drainBudgetMs: number): Promise<Harness> {
     crashLoop: { ...DEFAULT_CRASH_LOOP },
     gatedSpawns: false,
     drainBudgetMs,
+    homeCacheBytes: 1024 ** 3,
     logLevel: 'silent',
     logPretty: false,
     dataPlane: { maxFrameBytes: 1 << 20, maxPendingToChildBytes: 1 << 20, windowBytes: 1 << 20 },

@@ -1,5 +1,6 @@
 /**
- * An object store in a local directory: `<dir>/<workspaceId>.tar.gz`. The
+ * An object store in a local directory: `<dir>/<workspaceId>.tar.gz`, with
+ * what its put recorded in `<dir>/<workspaceId>.meta.json`. The
  * embedded default, and the store tests use when the S3 protocol is not the
  * subject.
  */
@@ -34,12 +35,19 @@ export class FileObjectStore implements ObjectStore {
   }
 
   async get(workspaceId: string): Promise<Readable | undefined> {
+    return (await this.open(workspaceId))?.body;
+  }
+
+  async open(workspaceId: string): Promise<{ body: Readable; meta: ObjectMeta } | undefined> {
     const path = this.path(workspaceId);
+    // The metadata first: a put renames the object before its metadata, so
+    // metadata read before the object is never newer than the bytes.
+    const meta = await this.readMeta(workspaceId);
     try {
       // Reading through an open descriptor keeps the bytes of the object as it
       // was when opened, even if a put renames a newer one over it meanwhile.
       const handle = await open(path, 'r');
-      return handle.createReadStream();
+      return { body: handle.createReadStream(), meta };
     } catch (err) {
       if (errno(err) === 'ENOENT') return undefined;
       throw new GatewayError('GW_STORE_DOWNLOAD', `download ${this.describe(workspaceId)}`, { cause: err });
@@ -50,7 +58,7 @@ export class FileObjectStore implements ObjectStore {
    * Writes a temp file in the same directory (so the rename cannot cross file
    * systems), flushes it to disk, then renames it over the object. Temp names
    * end in `.tmp`, never in `.tar.gz`, so they can never be taken for objects.
-   * The generation goes to `<id>.generation` after the object: a crash in
+   * The metadata goes to `<id>.meta.json` after the object: a crash in
    * between leaves an older generation recorded, never a newer one.
    */
   async put(workspaceId: string, body: Readable, meta: ObjectMeta = {}): Promise<{ bytes: number }> {
@@ -61,41 +69,62 @@ export class FileObjectStore implements ObjectStore {
       const out = createWriteStream(temp, { flags: 'wx', mode: 0o600, flush: true });
       await pipeline(body, out);
       await rename(temp, target);
-      if (meta.generation !== undefined) {
-        const metaTemp = `${temp}.generation`;
-        await writeFile(metaTemp, meta.generation, { flag: 'wx', mode: 0o600 });
-        await rename(metaTemp, this.generationPath(workspaceId));
+      if (meta.generation !== undefined || meta.homePath !== undefined) {
+        const metaTemp = `${temp}.meta`;
+        await writeFile(metaTemp, JSON.stringify(meta), { flag: 'wx', mode: 0o600 });
+        await rename(metaTemp, this.metaPath(workspaceId));
       } else {
-        await rm(this.generationPath(workspaceId), { force: true });
+        await rm(this.metaPath(workspaceId), { force: true });
       }
+      // Objects written before metadata files were JSON recorded their generation alone.
+      await rm(this.legacyGenerationPath(workspaceId), { force: true });
       await syncDirectory(this.dir);
       return { bytes: out.bytesWritten };
     } catch (err) {
       body.destroy();
       await rm(temp, { force: true });
-      await rm(`${temp}.generation`, { force: true });
+      await rm(`${temp}.meta`, { force: true });
       throw toGatewayError(err, 'GW_STORE_UPLOAD', `upload ${this.describe(workspaceId)}`);
     }
   }
 
   async head(workspaceId: string): Promise<ObjectHead | undefined> {
     try {
+      const meta = await this.readMeta(workspaceId);
       const info = await stat(this.path(workspaceId));
-      const generation = await readFile(this.generationPath(workspaceId), 'utf8').then(
-        (g) => g.trim(),
-        () => undefined,
-      );
-      return generation === undefined || generation === '' ? { bytes: info.size, modified: info.mtime } : { bytes: info.size, modified: info.mtime, generation };
+      return meta.generation === undefined ? { bytes: info.size, modified: info.mtime } : { bytes: info.size, modified: info.mtime, generation: meta.generation };
     } catch (err) {
       if (errno(err) === 'ENOENT') return undefined;
       throw new GatewayError('GW_STORE_DOWNLOAD', `stat ${this.describe(workspaceId)}`, { cause: err });
     }
   }
 
+  /** What the last put recorded: `<id>.meta.json`, or the bare generation of an older `<id>.generation`. */
+  private async readMeta(workspaceId: string): Promise<ObjectMeta> {
+    const text = await readFile(this.metaPath(workspaceId), 'utf8').catch(() => undefined);
+    if (text !== undefined) {
+      try {
+        const m = JSON.parse(text) as Record<string, unknown>;
+        return {
+          ...(typeof m.generation === 'string' && m.generation !== '' ? { generation: m.generation } : {}),
+          ...(typeof m.homePath === 'string' && m.homePath !== '' ? { homePath: m.homePath } : {}),
+        };
+      } catch {
+        return {};
+      }
+    }
+    const legacy = await readFile(this.legacyGenerationPath(workspaceId), 'utf8').then(
+      (g) => g.trim(),
+      () => '',
+    );
+    return legacy === '' ? {} : { generation: legacy };
+  }
+
   async delete(workspaceId: string): Promise<void> {
     try {
       await rm(this.path(workspaceId), { force: true });
-      await rm(this.generationPath(workspaceId), { force: true });
+      await rm(this.metaPath(workspaceId), { force: true });
+      await rm(this.legacyGenerationPath(workspaceId), { force: true });
     } catch (err) {
       throw new GatewayError('GW_STORE_UPLOAD', `delete ${this.describe(workspaceId)}`, { cause: err });
     }
@@ -105,7 +134,11 @@ export class FileObjectStore implements ObjectStore {
     return join(this.dir, this.key(workspaceId));
   }
 
-  private generationPath(workspaceId: string): string {
+  private metaPath(workspaceId: string): string {
+    return join(this.dir, `${validateWorkspaceId(workspaceId)}.meta.json`);
+  }
+
+  private legacyGenerationPath(workspaceId: string): string {
     return join(this.dir, `${validateWorkspaceId(workspaceId)}.generation`);
   }
 }

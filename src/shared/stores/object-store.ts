@@ -19,7 +19,10 @@ export interface ObjectHead {
 
 /** Stored along with an object. */
 export interface ObjectMeta {
+  /** Generation of the home it was packed from. */
   generation?: string;
+  /** Absolute path of the CODEX_HOME it was packed from (codex's state names paths under it). */
+  homePath?: string;
 }
 
 /**
@@ -38,6 +41,13 @@ export interface ObjectStore {
   describe(workspaceId: string): string;
   /** The object's bytes, or undefined when there is no object. */
   get(workspaceId: string): Promise<Readable | undefined>;
+  /**
+   * The object's bytes and what its put recorded, or undefined when there is
+   * no object. The metadata is never newer than the bytes: read with an
+   * object a concurrent put replaces, it may name an older generation, so a
+   * home restored from it is at worst taken for older than it is.
+   */
+  open(workspaceId: string): Promise<{ body: Readable; meta: ObjectMeta } | undefined>;
   /**
    * Stores `body` as the workspace's object. Atomic: the object becomes
    * visible only when complete, and a failed put (including `body` emitting

@@ -18,6 +18,8 @@ import type { ObjectHead, ObjectMeta, ObjectStore } from './object-store.js';
 
 /** User metadata (x-amz-meta-cxg-generation) naming the generation an object was packed from. */
 const GENERATION_META = 'cxg-generation';
+/** User metadata naming the CODEX_HOME an object was packed from, URI-encoded (S3 metadata is ASCII). */
+const HOME_PATH_META = 'cxg-home-path';
 
 /** Multipart upload shape: memory held per upload is about PART_SIZE × QUEUE_SIZE. */
 const PART_SIZE = 8 * 1024 * 1024;
@@ -51,11 +53,17 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async get(workspaceId: string): Promise<Readable | undefined> {
+    return (await this.open(workspaceId))?.body;
+  }
+
+  async open(workspaceId: string): Promise<{ body: Readable; meta: ObjectMeta } | undefined> {
     const { s3, client } = await this.sdk();
     let body: unknown;
+    let meta: ObjectMeta;
     try {
       const out = await client.send(new s3.GetObjectCommand({ Bucket: this.spec.bucket, Key: this.key(workspaceId) }));
       body = out.Body;
+      meta = metaOf(out.Metadata);
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw storeError(err, 'GW_STORE_DOWNLOAD', `download ${this.describe(workspaceId)}`);
@@ -64,7 +72,7 @@ export class S3ObjectStore implements ObjectStore {
       throw new GatewayError('GW_STORE_DOWNLOAD', `download ${this.describe(workspaceId)}: response has no body stream`);
     }
     const what = `download ${this.describe(workspaceId)}`;
-    return Readable.from(mapErrors(body, (err) => storeError(err, 'GW_STORE_DOWNLOAD', what)), { objectMode: false });
+    return { body: Readable.from(mapErrors(body, (err) => storeError(err, 'GW_STORE_DOWNLOAD', what)), { objectMode: false }), meta };
   }
 
   async put(workspaceId: string, body: Readable, meta: ObjectMeta = {}): Promise<{ bytes: number }> {
@@ -99,7 +107,10 @@ export class S3ObjectStore implements ObjectStore {
           Key: this.key(workspaceId),
           Body: counted,
           ContentType: 'application/gzip',
-          ...(meta.generation === undefined ? {} : { Metadata: { [GENERATION_META]: meta.generation } }),
+          Metadata: {
+            ...(meta.generation === undefined ? {} : { [GENERATION_META]: meta.generation }),
+            ...(meta.homePath === undefined ? {} : { [HOME_PATH_META]: encodeURIComponent(meta.homePath) }),
+          },
         },
         partSize: PART_SIZE,
         queueSize: QUEUE_SIZE,
@@ -121,9 +132,9 @@ export class S3ObjectStore implements ObjectStore {
     const { s3, client } = await this.sdk();
     try {
       const out = await client.send(new s3.HeadObjectCommand({ Bucket: this.spec.bucket, Key: this.key(workspaceId) }));
-      const generation = out.Metadata?.[GENERATION_META];
+      const { generation } = metaOf(out.Metadata);
       const head = { bytes: out.ContentLength ?? 0, modified: out.LastModified ?? new Date(0) };
-      return generation === undefined || generation === '' ? head : { ...head, generation };
+      return generation === undefined ? head : { ...head, generation };
     } catch (err) {
       if (isMissing(err)) return undefined;
       throw storeError(err, 'GW_STORE_DOWNLOAD', `stat ${this.describe(workspaceId)}`);
@@ -177,6 +188,23 @@ async function* mapErrors(body: Readable, map: (err: unknown) => unknown): Async
   } catch (err) {
     throw map(err);
   }
+}
+
+
+/** What a put recorded, from an object's user metadata. */
+function metaOf(metadata: Record<string, string> | undefined): ObjectMeta {
+  const generation = metadata?.[GENERATION_META];
+  const homePath = metadata?.[HOME_PATH_META];
+  let decoded: string | undefined;
+  try {
+    decoded = homePath === undefined || homePath === '' ? undefined : decodeURIComponent(homePath);
+  } catch {
+    decoded = undefined;
+  }
+  return {
+    ...(generation === undefined || generation === '' ? {} : { generation }),
+    ...(decoded === undefined ? {} : { homePath: decoded }),
+  };
 }
 
 /**
