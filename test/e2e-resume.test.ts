@@ -4,13 +4,15 @@
  * SIGTERM and start, an idle reap, a child SIGKILL, a gateway SIGKILL (the
  * next start's recovery). After each, a client resumes the thread by id and
  * a new turn streams the model's reply; at the end `thread/read` holds every
- * turn. Once with the file store and once with S3 (s3rver).
+ * turn. Once with the file store and once with S3 (s3rver). The gateway
+ * SIGKILL leaves codex's sqlite files with unflushed write-ahead logs: the
+ * restored database must work, not only list.
  *
  * The gateway's data directory is a git repository, as a checkout of the
  * gateway would be: the thread must not record it as its own.
  */
 import { execFileSync } from 'node:child_process';
-import { rm } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
@@ -125,6 +127,8 @@ describe.each(['file', 's3'] as const)('a thread goes on after every stop (real 
     expect(lastChild).not.toBe(pid);
 
     // 4. Gateway SIGKILL: nothing drains; the next start's recovery stores the home.
+    // codex's sqlite state is then still in its write-ahead logs, not checkpointed.
+    expect((await stat(path.join(init.codexHome, 'state_5.sqlite-wal'))).size).toBeGreaterThan(0);
     await g.stop('SIGKILL');
     await c.whenClosed();
     g = await start();
