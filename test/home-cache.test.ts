@@ -161,6 +161,39 @@ describe('stable home and warm cache', () => {
   });
 });
 
+describe('a home past the archive limits', () => {
+  it('is never uploaded (its object could not be restored) nor removed: it stays in the spool with GW_HOME_TOO_LARGE, without retries, and the next start uses it', async () => {
+    const e = await setup();
+    const { sup, homeRoot } = await startSup(e, 'homes', { unpackLimits: { maxFileBytes: 4096 }, spoolRetryBaseMs: 100, spoolRetryMaxMs: 100 });
+    const id = 'ws-too-large';
+    let h = await sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
+    await writeInHome(h, 'small.txt', 'fits');
+    expect((await sup.shutdown({ workspaceId: id })).saved).toBe(true);
+    const object = path.join(e.storeDir, `${id}.tar.gz`);
+    const storedBytes = await readFile(object);
+    const storedGeneration = (await new FileObjectStore(e.storeDir).head(id))?.generation;
+
+    h = await sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
+    await writeInHome(h, 'big.bin', 'x'.repeat(10_000));
+    const r = await sup.shutdown({ workspaceId: id });
+    expect(r).toMatchObject({ stopped: true, saved: false });
+    expect(r.error).toContain('GW_HOME_TOO_LARGE');
+    expect(await readFile(object)).toEqual(storedBytes);
+    const [spooled] = (await sup.stats()).flatMap((s) => s.spool);
+    expect(spooled).toMatchObject({ workspaceId: id, attempts: 1 });
+    expect(spooled?.lastError).toContain('GW_HOME_TOO_LARGE');
+    expect(spooled?.nextRetryAt).toBeUndefined();
+    expect(await homeState(homeRoot, id)).toMatchObject({ stored: false });
+
+    // The work is not lost: the next start runs on it; once it fits again it is stored.
+    h = await sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
+    expect((await readInHome(h, 'big.bin')).length).toBe(10_000);
+    await rm(path.join(h.codexHome, 'big.bin'));
+    expect((await sup.shutdown({ workspaceId: id })).saved).toBe(true);
+    expect((await new FileObjectStore(e.storeDir).head(id))?.generation).not.toBe(storedGeneration);
+  });
+});
+
 describe('a home restored under another path', () => {
   it('is logged with GW_HOME_PATH_CHANGED and still restores', async () => {
     const e = await setup();

@@ -42,6 +42,11 @@ export interface PackTask {
   exclude: readonly string[];
   /** The home's generation, stored with the object so recovery can tell older homes from newer ones. The home's path is stored too. */
   generation?: string;
+  /**
+   * The limits unpack will apply: a home past them is never packed
+   * (GW_HOME_TOO_LARGE), since its object could not be restored.
+   */
+  limits?: UnpackLimits;
 }
 
 /** What the store holds for a workspace, without downloading it. */

@@ -16,6 +16,7 @@ export const ERROR_CODES = {
   GW_SPAWN_TIMEOUT: 'codex app-server did not print a listen URL in time',
   GW_SPAWN_NOT_READY: 'codex app-server did not become ready in time',
   GW_HOME_UNWRITABLE: 'cannot write the workspace home directory',
+  GW_HOME_TOO_LARGE: 'workspace home is past the archive limits; it stays on disk and is not stored',
   /** Logged, not thrown: a home restored under another path than it was packed from. */
   GW_HOME_PATH_CHANGED: 'stored home was packed under another path; its earlier threads cannot be resumed here',
   GW_STORE_DOWNLOAD: 'download of workspace state failed',

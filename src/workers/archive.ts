@@ -40,6 +40,7 @@ export async function pack(task: PackTask, store: ObjectStore): Promise<PackResu
   let fileBytes = 0;
   let abandoned = false;
   let tarError: unknown;
+  const within = task.limits === undefined ? undefined : packLimits(task.limits, what);
   const archive = new Pack({
     cwd: task.home,
     // No uid/gid/uname/atime/ctime, modes normalised to a 022 umask.
@@ -50,8 +51,20 @@ export async function pack(task: PackTask, store: ObjectStore): Promise<PackResu
     linkCache: new ForgetfulMap(),
     // lstat (tar does not follow symlinks), so symlinks, sockets, fifos and
     // devices are skipped here and never reach the archive.
-    filter: (path, stat) =>
-      !abandoned && stat instanceof Stats && (stat.isFile() || stat.isDirectory()) && !excluded(relativePath(path)),
+    filter: (path, stat) => {
+      if (abandoned || !(stat instanceof Stats) || !(stat.isFile() || stat.isDirectory())) return false;
+      const rel = relativePath(path);
+      if (excluded(rel)) return false;
+      const problem = within?.(rel, stat);
+      if (problem !== undefined) {
+        // The put fails with it (see below); the previous object stays as it was.
+        tarError ??= problem;
+        abandoned = true;
+        archive.emit('error', problem);
+        return false;
+      }
+      return true;
+    },
     onWriteEntry: (entry) => {
       if (entry.type === 'File') {
         files += 1;
@@ -82,6 +95,7 @@ export async function pack(task: PackTask, store: ObjectStore): Promise<PackResu
     // closes their file descriptors.
     abandoned = true;
     archive.resume();
+    if (isGatewayError(tarError)) throw tarError;
     if (tarError !== undefined) throw new GatewayError('GW_STORE_UPLOAD', what, { cause: tarError });
     throw toGatewayError(err, 'GW_STORE_UPLOAD', `upload ${object}`);
   }
@@ -116,6 +130,32 @@ export async function unpack(task: UnpackTask, store: ObjectStore): Promise<Unpa
     throw unpackError(err, object, task.home);
   }
   return { key, found: true, bytes: read.bytes, files: extraction.files, durationMs: performance.now() - started, generation: opened.meta.generation, homePath: opened.meta.homePath };
+}
+
+/**
+ * The checks unpack makes on an archive, made on the home as it is packed:
+ * entries, the size of each file, and the archive's size before compression
+ * (each entry's 512-byte header, a long name's extra header, and its data
+ * padded to 512 bytes). Returns the problem of the first entry past them.
+ */
+function packLimits(limits: UnpackLimits, what: string): (rel: string, stat: Stats) => GatewayError | undefined {
+  let entries = 0;
+  let total = 1024; // the two zero blocks that end an archive
+  return (rel, stat) => {
+    entries += 1;
+    total += 512 + (rel.length > 99 ? 1024 + Math.ceil(rel.length / 512) * 512 : 0);
+    if (stat.isFile()) {
+      if (stat.size > limits.maxFileBytes) return tooLarge(what, `file ${JSON.stringify(rel)} is ${stat.size} bytes, more than ${limits.maxFileBytes}`);
+      total += Math.ceil(stat.size / 512) * 512;
+    }
+    if (entries > limits.maxEntries) return tooLarge(what, `more than ${limits.maxEntries} entries`);
+    if (total > limits.maxBytes) return tooLarge(what, `more than ${limits.maxBytes} bytes before compression`);
+    return undefined;
+  };
+}
+
+function tooLarge(what: string, problem: string): GatewayError {
+  return new GatewayError('GW_HOME_TOO_LARGE', `${what}: ${problem}; it could not be restored, so it is not stored`);
 }
 
 /**

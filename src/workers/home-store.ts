@@ -204,6 +204,7 @@ export class HomeStore {
       home: home.dir,
       exclude: this.init.archiveExclude,
       generation: home.generation,
+      limits: this.init.unpackLimits,
     });
     if (!outcome.ok) throw deserializeError(outcome.error);
     home.uploaded = true;

@@ -8,6 +8,7 @@
  * its key and then claims the spooled directory, so a second one never forms.
  */
 import type { Logger } from 'pino';
+import { toGatewayError } from '../shared/errors.js';
 import type { SpoolStatus } from '../shared/protocol.js';
 import { dirBytes } from './home.js';
 import type { Home } from './home.js';
@@ -39,7 +40,9 @@ export class Spool {
 
   /**
    * Keeps `home` (its upload failed with `error`, or it was found at start-up)
-   * and schedules a retry, or an attempt right away with `immediate`.
+   * and schedules a retry, or an attempt right away with `immediate`. A home
+   * too large to store is kept without retries: retrying cannot help; its
+   * next stop (or a drain) tries again.
    */
   add(home: Home, error: string, opts: { immediate?: boolean } = {}): void {
     const attempts = opts.immediate === true ? 0 : 1;
@@ -55,7 +58,7 @@ export class Spool {
     this.o.logger.warn({ workspaceId: home.workspaceId, dir: home.dir, attempts, err: error }, 'home kept in spool until it is uploaded');
     void dirBytes(home.dir).then((n) => (e.bytes = n));
     if (opts.immediate === true) this.attempt(e);
-    else this.schedule(e);
+    else if (!tooLarge(error)) this.schedule(e);
   }
 
   has(workspaceId: string): boolean {
@@ -136,12 +139,18 @@ export class Spool {
         this.o.logger.info({ workspaceId: e.home.workspaceId, dir: e.home.dir, attempts: e.attempts + 1 }, 'spooled home uploaded');
       } catch (err) {
         e.attempts += 1;
-        e.lastError = err instanceof Error ? err.message : String(err);
+        // With its code: an operator (and the next attempt) tells an outage from a home too large.
+        e.lastError = toGatewayError(err).describe();
         this.o.logger.warn({ workspaceId: e.home.workspaceId, attempts: e.attempts, err: e.lastError }, 'spool retry failed');
-        this.schedule(e);
+        if (!tooLarge(e.lastError)) this.schedule(e);
       } finally {
         e.attempt = undefined;
       }
     })();
   }
+}
+
+/** A home past the archive limits (GW_HOME_TOO_LARGE): no retry can store it. */
+function tooLarge(error: string): boolean {
+  return error.includes('GW_HOME_TOO_LARGE');
 }
