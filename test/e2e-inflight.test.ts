@@ -1,6 +1,7 @@
 /**
  * A stop that lands while a turn is running (real codex, the gateway as a
- * process): a drain (gateway SIGTERM) and `reaper.max_age`. The model holds
+ * process): a drain (gateway SIGTERM), the idle reaper (a client attached
+ * but silent past `reaper.hard_idle_after`) and `reaper.max_age`. The model holds
  * its answer, so the turn is in flight when the stop comes. What the client
  * receives is a close with a stated code; the thread, with the interrupted
  * turn's prompt, is stored; after the restart it resumes and a new turn
@@ -101,6 +102,21 @@ describe('a stop during an in-flight turn (real codex)', () => {
     const turns = await goesOn(gw, token, threadId);
     expect(turns.length).toBeGreaterThanOrEqual(3);
     expect((await gw.stop('SIGTERM')).code).toBe(0);
+  }, 180_000);
+
+  it('the reaper mid-turn, a client attached and nothing said for longer than reaper.hard_idle_after: the client gets 1001, the home is stored; a reconnect resumes the thread', async () => {
+    const token = await signWorkspaceToken({ secret: SECRET, workspaceId: 'inflight-idle', expiresIn: '30m' });
+    const cfg = await config('idle', ['[reaper]', 'idle_after = "4s"', 'hard_idle_after = "8s"', 'interval = "1s"']);
+    gw = await startGatewayProcess(cfg, env, 30_000);
+    const { c, threadId } = await turnInFlight(gw, token);
+    const g = gw;
+    // A turn whose model is silent moves no frame: past the hard idle limit the child is stopped, turn or not.
+    const close = await c.whenClosed();
+    expect(close.code).toBe(1001);
+    await g.waitForLog((l) => l.msg === 'codex app-server stopped' && l.workspaceId === 'inflight-idle' && l.reason === 'idle', 30_000);
+    release();
+    await goesOn(g, token, threadId);
+    expect((await g.stop('SIGTERM')).code).toBe(0);
   }, 180_000);
 
   it('reaper.max_age mid-turn: the client is closed with a stated code, the home is stored; a reconnect resumes the thread and a new turn completes', async () => {
