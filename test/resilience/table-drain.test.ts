@@ -72,6 +72,7 @@ async function harness(drainBudgetMs: number): Promise<Harness> {
     crashLoop: { ...DEFAULT_CRASH_LOOP },
     gatedSpawns: false,
     drainBudgetMs,
+    approvals: { headless: 'decline', websocket: 'client' },
     logLevel: 'silent',
     logPretty: false,
     dataPlane: { maxFrameBytes: 1 << 20, maxPendingToChildBytes: 1 << 20, windowBytes: 1 << 20 },
