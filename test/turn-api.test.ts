@@ -45,6 +45,7 @@ describe('POST /api/turns: refusals', () => {
   afterAll(async () => t?.close());
 
   const cases: Array<[string, string, number, string]> = [
+    ['an empty body', '', 400, 'GW_BAD_REQUEST'],
     ['not JSON', '{"workspaceId": ', 400, 'GW_BAD_REQUEST'],
     ['not an object', '[1, 2]', 400, 'GW_BAD_REQUEST'],
     ['no workspaceId', JSON.stringify({ params: { input: [] } }), 400, 'GW_BAD_WORKSPACE_ID'],
@@ -172,6 +173,28 @@ describe('POST /api/turns: deadlines, failures and clients that go away (fake co
     expect(m).toMatch(/cxg_turns_failed_total\{code="brokerTimeout"\} 1/);
     expect(m).toMatch(/cxg_turns_failed_total\{code="subprocessCrash"\} 1/);
     expect(m).toMatch(/cxg_turn_duration_seconds_count\{result="ok"\} [1-9]/);
+  });
+});
+
+describe('POST /api/turns during a drain', () => {
+  it('a turn in flight is answered (the stream ends with its result), not left hanging', async () => {
+    const t = await gatewayFor(['turns-drain']);
+    try {
+      let drained: Promise<unknown> | undefined;
+      const reply = await streamTurn(t.httpUrl, await t.token('turns-drain'), { workspaceId: 'turns-drain', params: { input: textInput('fake:hold') } }, (e) => {
+        if (e.event === 'turn/started') drained = t.gw.drain();
+      });
+      const last = reply.events.at(-1);
+      expect(last?.event).toBe('result');
+      const code = (last?.data as { transport?: { code: string } }).transport?.code;
+      // The drain stops the child: the shard says so before the process is gone.
+      expect(code).toBe('wsDisconnect');
+      expect((last?.data as { transport: { message: string } }).transport.message).toContain('(drain)');
+      expect(drained).toBeDefined();
+      await drained;
+    } finally {
+      await t.close();
+    }
   });
 });
 
