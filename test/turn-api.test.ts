@@ -130,6 +130,13 @@ describe('POST /api/turns: deadlines, failures and clients that go away (fake co
     expect(r.body).toMatchObject({ transport: { code: 'subprocessCrash' } });
   });
 
+  it('a workspace that cannot start answers with the start\'s code', async () => {
+    t.childEnv.set('turns-broken', ['FAKE_CODEX_MODE=exit-before-banner']);
+    const r = await postTurn(t.httpUrl, await t.token('turns-broken'), { workspaceId: 'turns-broken', params: { input: textInput('x') } });
+    expect(r.status).toBe(502);
+    expect(r.body).toMatchObject({ threadId: null, transport: { code: 'GW_SPAWN_EXITED' } });
+  });
+
   it('a streaming client that goes away does not stop the turn', async () => {
     let threadId = '';
     const reply = await streamTurn(t.httpUrl, token, { workspaceId: W, params: { input: textInput('fake:hold') } }, (e) => {
@@ -172,6 +179,7 @@ describe('POST /api/turns: deadlines, failures and clients that go away (fake co
     expect(m).toMatch(/cxg_turns_completed_total\{status="completed"\} [1-9]/);
     expect(m).toMatch(/cxg_turns_failed_total\{code="brokerTimeout"\} 1/);
     expect(m).toMatch(/cxg_turns_failed_total\{code="subprocessCrash"\} 1/);
+    expect(m).toMatch(/cxg_turns_failed_total\{code="GW_SPAWN_EXITED"\} 1/);
     expect(m).toMatch(/cxg_turn_duration_seconds_count\{result="ok"\} [1-9]/);
   });
 });
