@@ -87,10 +87,11 @@ describe('POST /api/turns (real codex)', () => {
     expect(agentText(result.turn)).toBe(DELTAS.join(''));
   }, 120_000);
 
-  it('a WebSocket client of the workspace reads the thread with every HTTP turn', async () => {
+  it('a WebSocket client of the workspace lists the thread and reads every HTTP turn', async () => {
     const c = await AppServerClient.connect((gw as GatewayProcess).url, { token });
     try {
       await c.initialize();
+      expect((await c.listThreads()).map((th) => th.id)).toContain(threadId);
       const read = await c.request<{ thread: { id: string; turns: Array<{ status: string }> } }>('thread/read', { threadId, includeTurns: true });
       expect(read.thread.id).toBe(threadId);
       expect(read.thread.turns.map((t) => t.status)).toEqual(['completed', 'completed', 'completed']);
@@ -129,6 +130,8 @@ describe('POST /api/turns (real codex)', () => {
     expect(agentText(after.body.turn)).toBe(DELTAS.join(''));
   }, 120_000);
 
+  // codex resumes a thread through the absolute paths it stored in CODEX_HOME,
+  // so this needs the home at the same path after the restart (invariant 3).
   it('after a gateway restart the thread continues by HTTP', async () => {
     const exit = await (gw as GatewayProcess).stop('SIGTERM');
     expect(exit.code).toBe(0);
