@@ -156,9 +156,6 @@ export type TurnOutcome =
   | { threadId: string; turn: Record<string, unknown> }
   | { threadId: string | null; transport: TurnTransportError; turnId?: string };
 
-/** Codes of TurnTransportError besides the start's GW_* codes. */
-export const TURN_TRANSPORT_CODES = ['brokerTimeout', 'codexRPCError', 'subprocessCrash', 'wsDisconnect'] as const;
-
 export interface DataPlaneLimits {
   /** Largest frame either way. */
   maxFrameBytes: number;
