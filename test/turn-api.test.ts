@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AppServerClient } from './fixtures/app-server-client.js';
 import { startTestGateway } from './gateway-helpers.js';
+import { quietLogger } from './helpers.js';
 import type { TestGateway } from './gateway-helpers.js';
 import { agentText, postTurn, streamTurn, textInput } from './turn-client.js';
 
@@ -300,5 +301,27 @@ describe('approval policies', () => {
       }
       expect(await metricsText(t)).toContain('cxg_approvals_answered_total{path="websocket",method="item/commandExecution/requestApproval",decision="accept"} 1');
     });
+  });
+});
+
+describe('turn and approval settings reach the gateway', () => {
+  it('approvals.* and turns.* from the environment become the gateway\'s options; bad values are refused', async () => {
+    const { loadSettings } = await import('../src/main/settings.js');
+    const { gatewayOptions } = await import('../src/main/server.js');
+    const env = {
+      CXG_AUTH_JWT_SECRET: 'x'.repeat(40),
+      CXG_APPROVALS_HEADLESS: 'accept',
+      CXG_APPROVALS_WEBSOCKET: 'decline',
+      CXG_TURNS_TIMEOUT: '2m',
+      CXG_TURNS_MAX_TIMEOUT: '30m',
+      CXG_TURNS_MAX_BODY: '256KiB',
+    };
+    const settings = await loadSettings({ env, cwd: '/' });
+    const o = await gatewayOptions(settings, quietLogger, () => undefined);
+    expect(o.supervisor.approvals).toEqual({ headless: 'accept', websocket: 'decline' });
+    expect(o.turns).toEqual({ defaultTimeoutMs: 120_000, maxTimeoutMs: 1_800_000, maxBodyBytes: 256 * 1024 });
+    const defaults = await loadSettings({ env: { CXG_AUTH_JWT_SECRET: 'x'.repeat(40) }, cwd: '/' });
+    expect(defaults.approvals).toEqual({ headless: 'decline', websocket: 'client' });
+    await expect(loadSettings({ env: { ...env, CXG_APPROVALS_HEADLESS: 'client' }, cwd: '/' })).rejects.toMatchObject({ code: 'GW_SETTINGS' });
   });
 });
