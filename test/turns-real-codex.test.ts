@@ -5,6 +5,7 @@
  */
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
 import { AppServerClient } from './fixtures/app-server-client.js';
@@ -13,6 +14,7 @@ import { startResponsesMock } from './fixtures/responses-mock.js';
 import type { ResponsesMock } from './fixtures/responses-mock.js';
 import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess, writeConfig } from './gateway-process.js';
 import type { GatewayProcess } from './gateway-process.js';
+import { killLeftovers } from './faults/markers.js';
 import { tempDir } from './helpers.js';
 import { agentText, httpUrlOf, postTurn, streamTurn, textInput } from './turn-client.js';
 
@@ -45,10 +47,16 @@ describe('POST /api/turns (real codex)', () => {
   }, 60_000);
   afterAll(async () => {
     for (const release of held.splice(0)) release();
-    await gw?.stop('SIGKILL');
+    // A drain stops the children; a SIGKILLed gateway would leave them running on their own.
+    if (gw !== undefined) {
+      const stopped = await Promise.race([gw.stop('SIGTERM').then(() => true), sleep(30_000).then(() => false)]);
+      if (!stopped) await gw.stop('SIGKILL');
+    }
+    const left = await killLeftovers(dir);
     await mock?.close();
     await rm(dir, { recursive: true, force: true });
-  });
+    expect(left, 'processes left running under the test directory').toEqual([]);
+  }, 60_000);
 
   it('a turn by HTTP returns the completed turn with the model\'s reply; a second one continues the thread', async () => {
     const first = await postTurn(base, token, { workspaceId: 'bots', params: { input: textInput('first question') }, timeoutMs: 60_000 });
