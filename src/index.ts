@@ -19,7 +19,9 @@ export type { ConfigInput, SpawnConfig, ModelProviderInput, AgentServerInput, Wi
 export { DEFAULT_ENV_ALLOWLIST } from './shared/child-env.js';
 export { DEFAULT_ARCHIVE_EXCLUDES, DEFAULT_UNPACK_LIMITS } from './shared/archive-protocol.js';
 export type { UnpackLimits } from './shared/archive-protocol.js';
-export type { ChildInfo, StopResult, ShardStats, WorkspaceStatus, SpoolStatus, ReapOptions } from './shared/protocol.js';
+export type { ChildInfo, StopResult, ShardStats, WorkspaceStatus, SpoolStatus, ReapOptions, TurnOutcome, TurnTransportError, ApprovalPolicies } from './shared/protocol.js';
+export { DEFAULT_TURN_API } from './main/turn-request.js';
+export type { TurnApiOptions } from './main/turn-request.js';
 export { CloseCode } from './shared/close-codes.js';
 export { defaultCodexBin } from './shared/codex-bin.js';
 export { Gateway } from './main/gateway.js';

@@ -21,6 +21,9 @@ import type { Authenticator } from './auth.js';
 import { bearerToken } from './auth.js';
 import { sendJson } from './http-util.js';
 import type { Supervisor } from './supervisor.js';
+import { registerTurnApi } from './turn-api.js';
+import type { TurnObserver } from './turn-api.js';
+import type { TurnApiOptions } from './turn-request.js';
 import { closeApp, listen, uws } from './uws.js';
 import type { HttpRequest, HttpResponse, ListenSocket, SocketContext, TemplatedApp, UwsSocket } from './uws.js';
 
@@ -52,6 +55,8 @@ export interface FrontOptions {
   routes?: (app: TemplatedApp) => void;
   /** Observes data-plane events (metrics). */
   observer?: FrontObserver;
+  /** POST /api/turns (turns without a WebSocket); unset: not served. */
+  turns?: { options: TurnApiOptions; observer?: TurnObserver };
 }
 
 export interface FrontObserver {
@@ -155,6 +160,20 @@ export class Front {
       const ready = !front.draining && o.sup.healthy;
       sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : front.draining ? 'draining' : 'unhealthy' });
     });
+    if (o.turns !== undefined) {
+      registerTurnApi(app, {
+        sup: o.sup,
+        auth: o.auth,
+        options: o.turns.options,
+        log: o.log,
+        ...(o.turns.observer === undefined ? {} : { observer: o.turns.observer }),
+        refusal: (workspaceId) => {
+          if (front.draining) return { status: 503, code: 'GW_CLOSED', message: 'gateway is shutting down' };
+          if (front.downShards.has(o.sup.shardFor(workspaceId))) return { status: 503, code: 'GW_SHARD_FAILED', message: 'the shard serving this workspace is down' };
+          return undefined;
+        },
+      });
+    }
     o.routes?.(app);
     app.any('/*', (res) => sendJson(res, 404, { error: { code: 'GW_NOT_FOUND', message: 'no such route' } }));
     const { socket, port } = await listen(app, o.host, o.port);

@@ -19,6 +19,8 @@ import type { IdleReaperOptions } from './idle-reaper.js';
 import { InternalApi } from './internal-api.js';
 import { GatewayMetrics } from './metrics.js';
 import { Supervisor } from './supervisor.js';
+import { DEFAULT_TURN_API } from './turn-request.js';
+import type { TurnApiOptions } from './turn-request.js';
 import type { SupervisorObserver, SupervisorOptions } from './supervisor.js';
 import type { TemplatedApp } from './uws.js';
 
@@ -29,6 +31,8 @@ export interface GatewayOptions {
   internal: { host: string; port: number; upstreamUrl?: string };
   limits: FrontLimits;
   reaper?: Omit<IdleReaperOptions, 'logger'>;
+  /** POST /api/turns limits (deadlines, body size); served unless `false`. */
+  turns?: Partial<TurnApiOptions> | false;
   /** Time the whole drain may take before the process gives up waiting. */
   shutdownBudgetMs: number;
   /** Bearer token of the admin API on the internal listener; unset: admin API off. */
@@ -88,6 +92,10 @@ export class Gateway extends EventEmitter {
         gw.metrics.archiveFinished(e);
         user?.archiveFinished?.(e);
       },
+      approvalAnswered: (e) => {
+        gw.metrics.approvalAnswered(e);
+        user?.approvalAnswered?.(e);
+      },
     };
     gw.sup = await Supervisor.start({ logger: o.log, ...o.supervisor, observer });
     const sup = gw.sup;
@@ -113,6 +121,7 @@ export class Gateway extends EventEmitter {
         limits: o.limits,
         log: o.log,
         observer: gw.metrics.front,
+        ...(o.turns === false ? {} : { turns: { options: { ...DEFAULT_TURN_API, ...(o.turns ?? {}) }, observer: gw.metrics } }),
         routes: (app) => {
           app.get('/metrics', (res) => {
             let aborted = false;

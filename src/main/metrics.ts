@@ -11,6 +11,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { ShardStats } from '../shared/protocol.js';
 import type { FrontObserver } from './front.js';
 import type { SupervisorObserver } from './supervisor.js';
+import type { TurnObserver } from './turn-api.js';
 
 /** Plain counters the front bumps per frame; read at scrape time. */
 export class FrontCounters implements FrontObserver {
@@ -64,8 +65,9 @@ export interface MetricsSources {
 
 const SPAWN_BUCKETS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5, 10, 30];
 const TRANSFER_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+const TURN_BUCKETS = [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600];
 
-export class GatewayMetrics implements SupervisorObserver {
+export class GatewayMetrics implements SupervisorObserver, TurnObserver {
   readonly registry = new Registry();
   readonly front = new FrontCounters();
   private sources: MetricsSources | undefined;
@@ -78,6 +80,13 @@ export class GatewayMetrics implements SupervisorObserver {
   private readonly transfers: Counter<'op' | 'result' | 'code'>;
   private readonly transferBytes: Counter<'op'>;
   private readonly transferDuration: Histogram<'op'>;
+  private readonly turnsStarted: Counter<string>;
+  private readonly turnsCompleted: Counter<'status'>;
+  private readonly turnsFailed: Counter<'code'>;
+  private readonly turnsRefused: Counter<'code'>;
+  private readonly turnDuration: Histogram<'result'>;
+  private readonly turnsInFlight: Gauge<string>;
+  private readonly approvals: Counter<'path' | 'method' | 'decision'>;
 
   constructor() {
     const registers = [this.registry];
@@ -92,6 +101,14 @@ export class GatewayMetrics implements SupervisorObserver {
     this.transfers = new Counter({ name: 'cxg_archive_transfers_total', help: 'Uploads and downloads of workspace state, by result and error code.', labelNames: ['op', 'result', 'code'], registers });
     this.transferBytes = new Counter({ name: 'cxg_archive_bytes_total', help: 'Compressed bytes uploaded and downloaded.', labelNames: ['op'], registers });
     this.transferDuration = new Histogram({ name: 'cxg_archive_duration_seconds', help: 'Duration of uploads and downloads.', labelNames: ['op'], buckets: TRANSFER_BUCKETS, registers });
+
+    this.turnsStarted = new Counter({ name: 'cxg_turns_started_total', help: 'HTTP turns (POST /api/turns) handed to a shard.', registers });
+    this.turnsCompleted = new Counter({ name: 'cxg_turns_completed_total', help: 'HTTP turns that ended with a turn, by its status (completed, interrupted, failed).', labelNames: ['status'], registers });
+    this.turnsFailed = new Counter({ name: 'cxg_turns_failed_total', help: 'HTTP turns answered with a transport error, by code (brokerTimeout, codexRPCError, subprocessCrash, wsDisconnect, or the start\'s GW_* code).', labelNames: ['code'], registers });
+    this.turnsRefused = new Counter({ name: 'cxg_turn_requests_refused_total', help: 'HTTP turn requests refused before they ran (400, 401, 403, 413, 503), by error code.', labelNames: ['code'], registers });
+    this.turnDuration = new Histogram({ name: 'cxg_turn_duration_seconds', help: 'Duration of HTTP turns, from request to answer, by result (ok, failed).', labelNames: ['result'], buckets: TURN_BUCKETS, registers });
+    this.turnsInFlight = new Gauge({ name: 'cxg_turns_in_flight', help: 'HTTP turns running now.', registers });
+    this.approvals = new Counter({ name: 'cxg_approvals_answered_total', help: 'Approval requests the gateway answered by policy, by path (http: approvals.headless, websocket: approvals.websocket), method and decision.', labelNames: ['path', 'method', 'decision'], registers });
 
     const front = this.front;
     new Gauge({ name: 'cxg_clients_connected', help: 'Client WebSocket connections open now.', registers, collect() { this.set(front.connected); } });
@@ -183,6 +200,28 @@ export class GatewayMetrics implements SupervisorObserver {
       this.transferBytes.inc({ op: e.op }, e.bytes);
       this.transferDuration.observe({ op: e.op }, e.ms / 1000);
     }
+  }
+
+  approvalAnswered(e: { path: 'http' | 'websocket'; method: string; decision: string }): void {
+    this.approvals.inc({ path: e.path, method: e.method, decision: e.decision });
+  }
+
+  // ---- TurnObserver ----------------------------------------------------------------
+
+  turnRefused(code: string): void {
+    this.turnsRefused.inc({ code });
+  }
+
+  turnStarted(): void {
+    this.turnsStarted.inc();
+    this.turnsInFlight.inc();
+  }
+
+  turnFinished(e: { ok: boolean; result: string; ms: number }): void {
+    this.turnsInFlight.dec();
+    if (e.ok) this.turnsCompleted.inc({ status: e.result });
+    else this.turnsFailed.inc({ code: e.result });
+    this.turnDuration.observe({ result: e.ok ? 'ok' : 'failed' }, e.ms / 1000);
   }
 
   async render(): Promise<{ contentType: string; body: string }> {

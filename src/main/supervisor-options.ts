@@ -12,7 +12,7 @@ import type { SpawnConfig } from '../shared/codex-config.js';
 import { DEFAULT_CRASH_LOOP } from '../shared/crash-loop.js';
 import type { CrashLoopOptions } from '../shared/crash-loop.js';
 import { GatewayError } from '../shared/errors.js';
-import type { DataPlaneLimits, ShardInit } from '../shared/protocol.js';
+import type { ApprovalPolicies, DataPlaneLimits, ShardInit } from '../shared/protocol.js';
 import type { ObjectStore } from '../shared/stores/object-store.js';
 import type { StoreSpec } from '../shared/store-spec.js';
 import type { SpawnLimits } from './spawn-gate.js';
@@ -78,12 +78,28 @@ export interface SupervisorOptions {
   onWorkspaceStopped?: (e: { workspaceId: string; reason: string; saved: boolean }) => void;
   /** Sees starts, stops and archive transfers (metrics). */
   observer?: SupervisorObserver;
+  /**
+   * Who answers approval requests: in HTTP turns the gateway always does
+   * (default `decline`); on WebSocket connections the client does
+   * (`client`, the default) unless this says `accept` or `decline`.
+   */
+  approvals?: Partial<ApprovalPolicies>;
 }
 
 export interface SupervisorObserver {
   startFinished?(e: { workspaceId: string; ms: number; errorCode: string | null }): void;
   workspaceStopped?(e: { workspaceId: string; reason: string; saved: boolean }): void;
   archiveFinished?(e: { op: 'upload' | 'download'; ok: boolean; bytes: number; ms: number; code: string | null; found: boolean }): void;
+  approvalAnswered?(e: { workspaceId: string; path: 'http' | 'websocket'; method: string; decision: string }): void;
+}
+
+export const DEFAULT_APPROVALS: ApprovalPolicies = { headless: 'decline', websocket: 'client' };
+
+function approvalsOf(a: Partial<ApprovalPolicies> | undefined): ApprovalPolicies {
+  const out = { ...DEFAULT_APPROVALS, ...(a ?? {}) };
+  if (out.headless !== 'accept' && out.headless !== 'decline') throw new GatewayError('GW_BAD_OPTIONS', `approvals.headless must be accept or decline, got ${String(out.headless)}`);
+  if (out.websocket !== 'client' && out.websocket !== 'accept' && out.websocket !== 'decline') throw new GatewayError('GW_BAD_OPTIONS', `approvals.websocket must be client, accept or decline, got ${String(out.websocket)}`);
+  return out;
 }
 
 const MiB = 1024 * 1024;
@@ -142,6 +158,7 @@ export function resolveInit(o: SupervisorOptions): ResolvedInit {
     gatedSpawns: o.limits?.maxChildren !== undefined || o.limits?.maxConcurrentSpawns !== undefined,
     drainBudgetMs: positive('drainBudgetMs', o.drainBudgetMs, 30_000),
     homeCacheBytes: o.homeCache?.enabled === false ? 0 : nonNegative('homeCache.maxBytes', o.homeCache?.maxBytes, DEFAULT_HOME_CACHE_BYTES),
+    approvals: approvalsOf(o.approvals),
   };
 }
 

@@ -13,7 +13,7 @@ import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../shared/archiv
 import type { SpawnConfig } from '../shared/codex-config.js';
 import { GatewayError, toGatewayError } from '../shared/errors.js';
 import { createThreadLogger, defaultLogLevel } from '../shared/logger.js';
-import type { HostMethods, HostNotices, ReapOptions, ShardInit, ShardMethods, ShardNotices, ShardStats, StopResult, WorkspaceStatus } from '../shared/protocol.js';
+import type { HostMethods, HostNotices, ReapOptions, ShardInit, ShardMethods, ShardNotices, ShardStats, StopResult, TurnOutcome, TurnRequest, WorkspaceStatus } from '../shared/protocol.js';
 import { RpcPeer } from '../shared/rpc.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
 import { ArchivePool } from './archive-pool.js';
@@ -64,6 +64,9 @@ export class Supervisor extends EventEmitter {
   private readonly builders = new Map<number, ConfigBuilder>();
   private readonly pids = new Map<string, { pid: number; shard: number }>();
   private nextBuilderId = 1;
+  /** Event sinks of streamed HTTP turns in flight, by turnRequestId. */
+  private readonly turnSinks = new Map<number, (method: string, params: unknown) => void>();
+  private nextTurnRequestId = 1;
   private closing: Promise<StopResult[]> | undefined;
   private readonly shardRefs: ShardRef[] = [];
   private readonly gate: SpawnGate;
@@ -160,6 +163,8 @@ export class Supervisor extends EventEmitter {
         },
         startFinished: (p) => this.opts.observer?.startFinished?.(p),
         childExited: (p) => this.childGone(p.generation, { code: p.code, signal: p.signal }),
+        turnEvent: (p) => this.turnSinks.get(p.turnRequestId)?.(p.method, p.params),
+        approvalAnswered: (p) => this.opts.observer?.approvalAnswered?.(p),
       },
       (what) => this.log.error({ shard: init.shard, what }, 'unknown control message from shard'),
     );
@@ -296,6 +301,32 @@ export class Supervisor extends EventEmitter {
     const build = builderId === 0 ? this.opts.configBuilder : this.builders.get(builderId);
     if (build === undefined) throw new GatewayError('GW_BUILDER_FAILED', 'no config builder is configured');
     return await build(loopbackToken, { workspaceId });
+  }
+
+  /**
+   * Runs one turn in the workspace on its shard (POST /api/turns): starts
+   * the child if needed, starts or resumes the thread, runs `turn/start`
+   * with `params`, and resolves with the completed turn or a transport
+   * error (it rejects only when the shard itself fails). `onEvent` gets the
+   * turn's notifications as they come; `clientGone` stops them and, with
+   * `interrupt`, interrupts the turn.
+   */
+  runTurn(
+    turn: Omit<TurnRequest, 'turnRequestId' | 'stream'>,
+    onEvent?: (method: string, params: unknown) => void,
+  ): { outcome: Promise<TurnOutcome>; clientGone(interrupt: boolean): void } {
+    const workspaceId = validateWorkspaceId(turn.workspaceId);
+    const ref = this.shard(workspaceId);
+    const turnRequestId = this.nextTurnRequestId++;
+    if (onEvent !== undefined) this.turnSinks.set(turnRequestId, onEvent);
+    const outcome = ref.rpc.call('runTurn', { ...turn, workspaceId, turnRequestId, stream: onEvent !== undefined }).finally(() => this.turnSinks.delete(turnRequestId));
+    return {
+      outcome,
+      clientGone: (interrupt) => {
+        this.turnSinks.delete(turnRequestId);
+        ref.rpc.notify('turnClientGone', { turnRequestId, interrupt });
+      },
+    };
   }
 
   /** Bumps the workspace's last activity, for the idle reaper. */

@@ -34,6 +34,8 @@ export const ERROR_CODES = {
   GW_CHILD_CONNECT: 'could not connect to codex app-server',
   GW_SLOW_CLIENT: 'client is not reading fast enough',
   GW_SLOW_CHILD: 'codex app-server is not reading fast enough',
+  GW_BAD_REQUEST: 'malformed request',
+  GW_FORBIDDEN: 'the token is not for this workspace',
   GW_INTERNAL: 'internal error',
 } as const;
 

@@ -114,7 +114,54 @@ export interface ShardInit {
   logLevel: string;
   logPretty: boolean;
   dataPlane: DataPlaneLimits;
+  approvals: ApprovalPolicies;
 }
+
+/**
+ * Who answers the approval requests codex pushes during a turn. A headless
+ * (HTTP) turn has no person behind it, so the gateway always answers there;
+ * on the WebSocket path the client does unless an operator says otherwise.
+ */
+export type HeadlessApprovalPolicy = 'decline' | 'accept';
+export type WebSocketApprovalPolicy = 'client' | HeadlessApprovalPolicy;
+export interface ApprovalPolicies {
+  headless: HeadlessApprovalPolicy;
+  websocket: WebSocketApprovalPolicy;
+}
+
+// ---- turns without a WebSocket (POST /api/turns) ----------------------------
+
+/** One HTTP turn, parsed and authenticated by the front, run by the owning shard. */
+export interface TurnRequest {
+  /** Unique on the main thread; names the turn's events and its cancel notice. */
+  turnRequestId: number;
+  workspaceId: string;
+  /** Resume this thread; unset: start a new one. */
+  threadId: string | undefined;
+  /** codex `turn/start` params; `threadId` is set by the shard. */
+  params: Record<string, unknown>;
+  /** The whole request (start, thread, turn) must end by then; then turn/interrupt. */
+  timeoutMs: number;
+  /** Send each notification of the turn to the main thread as it comes (turnEvent). */
+  stream: boolean;
+}
+
+/**
+ * Why a turn could not run or finish: the Go gateway's codes (brokerTimeout,
+ * codexRPCError, subprocessCrash, wsDisconnect), or the GW_* code of a
+ * workspace start that failed.
+ */
+export interface TurnTransportError {
+  code: string;
+  message: string;
+  /** The JSON-RPC error code codex answered, for codexRPCError. */
+  rpcCode?: number;
+}
+
+/** `{threadId, turn}` when the turn ended; `{threadId, transport}` when it could not run or finish. */
+export type TurnOutcome =
+  | { threadId: string; turn: Record<string, unknown> }
+  | { threadId: string | null; transport: TurnTransportError; turnId?: string };
 
 export interface DataPlaneLimits {
   /** Largest frame either way. */
@@ -139,6 +186,8 @@ export type ShardMethods = {
   /** Stops that child if it is still idle since `lastActivity`; true when a stop began. */
   evict: { params: { workspaceId: string; lastActivity: number }; result: boolean };
   close: { params: Record<string, never>; result: StopResult[] };
+  /** Runs one turn over the shard's own connection to the child; never rejects for turn failures (TurnOutcome). */
+  runTurn: { params: TurnRequest; result: TurnOutcome };
 };
 
 /** Calls a shard makes into the main thread. */
@@ -152,6 +201,8 @@ export type HostMethods = {
 /** One-way notices. */
 export type ShardNotices = {
   touch: { workspaceId: string };
+  /** The HTTP client of a turn went away: stop its events, and interrupt it if it asked to. */
+  turnClientGone: { turnRequestId: number; interrupt: boolean };
 };
 
 export type HostNotices = {
@@ -163,6 +214,10 @@ export type HostNotices = {
   /** A start finished: ready (errorCode null) or failed. */
   startFinished: { workspaceId: string; ms: number; errorCode: string | null };
   childExited: { workspaceId: string; generation: string; code: number | null; signal: string | null };
+  /** A notification of a streamed HTTP turn, as codex sent it. */
+  turnEvent: { turnRequestId: number; method: string; params: unknown };
+  /** The gateway answered an approval request itself (a policy was applied). */
+  approvalAnswered: { workspaceId: string; path: 'http' | 'websocket'; method: string; decision: string };
 };
 
 // ---- wire format of the control ports -------------------------------------

@@ -13,13 +13,18 @@
  *   past it the client is closed with 1008 GW_SLOW_CHILD. The front is acked
  *   for every client frame handled here, so its own bound holds too.
  * Nothing is dropped silently.
+ *
+ * Approval requests the child pushes go to the client, unless an operator
+ * set `approvals.websocket` to `accept` or `decline`: then the gateway
+ * answers them to the child and the client never sees them.
  */
 import type { MessagePort } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { ERROR_CODES, toGatewayError } from '../shared/errors.js';
 import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, decodeText, readAck, readBatch } from '../shared/frames.js';
-import type { ChildInfo, DataPlaneLimits } from '../shared/protocol.js';
+import type { ChildInfo, DataPlaneLimits, WebSocketApprovalPolicy } from '../shared/protocol.js';
+import { approvalReply, isApprovalRequest } from './approval-policy.js';
 import { CloseCode, closeCodeForGone, forwardableCloseCode } from '../shared/close-codes.js';
 import type { GoneReason, WorkspaceTable } from './workspaces.js';
 
@@ -49,6 +54,8 @@ export class ChildProxy {
     private readonly table: WorkspaceTable,
     private readonly limits: DataPlaneLimits,
     private readonly log: Logger,
+    private readonly approvals: WebSocketApprovalPolicy = 'client',
+    private readonly onApproval: (workspaceId: string, method: string, decision: string) => void = () => {},
   ) {
     this.out = new FrameBatcher((batch) => port.postMessage(batch, [batch]));
     port.on('message', (batch: ArrayBuffer) => {
@@ -124,6 +131,7 @@ export class ChildProxy {
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       this.table.touch(c.workspaceId);
+      if (this.approvals !== 'client' && !isBinary && this.answeredByPolicy(c, ws, data)) return;
       this.out.push(RecordKind.Frame, isBinary ? FLAG_BINARY : 0, 0, c.id, data);
       c.unacked += data.byteLength;
       if (!c.paused && c.unacked > this.limits.windowBytes) {
@@ -140,6 +148,27 @@ export class ChildProxy {
       this.log.warn({ workspaceId: c.workspaceId, connId: c.id, err: err.message }, 'child connection error');
       if (!c.open && !c.closed) this.closeClient(c, CloseCode.InternalError, `GW_CHILD_CONNECT: ${err.message}`);
     });
+  }
+
+  /**
+   * Answers an approval request from the child by the `approvals.websocket`
+   * policy; true when it did (the frame is not forwarded). Every approval
+   * method name ends in `Approval`, so other frames cost one byte search.
+   */
+  private answeredByPolicy(c: Conn, ws: WebSocket, data: Buffer): boolean {
+    if (data.length > 1 << 20 || !data.includes('Approval"')) return false;
+    let msg: { id?: unknown; method?: unknown; params?: unknown };
+    try {
+      msg = JSON.parse(data.toString('utf8')) as typeof msg;
+    } catch {
+      return false;
+    }
+    if (msg === null || typeof msg !== 'object' || typeof msg.method !== 'string' || (typeof msg.id !== 'number' && typeof msg.id !== 'string') || !isApprovalRequest(msg.method)) return false;
+    const decision = this.approvals === 'accept' ? 'accept' : 'decline';
+    ws.send(JSON.stringify({ id: msg.id, result: approvalReply(msg.method, msg.params, decision) }));
+    this.log.info({ workspaceId: c.workspaceId, connId: c.id, method: msg.method, decision, policy: 'approvals.websocket' }, 'approval request answered by policy');
+    this.onApproval(c.workspaceId, msg.method, decision);
+    return true;
   }
 
   /** 1013 (retry later) when waiting helps, else 1011; the reason names the code. */

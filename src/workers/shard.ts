@@ -9,6 +9,7 @@ import { createThreadLogger, flushLogger } from '../shared/logger.js';
 import type { HostMethods, HostNotices, ShardMethods, ShardNotices, ShardStats, ShardWorkerData } from '../shared/protocol.js';
 import { RpcPeer } from '../shared/rpc.js';
 import { ChildProxy } from './child-proxy.js';
+import { TurnRunner } from './turn-runner.js';
 import { WorkspaceTable } from './workspaces.js';
 
 const { init, control, data } = workerData as ShardWorkerData;
@@ -42,6 +43,7 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
     reapIdle: (p) => table.reapIdle(p),
     evictCandidate: () => table.evictCandidate(),
     evict: (p) => table.evict(p.workspaceId, p.lastActivity),
+    runTurn: (p) => turns.run(p),
     close: async () => {
       proxy.closeAll(1001, 'gateway shutting down');
       const results = await table.close(Math.max(1, Math.ceil(init.shutdownConcurrency)));
@@ -50,7 +52,10 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
       return results;
     },
   },
-  { touch: (p) => table.touch(p.workspaceId) },
+  {
+    touch: (p) => table.touch(p.workspaceId),
+    turnClientGone: (p) => turns.clientGone(p.turnRequestId, p.interrupt),
+  },
   (what) => log.error({ what }, 'unknown control message'),
 );
 
@@ -68,9 +73,26 @@ const table: WorkspaceTable = new WorkspaceTable(
     workspaceStopped: (workspaceId, reason, saved) => peer.notify('workspaceStopped', { workspaceId, reason, saved }),
     startFinished: (workspaceId, ms, errorCode) => peer.notify('startFinished', { workspaceId, ms, errorCode }),
   },
-  { childGone: (workspaceId, generation, reason) => proxy.childGone(workspaceId, generation, reason) },
+  {
+    childGone: (workspaceId, generation, reason) => {
+      proxy.childGone(workspaceId, generation, reason);
+      turns.childGone(workspaceId, generation, reason);
+    },
+  },
   log,
 );
 
-const proxy: ChildProxy = new ChildProxy(data, table, init.dataPlane, log);
+const approvalAnswered = (path: 'http' | 'websocket') => (workspaceId: string, method: string, decision: string): void =>
+  peer.notify('approvalAnswered', { workspaceId, path, method, decision });
+const proxy: ChildProxy = new ChildProxy(data, table, init.dataPlane, log, init.approvals.websocket, approvalAnswered('websocket'));
+const turns: TurnRunner = new TurnRunner(
+  table,
+  init.approvals,
+  init.dataPlane.maxFrameBytes,
+  {
+    event: (turnRequestId, method, params) => peer.notify('turnEvent', { turnRequestId, method, params }),
+    approvalAnswered: approvalAnswered('http'),
+  },
+  log,
+);
 table.recover();

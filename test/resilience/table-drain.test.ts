@@ -73,6 +73,7 @@ async function harness(drainBudgetMs: number): Promise<Harness> {
     gatedSpawns: false,
     drainBudgetMs,
     homeCacheBytes: 1024 ** 3,
+    approvals: { headless: 'decline', websocket: 'client' },
     logLevel: 'silent',
     logPretty: false,
     dataPlane: { maxFrameBytes: 1 << 20, maxPendingToChildBytes: 1 << 20, windowBytes: 1 << 20 },
