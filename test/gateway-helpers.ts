@@ -29,30 +29,37 @@ export async function startTestGateway(patch: Partial<GatewayOptions> = {}, sup:
   const homeRoot = path.join(root, 'homes');
   const storeDir = path.join(root, 'store');
   const childEnv = new Map<string, string[]>();
-  const gw = await Gateway.start({
-    supervisor: {
-      codexBin: fakeCodexBin(),
-      homeRoot,
-      store: new FileObjectStore(storeDir),
-      shards: 2,
-      stopGraceMs: 2000,
-      // Generous: a loaded two-core CI machine starts node slowly.
-      readyTimeoutMs: 15_000,
-      configBuilder: (_tok, { workspaceId }): SpawnConfig => {
-        const cfg = spawnConfig();
-        cfg.env = [...(cfg.env ?? []), ...(childEnv.get(workspaceId) ?? [])];
-        return cfg;
+  let gw: Gateway;
+  try {
+    gw = await Gateway.start({
+      supervisor: {
+        codexBin: fakeCodexBin(),
+        homeRoot,
+        store: new FileObjectStore(storeDir),
+        shards: 2,
+        stopGraceMs: 2000,
+        // Generous: a loaded two-core CI machine starts node slowly.
+        readyTimeoutMs: 15_000,
+        configBuilder: (_tok, { workspaceId }): SpawnConfig => {
+          const cfg = spawnConfig();
+          cfg.env = [...(cfg.env ?? []), ...(childEnv.get(workspaceId) ?? [])];
+          return cfg;
+        },
+        ...sup,
       },
-      ...sup,
-    },
-    auth: new JwtAuthenticator({ secret: JWT_SECRET }),
-    listen: { host: '127.0.0.1', port: 0 },
-    internal: { host: '127.0.0.1', port: 0 },
-    limits: { ...DEFAULT_FRONT_LIMITS, maxFrameBytes: 64 * 1024 * 1024 },
-    shutdownBudgetMs: 20_000,
-    log: quietLogger,
-    ...patch,
-  });
+      auth: new JwtAuthenticator({ secret: JWT_SECRET }),
+      listen: { host: '127.0.0.1', port: 0 },
+      internal: { host: '127.0.0.1', port: 0 },
+      limits: { ...DEFAULT_FRONT_LIMITS, maxFrameBytes: 64 * 1024 * 1024 },
+      shutdownBudgetMs: 20_000,
+      log: quietLogger,
+      ...patch,
+    });
+  } catch (err) {
+    // A gateway that does not start leaves nothing to close but its directory.
+    await rm(root, { recursive: true, force: true });
+    throw err;
+  }
   return {
     gw,
     url: gw.url,
