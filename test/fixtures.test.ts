@@ -9,8 +9,10 @@ import type { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer as createNetServer } from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import WebSocket from 'ws';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AppServerClient, ConnectError } from './fixtures/app-server-client.js';
@@ -19,6 +21,7 @@ import { fakeCodexBin, realCodexBin, TEST_API_KEY, testCodexEnv, writeTestConfig
 import { startResponsesMock } from './fixtures/responses-mock.js';
 import type { ResponsesMock } from './fixtures/responses-mock.js';
 import { testTempRoot } from './temp-root.js';
+import { startS3rver } from './fixtures/s3rver.js';
 
 // ---- process helpers ---------------------------------------------------------
 
@@ -348,6 +351,39 @@ describe('fake codex app-server', () => {
       await until('the grandchild to die', 5_000, () => (isAlive(grandchild) ? undefined : true));
       expect(groupMembers(r.pid)).toEqual([]);
     });
+  });
+});
+
+// ---- s3rver ---------------------------------------------------------------------
+
+describe('s3rver fixture', () => {
+  it('holds its port while the store is down (no parallel test can take it); a restart serves the same objects at the same endpoint', async () => {
+    const s3 = await startS3rver();
+    try {
+      const client = new S3Client({ endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: s3.credentials, maxAttempts: 1 });
+      await client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: 'kept', Body: 'across an outage' }));
+      await s3.stop();
+      const port = Number(new URL(s3.endpoint).port);
+      // Nobody else can listen there now.
+      const taken = await new Promise<string>((resolve) => {
+        const other = createNetServer();
+        other.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? String(err)));
+        other.listen(port, '127.0.0.1', () => other.close(() => resolve('listening')));
+      });
+      expect(taken).toBe('EADDRINUSE');
+      // A client of the store sees it gone.
+      const down = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: 'kept' })).then(
+        () => 'answered',
+        (err: Error & { code?: string }) => err.code ?? err.name,
+      );
+      expect(down).toBe('ECONNRESET');
+      await s3.restart();
+      const body = await (await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: 'kept' }))).Body?.transformToString();
+      expect(body).toBe('across an outage');
+      client.destroy();
+    } finally {
+      await s3.dispose();
+    }
   });
 });
 
