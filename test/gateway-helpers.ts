@@ -117,9 +117,13 @@ export function collect(ws: WebSocket): Array<{ data: Buffer; binary: boolean }>
   return out;
 }
 
-/** One JSON-RPC request over a raw socket. */
+/** One JSON-RPC request over a raw socket; fails, with the close code and reason, when the socket closes first. */
 export function rpc<T>(ws: WebSocket, method: string, params: unknown = {}, id = Math.floor(Math.random() * 1e9)): Promise<T> {
   return new Promise((resolve, reject) => {
+    const done = (): void => {
+      ws.off('message', onMessage);
+      ws.off('close', onClose);
+    };
     const onMessage = (data: Buffer, binary: boolean): void => {
       if (binary) return;
       let msg: { id?: number; result?: T; error?: { message: string } };
@@ -129,11 +133,20 @@ export function rpc<T>(ws: WebSocket, method: string, params: unknown = {}, id =
         return;
       }
       if (msg.id !== id) return;
-      ws.off('message', onMessage);
+      done();
       if (msg.error !== undefined) reject(new Error(msg.error.message));
       else resolve(msg.result as T);
     };
+    const onClose = (code: number, reason: Buffer): void => {
+      done();
+      reject(new Error(`${method}: the connection closed with ${code} ${JSON.stringify(reason.toString())} before the answer`));
+    };
+    if (ws.readyState !== ws.OPEN) {
+      reject(new Error(`${method}: the connection is not open (readyState ${ws.readyState})`));
+      return;
+    }
     ws.on('message', onMessage);
+    ws.once('close', onClose);
     ws.send(JSON.stringify({ id, method, params }));
   });
 }
