@@ -113,5 +113,5 @@ describe('fault: shutdown and ensure interleaved', () => {
     expect(violations).toEqual([]);
     expect(ledger.count).toBe(KEYS * ITERATIONS_PER_KEY);
     expect(build.calls).toHaveLength(KEYS * (ITERATIONS_PER_KEY + 1));
-  }, 180_000);
+  }, 480_000); // 171-193 s measured on a two-core machine shared with other test runs
 });
