@@ -16,6 +16,9 @@ export default defineConfig({
     // The fault suite's last line (`faults: N scenarios, N passed, lost L`)
     // ends every run that includes test/faults, `npm test` as well.
     reporters: ['default', './test/faults/summary-reporter.ts'],
+    // Each run gets its own temp dir and ends with a check that no process
+    // it started is alive and no temp dir is left (test/leak-check.ts).
+    globalSetup: ['./test/leak-check.ts'],
     testTimeout: 30_000,
     hookTimeout: 60_000,
     teardownTimeout: 30_000,

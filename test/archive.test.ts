@@ -22,6 +22,7 @@ import type { HostileContext } from './fixtures/hostile-archives.js';
 import type { S3rverHandle } from './fixtures/s3rver.js';
 import { startS3rver } from './fixtures/s3rver.js';
 import { readObject } from './helpers.js';
+import { testTempRoot } from './temp-root.js';
 
 const MiB = 1024 * 1024;
 
@@ -42,7 +43,7 @@ afterEach(async () => {
 });
 
 async function tempDir(label: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), `archive-${label}-`));
+  const dir = await mkdtemp(join(testTempRoot(), `archive-${label}-`));
   scratch.push(dir);
   return dir;
 }

@@ -3,7 +3,6 @@ import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SignJWT, UnsecuredJWT } from 'jose';
@@ -13,6 +12,7 @@ import type { ErrorCode } from '../src/shared/errors.js';
 import { bearerToken, createAuthenticator, JwtAuthenticator, MAX_TOKEN_LENGTH, RemoteAuthenticator, signWorkspaceToken } from '../src/main/auth.js';
 import type { Authenticator } from '../src/main/auth.js';
 import { ensureJwtSecret, loadSettings } from '../src/main/settings.js';
+import { testTempRoot } from './temp-root.js';
 
 const SECRET = 'an-hs256-key-of-at-least-32-characters';
 const key = new TextEncoder().encode(SECRET);
@@ -326,7 +326,7 @@ describe('createAuthenticator', () => {
   let dir: string;
 
   beforeEach(async () => {
-    const base = path.join(os.homedir(), '.cache', 'cxg-tests');
+    const base = testTempRoot();
     await mkdir(base, { recursive: true });
     dir = await mkdtemp(path.join(base, 'auth-'));
   });

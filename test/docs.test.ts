@@ -7,7 +7,6 @@
  * src/index.ts.
  */
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
@@ -18,6 +17,7 @@ import { loadSettings } from '../src/main/settings.js';
 import { CONFIG_ENV, SETTINGS, envName, isNonSettingEnv } from '../src/main/settings-spec.js';
 import { CloseCode } from '../src/shared/close-codes.js';
 import { ERROR_CODES } from '../src/shared/errors.js';
+import { testTempRoot } from './temp-root.js';
 
 const DOCS = ['README.md', 'docs/configuration.md', 'docs/operations.md', 'deploy/README.md'];
 const text: Record<string, string> = {};
@@ -25,7 +25,7 @@ let scratch: string;
 
 beforeAll(async () => {
   for (const d of DOCS) text[d] = await readFile(path.join(REPO_ROOT, d), 'utf8');
-  const base = path.join(os.homedir(), '.cache', 'cxg-tests');
+  const base = testTempRoot();
   await mkdir(base, { recursive: true });
   scratch = await mkdtemp(path.join(base, 'docs-'));
 });

@@ -14,6 +14,7 @@ import type { ResponsesMock } from './fixtures/responses-mock.js';
 import { startS3rver } from './fixtures/s3rver.js';
 import type { S3rverHandle } from './fixtures/s3rver.js';
 import { homeDirs, homeState, rejection, spawnConfig, startTestSupervisor, tempDir, waitFor } from './helpers.js';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 
 describe('Supervisor end to end with the real codex binary', () => {
@@ -23,9 +24,15 @@ describe('Supervisor end to end with the real codex binary', () => {
     mock = await startResponsesMock({ deltas: ['Hello', ' from', ' the', ' mock.'] });
     s3 = await startS3rver();
   });
+  const dirs: string[] = [];
+  const keep = async (dir: Promise<string>): Promise<string> => {
+    dirs.push(await dir);
+    return dirs[dirs.length - 1] as string;
+  };
   afterAll(async () => {
     await mock?.close();
     await s3?.dispose();
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
   });
 
   it('the default codex binary is the real one from the installed package', () => {
@@ -49,7 +56,7 @@ describe('Supervisor end to end with the real codex binary', () => {
   });
 
   const stores: Array<[string, () => Promise<ObjectStore>]> = [
-    ['FileObjectStore', async () => new FileObjectStore(path.join(await tempDir('cxg-e2e-store-'), 'store'))],
+    ['FileObjectStore', async () => new FileObjectStore(path.join(await keep(tempDir('cxg-e2e-store-')), 'store'))],
     [
       'S3ObjectStore (s3rver)',
       () => Promise.resolve(new S3ObjectStore({ bucket: s3.bucket, prefix: 'e2e/homes', endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: s3.credentials })),

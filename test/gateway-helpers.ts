@@ -29,30 +29,37 @@ export async function startTestGateway(patch: Partial<GatewayOptions> = {}, sup:
   const homeRoot = path.join(root, 'homes');
   const storeDir = path.join(root, 'store');
   const childEnv = new Map<string, string[]>();
-  const gw = await Gateway.start({
-    supervisor: {
-      codexBin: fakeCodexBin(),
-      homeRoot,
-      store: new FileObjectStore(storeDir),
-      shards: 2,
-      stopGraceMs: 2000,
-      // Generous: a loaded two-core CI machine starts node slowly.
-      readyTimeoutMs: 15_000,
-      configBuilder: (_tok, { workspaceId }): SpawnConfig => {
-        const cfg = spawnConfig();
-        cfg.env = [...(cfg.env ?? []), ...(childEnv.get(workspaceId) ?? [])];
-        return cfg;
+  let gw: Gateway;
+  try {
+    gw = await Gateway.start({
+      supervisor: {
+        codexBin: fakeCodexBin(),
+        homeRoot,
+        store: new FileObjectStore(storeDir),
+        shards: 2,
+        stopGraceMs: 2000,
+        // Generous: a loaded two-core CI machine starts node slowly.
+        readyTimeoutMs: 15_000,
+        configBuilder: (_tok, { workspaceId }): SpawnConfig => {
+          const cfg = spawnConfig();
+          cfg.env = [...(cfg.env ?? []), ...(childEnv.get(workspaceId) ?? [])];
+          return cfg;
+        },
+        ...sup,
       },
-      ...sup,
-    },
-    auth: new JwtAuthenticator({ secret: JWT_SECRET }),
-    listen: { host: '127.0.0.1', port: 0 },
-    internal: { host: '127.0.0.1', port: 0 },
-    limits: { ...DEFAULT_FRONT_LIMITS, maxFrameBytes: 64 * 1024 * 1024 },
-    shutdownBudgetMs: 20_000,
-    log: quietLogger,
-    ...patch,
-  });
+      auth: new JwtAuthenticator({ secret: JWT_SECRET }),
+      listen: { host: '127.0.0.1', port: 0 },
+      internal: { host: '127.0.0.1', port: 0 },
+      limits: { ...DEFAULT_FRONT_LIMITS, maxFrameBytes: 64 * 1024 * 1024 },
+      shutdownBudgetMs: 20_000,
+      log: quietLogger,
+      ...patch,
+    });
+  } catch (err) {
+    // A gateway that does not start leaves nothing to close but its directory.
+    await rm(root, { recursive: true, force: true });
+    throw err;
+  }
   return {
     gw,
     url: gw.url,
@@ -110,9 +117,13 @@ export function collect(ws: WebSocket): Array<{ data: Buffer; binary: boolean }>
   return out;
 }
 
-/** One JSON-RPC request over a raw socket. */
+/** One JSON-RPC request over a raw socket; fails, with the close code and reason, when the socket closes first. */
 export function rpc<T>(ws: WebSocket, method: string, params: unknown = {}, id = Math.floor(Math.random() * 1e9)): Promise<T> {
   return new Promise((resolve, reject) => {
+    const done = (): void => {
+      ws.off('message', onMessage);
+      ws.off('close', onClose);
+    };
     const onMessage = (data: Buffer, binary: boolean): void => {
       if (binary) return;
       let msg: { id?: number; result?: T; error?: { message: string } };
@@ -122,11 +133,20 @@ export function rpc<T>(ws: WebSocket, method: string, params: unknown = {}, id =
         return;
       }
       if (msg.id !== id) return;
-      ws.off('message', onMessage);
+      done();
       if (msg.error !== undefined) reject(new Error(msg.error.message));
       else resolve(msg.result as T);
     };
+    const onClose = (code: number, reason: Buffer): void => {
+      done();
+      reject(new Error(`${method}: the connection closed with ${code} ${JSON.stringify(reason.toString())} before the answer`));
+    };
+    if (ws.readyState !== ws.OPEN) {
+      reject(new Error(`${method}: the connection is not open (readyState ${ws.readyState})`));
+      return;
+    }
     ws.on('message', onMessage);
+    ws.once('close', onClose);
     ws.send(JSON.stringify({ id, method, params }));
   });
 }

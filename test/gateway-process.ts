@@ -8,6 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { descendantsOf, killGroups } from './faults/markers.js';
 
 export const BIN = fileURLToPath(new URL('../bin/codex-app-gateway.mjs', import.meta.url));
 
@@ -26,6 +27,11 @@ export interface GatewayProcess {
   raw: string[];
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   waitForLog(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  /**
+   * Sends `signal` (SIGTERM by default) and waits for the exit. SIGKILL also
+   * kills the process groups of everything the gateway had started: its
+   * codex children are detached and would outlive it.
+   */
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
@@ -118,7 +124,27 @@ export async function startGatewayProcess(configFile: string, env: NodeJS.Proces
       });
     });
   };
-  const listening = await waitForLog((l) => l.msg === 'gateway listening');
+  const running = (): boolean => proc.exitCode === null && proc.signalCode === null;
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null; signal: NodeJS.Signals | null }> => {
+    if (!running()) return exited;
+    if (signal !== 'SIGKILL') {
+      proc.kill(signal);
+      return exited;
+    }
+    const family = await descendantsOf(proc.pid as number);
+    proc.kill('SIGKILL');
+    const exit = await exited;
+    killGroups(family);
+    return exit;
+  };
+  let listening: LogLine;
+  try {
+    listening = await waitForLog((l) => l.msg === 'gateway listening');
+  } catch (err) {
+    // Never listening: the caller gets no handle to stop it with, so it is stopped here.
+    await stop('SIGKILL');
+    throw err;
+  }
   return {
     proc,
     url: listening.url as string,
@@ -127,9 +153,6 @@ export async function startGatewayProcess(configFile: string, env: NodeJS.Proces
     raw,
     exited,
     waitForLog,
-    async stop(signal: NodeJS.Signals = 'SIGTERM') {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-      return exited;
-    },
+    stop,
   };
 }

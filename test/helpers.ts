@@ -2,21 +2,21 @@
  * Shared set-up for supervisor and gateway tests: temp directories, a
  * Supervisor on the fake or real codex, and process checks.
  */
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
-import os from 'node:os';
+import { mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { FileObjectStore, Supervisor } from 'codex-app-gateway';
 import type { ConfigBuilder, ObjectStore, SpawnConfig, StoreSpec, SupervisorOptions } from 'codex-app-gateway';
 import { fakeCodexBin } from './fixtures/codex-home.js';
+import { testTempRoot } from './temp-root.js';
 
 export const quietLogger = pino({ level: process.env.CXG_TEST_LOG_LEVEL ?? 'silent' });
 
 export async function tempDir(prefix = 'cxg-test-'): Promise<string> {
-  // Not under /tmp: codex refuses to create its helper links under a temp dir.
-  const base = path.join(os.homedir(), '.cache', 'cxg-tests');
-  await import('node:fs/promises').then((fs) => fs.mkdir(base, { recursive: true }));
+  // The run's own directory (test/temp-root.ts): the leak check at the end finds whatever is left in it.
+  const base = testTempRoot();
+  await mkdir(base, { recursive: true });
   return mkdtemp(path.join(base, prefix));
 }
 

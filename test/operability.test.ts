@@ -2,6 +2,7 @@
  * What an operator sees: /metrics after a real session, the admin API, the
  * drain command with its progress, and the logs.
  */
+import { rm } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
@@ -166,23 +167,26 @@ describe('admin API off', () => {
 describe('drain with progress', () => {
   it('POST /admin/drain streams one line per stopped workspace and ends with the totals', async () => {
     const t = await startTestGateway({ adminToken: ADMIN });
-    const sockets = [];
-    for (const id of ['drain-a', 'drain-b', 'drain-c']) {
-      const ws = await openWs(t.url, await t.token(id));
-      await rpc(ws, 'fake/info');
-      sockets.push(ws);
+    try {
+      const sockets = [];
+      for (const id of ['drain-a', 'drain-b', 'drain-c']) {
+        const ws = await openWs(t.url, await t.token(id));
+        await rpc(ws, 'fake/info');
+        sockets.push(ws);
+      }
+      const r = await fetch(`${t.internalUrl}/admin/drain`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` } });
+      expect(r.status).toBe(200);
+      expect(r.headers.get('content-type')).toBe('application/x-ndjson');
+      const lines = (await r.text()).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(lines[0]).toMatchObject({ event: 'start', total: 3 });
+      const progress = lines.filter((l) => l.event === 'progress');
+      expect(progress.map((p) => p.saved)).toEqual([1, 2, 3]);
+      expect(new Set(progress.map((p) => p.workspace_id))).toEqual(new Set(['drain-a', 'drain-b', 'drain-c']));
+      expect(lines.at(-1)).toMatchObject({ event: 'done', saved: 3, unsaved: 0, timed_out: false });
+      expect((await t.gw.drained)?.saved).toBe(3);
+    } finally {
+      await t.close();
     }
-    const r = await fetch(`${t.internalUrl}/admin/drain`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` } });
-    expect(r.status).toBe(200);
-    expect(r.headers.get('content-type')).toBe('application/x-ndjson');
-    const lines = (await r.text()).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-    expect(lines[0]).toMatchObject({ event: 'start', total: 3 });
-    const progress = lines.filter((l) => l.event === 'progress');
-    expect(progress.map((p) => p.saved)).toEqual([1, 2, 3]);
-    expect(new Set(progress.map((p) => p.workspace_id))).toEqual(new Set(['drain-a', 'drain-b', 'drain-c']));
-    expect(lines.at(-1)).toMatchObject({ event: 'done', saved: 3, unsaved: 0, timed_out: false });
-    expect((await t.gw.drained)?.saved).toBe(3);
-    await t.close();
   });
 
   it('codex-app-gateway drain follows a real gateway process to the end and exits 0', async () => {
@@ -204,6 +208,7 @@ describe('drain with progress', () => {
       expect((await gw.exited).code).toBe(0);
     } finally {
       await gw.stop('SIGKILL');
+      await rm(dir, { recursive: true, force: true });
     }
   });
 
@@ -248,6 +253,7 @@ describe('logs', () => {
       ws.close();
     } finally {
       await gw.stop('SIGTERM');
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

@@ -8,12 +8,13 @@ import { GatewayError } from '../src/shared/errors.js';
 import { describeSettings, ensureJwtSecret, envName, loadSettings, SETTINGS, settingsHelp, storeSpecFromSettings } from '../src/main/settings.js';
 import type { Settings } from '../src/main/settings.js';
 import { formatDuration, formatSize, parseDuration, parseSize } from '../src/main/units.js';
+import { testTempRoot } from './temp-root.js';
 
 let dir: string;
 
 beforeEach(async () => {
   // Not /tmp: the project's tests keep scratch space under the user's cache.
-  const base = path.join(os.homedir(), '.cache', 'cxg-tests');
+  const base = testTempRoot();
   await mkdir(base, { recursive: true });
   dir = await mkdtemp(path.join(base, 'settings-'));
 });

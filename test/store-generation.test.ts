@@ -4,6 +4,7 @@
  * older than what is stored) from one with unsaved work.
  */
 import { Readable } from 'node:stream';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileObjectStore } from '../src/shared/stores/file-store.js';
@@ -18,12 +19,18 @@ describe('stored generation', () => {
   beforeAll(async () => {
     s3 = await startS3rver();
   });
+  const dirs: string[] = [];
+  const keep = async (dir: Promise<string>): Promise<string> => {
+    dirs.push(await dir);
+    return dirs[dirs.length - 1] as string;
+  };
   afterAll(async () => {
     await s3?.dispose();
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
   });
 
   const stores: Array<[string, () => Promise<ObjectStore>]> = [
-    ['file', async () => new FileObjectStore(path.join(await tempDir('cxg-gen-'), 'store'))],
+    ['file', async () => new FileObjectStore(path.join(await keep(tempDir('cxg-gen-')), 'store'))],
     ['s3', () => Promise.resolve(new S3ObjectStore({ bucket: s3.bucket, prefix: 'gen', endpoint: s3.endpoint, forcePathStyle: true, credentials: s3.credentials }))],
   ];
 

@@ -15,7 +15,7 @@
  */
 import type { Logger } from 'pino';
 import { CloseCode } from '../shared/close-codes.js';
-import { toGatewayError } from '../shared/errors.js';
+import { GatewayError, toGatewayError } from '../shared/errors.js';
 import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, ackPayload, decodeText, readAck, readBatch } from '../shared/frames.js';
 import type { Authenticator } from './auth.js';
 import { bearerToken } from './auth.js';
@@ -34,6 +34,12 @@ export interface FrontLimits {
   clientMaxBufferedBytes: number;
   slowClientTimeoutMs: number;
   maxUnackedToShardBytes: number;
+  /**
+   * Seconds without a frame before uWS closes a client; it pings the client
+   * before that, so only a peer that stopped answering reaches it. 0 or
+   * 8..960 (uWS aborts the process on anything else). Default 120.
+   */
+  idleTimeoutSeconds?: number;
 }
 
 export const DEFAULT_FRONT_LIMITS: Omit<FrontLimits, 'maxFrameBytes'> = {
@@ -134,6 +140,11 @@ export class Front {
   }
 
   static async start(o: FrontOptions): Promise<Front> {
+    const idleTimeout = o.limits.idleTimeoutSeconds ?? 120;
+    // uWS calls std::terminate on any other value: refuse it here, loudly and catchably.
+    if (!Number.isInteger(idleTimeout) || (idleTimeout !== 0 && (idleTimeout < 8 || idleTimeout > 960))) {
+      throw new GatewayError('GW_BAD_OPTIONS', `limits.idleTimeoutSeconds must be 0 or an integer from 8 to 960, got ${String(idleTimeout)}`);
+    }
     const u = uws();
     const app = u.App();
     const front = new Front(o, app);
@@ -146,7 +157,7 @@ export class Front {
       // uWS itself must never drop a frame: its limit sits above ours, which closes with 1008 first.
       maxBackpressure: o.limits.clientMaxBufferedBytes + o.limits.maxFrameBytes + 1024 * 1024,
       closeOnBackpressureLimit: 1,
-      idleTimeout: 120,
+      idleTimeout,
       sendPingsAutomatically: true,
       upgrade: (res: HttpResponse, req: HttpRequest, ctx: SocketContext) => front.upgrade(res, req, ctx),
       open: (ws: Client) => front.opened(ws),

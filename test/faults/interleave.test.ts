@@ -15,7 +15,7 @@ import type { ChildHandle } from 'codex-app-gateway';
 import { countingBuilder, homeDirs, startTestSupervisor, tempDir } from '../helpers.js';
 import type { TestSupervisor } from '../helpers.js';
 import { writeLightCodex } from './light-codex.js';
-import { isRunning, killGroups, killLeftovers, MarkerLog, processesPerWorkspace, recordLost } from './markers.js';
+import { countLosses, isRunning, killGroups, killLeftovers, MarkerLog, processesPerWorkspace } from './markers.js';
 
 const KEYS = 8;
 const ITERATIONS_PER_KEY = 125;
@@ -37,7 +37,8 @@ describe('fault: shutdown and ensure interleaved', () => {
     if (binDir !== undefined) await rm(binDir, { recursive: true, force: true });
   });
 
-  it(`scenario 4: shutdown and ensure interleaved, ${KEYS * ITERATIONS_PER_KEY} iterations over ${KEYS} keys; every generation's marker survives, never two live children for one key`, async ({ task }) => {
+  it(`scenario 4: shutdown and ensure interleaved, ${KEYS * ITERATIONS_PER_KEY} iterations over ${KEYS} keys; every generation's marker survives, never two live children for one key`, async (ctx) => {
+    const losses = countLosses(ctx);
     const ledger = new MarkerLog();
     const violations: string[] = [];
     const keys = Array.from({ length: KEYS }, (_, i) => `interleave-${i}`);
@@ -58,6 +59,17 @@ describe('fault: shutdown and ensure interleaved', () => {
     })();
 
     const finals = new Map<string, ChildHandle>();
+    // Per key, the lines its last child's home lacks; a key whose run broke is asked for its child now.
+    losses.countWith(async () => {
+      let lost = 0;
+      for (const key of keys) {
+        const home = finals.get(key)?.codexHome ?? (await t.sup.ensureSubprocess({ workspaceId: key }, build)).codexHome;
+        const missing = await ledger.missing(key, home);
+        lost += missing.length;
+        if (missing.length > 0) console.warn(`scenario 4: ${key} lost ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ' …' : ''}`);
+      }
+      return lost;
+    });
     const runKey = async (key: string): Promise<void> => {
       let h = await t.sup.ensureSubprocess({ workspaceId: key }, build);
       for (let i = 0; i < ITERATIONS_PER_KEY; i++) {
@@ -85,26 +97,21 @@ describe('fault: shutdown and ensure interleaved', () => {
       finals.set(key, h);
     };
 
+    let runs: Array<PromiseSettledResult<void>>;
     try {
-      await Promise.all(keys.map(runKey));
+      // Settled, not all: a key whose run breaks must not leave the others running under the count.
+      runs = await Promise.allSettled(keys.map(runKey));
     } finally {
       watching = false;
       await watcher;
     }
-
-    let lost = 0;
-    for (const key of keys) {
-      const missing = await ledger.missing(key, (finals.get(key) as ChildHandle).codexHome);
-      lost += missing.length;
-      if (missing.length > 0) violations.push(`${key}: lost ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ' …' : ''}`);
-    }
-    recordLost(task, lost);
+    const broken = runs.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (broken !== undefined) throw broken.reason;
     const ms = Date.now() - t0;
     console.log(`scenario 4: ${KEYS * ITERATIONS_PER_KEY} iterations, ${build.calls.length} spawns, ${ledger.count} markers, ${samples} /proc samples in ${ms} ms`);
 
     expect(violations).toEqual([]);
     expect(ledger.count).toBe(KEYS * ITERATIONS_PER_KEY);
     expect(build.calls).toHaveLength(KEYS * (ITERATIONS_PER_KEY + 1));
-    expect(lost).toBe(0);
-  }, 180_000);
+  }, 480_000); // 171-193 s measured on a two-core machine shared with other test runs
 });

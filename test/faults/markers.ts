@@ -14,6 +14,8 @@ declare module 'vitest' {
   interface TaskMeta {
     /** Markers a fault scenario wrote that did not survive (the summary line adds them up). */
     lost?: number;
+    /** Why a fault scenario has no `lost` figure (the summary names it instead of adding 0). */
+    uncounted?: string;
   }
 }
 
@@ -112,6 +114,80 @@ export class MarkerLog {
 /** Puts the scenario's lost-marker count where the summary reporter reads it. */
 export function recordLost(task: { meta: TaskMeta }, lost: number): void {
   task.meta.lost = lost;
+  delete task.meta.uncounted;
+}
+
+/** A fault scenario's loss count, taken however the scenario ends (see `countLosses`). */
+export interface Losses {
+  /**
+   * Names how to count what the scenario lost, as soon as it has written
+   * something it could lose; a later call replaces an earlier one (the count
+   * grows with the scenario). The counter runs once, after the test.
+   */
+  countWith(counter: () => Promise<number>): void;
+  /**
+   * Counts now, for a scenario whose own cleanup (in its `finally`) removes
+   * what there is to count; never throws. The test's end then reports this
+   * count instead of counting again.
+   */
+  settle(): Promise<void>;
+}
+
+function firstLine(err: unknown): string {
+  const text = err instanceof Error ? err.message : String(err);
+  return text.split('\n')[0] ?? text;
+}
+
+/** The parts of a vitest test context that `countLosses` uses. */
+interface CountingContext {
+  task: { meta: TaskMeta; result?: { state?: string; errors?: ReadonlyArray<{ message?: string }> } };
+  onTestFinished(fn: () => Promise<void>, timeout?: number): void;
+}
+
+/**
+ * Counts a fault scenario's losses however it ends. Call it first thing in
+ * the test; the counter the scenario names with `countWith` runs when the
+ * test has finished (`onTestFinished`), passed or failed, so a scenario that
+ * breaks at its first check still reports what it lost. A scenario that
+ * ends before naming a counter, or whose counter fails or hangs, is
+ * recorded as uncounted with the reason, never as 0. Something lost fails
+ * the test.
+ */
+export function countLosses(ctx: CountingContext, countWithinMs = 45_000): Losses {
+  let counter: (() => Promise<number>) | undefined;
+  let counted: { lost: number } | { err: unknown } | undefined;
+  const count = async (fn: () => Promise<number>): Promise<void> => {
+    try {
+      counted = { lost: await withDeadline(fn(), countWithinMs, () => 'counting the losses') };
+    } catch (err) {
+      counted = { err };
+    }
+  };
+  delete ctx.task.meta.lost;
+  ctx.task.meta.uncounted = 'the scenario never finished';
+  ctx.onTestFinished(async () => {
+    const failed = ctx.task.result?.state === 'fail';
+    if (counter === undefined) {
+      const why = ctx.task.result?.errors?.[0]?.message;
+      ctx.task.meta.uncounted = failed ? `failed before it had written anything to count: ${firstLine(why ?? 'unknown error')}` : 'the scenario named nothing to count';
+      if (!failed) throw new Error('a fault scenario names its counter (losses.countWith)');
+      return;
+    }
+    if (counted === undefined) await count(counter);
+    if (counted === undefined || 'err' in counted) {
+      const err = counted?.err;
+      ctx.task.meta.uncounted = `its count failed: ${firstLine(err)}`;
+      throw new Error(`could not count the losses: ${firstLine(err)}`, { cause: err });
+    }
+    recordLost(ctx.task, counted.lost);
+    if (counted.lost > 0) throw new Error(`the scenario lost ${counted.lost} of what it wrote`);
+  }, countWithinMs + 5_000);
+  return {
+    countWith: (fn) => void (counter = fn),
+    settle: async () => {
+      if (counter !== undefined && counted === undefined) await count(counter);
+    },
+  };
 }
 
 /**

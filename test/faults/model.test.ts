@@ -31,6 +31,12 @@ import { killGroups, killLeftovers, MarkerLedger, processesPerWorkspace, recordL
 
 const KEYS = 3;
 const NUM_RUNS = Number(process.env.CXG_FAULTS_MODEL_RUNS ?? 50);
+/**
+ * A hang stops the property here rather than at the test timeout; it is not
+ * a measure of speed (fewer than NUM_RUNS runs fails the test). On a two-core
+ * machine shared with other test runs, 90 s held only 19 of the 50 runs.
+ */
+const MODEL_TIME_LIMIT_MS = 360_000;
 const MAX_STEPS = 20;
 
 type Op =
@@ -279,12 +285,12 @@ describe('fault: random interleavings against the invariants', () => {
 
     const t0 = Date.now();
     try {
-      await fc.assert(property, { numRuns: NUM_RUNS, ...(process.env.CXG_FAULTS_MODEL_SEED === undefined ? {} : { seed: Number(process.env.CXG_FAULTS_MODEL_SEED) }), plugins: [fc.interruptAfterTimeLimit(90_000)] });
+      await fc.assert(property, { numRuns: NUM_RUNS, ...(process.env.CXG_FAULTS_MODEL_SEED === undefined ? {} : { seed: Number(process.env.CXG_FAULTS_MODEL_SEED) }), plugins: [fc.interruptAfterTimeLimit(MODEL_TIME_LIMIT_MS)] });
     } finally {
       recordLost(task, lost);
       console.log(`scenario 5: ${runs} runs, ${stepsRun} steps, ${written} markers, lost ${lost}, ${Date.now() - t0} ms`);
     }
     expect(runs).toBeGreaterThanOrEqual(NUM_RUNS);
     expect(lost).toBe(0);
-  }, 150_000);
+  }, MODEL_TIME_LIMIT_MS + 60_000);
 });

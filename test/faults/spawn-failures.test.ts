@@ -17,7 +17,7 @@ import { closeOf, openWs, startTestGateway } from '../gateway-helpers.js';
 import type { TestGateway } from '../gateway-helpers.js';
 import { homeState, rejection, spawnConfig, startTestSupervisor, tempDir, waitFor } from '../helpers.js';
 import type { TestSupervisor } from '../helpers.js';
-import { descendantsOf, killGroups, killLeftovers, processesUnder, recordLost } from './markers.js';
+import { countLosses, descendantsOf, killGroups, killLeftovers, processesUnder } from './markers.js';
 
 /** Ready timeout of the supervisors whose starts fail; healthy starts get the generous default. */
 const READY_TIMEOUT_MS = 5000;
@@ -108,10 +108,12 @@ describe('fault: codex that cannot start', () => {
   });
 
   for (const { what, code, mode } of CASES) {
-    it(`scenario 8: ${what} → ${code}, no process and no unsaved home left, stored state intact (Supervisor API)`, async ({ task }) => {
+    it(`scenario 8: ${what} → ${code}, no process or directory left, stored state intact (Supervisor API)`, async (ctx) => {
+      const losses = countLosses(ctx);
       const failing = mode === 'missing-binary' ? missing : t;
       const id = `spawnfail-${mode}`;
       await seed(healthy.sup, id);
+      losses.countWith(() => lostAfter(healthy.sup, id));
       const cfg = spawnConfig();
       cfg.env = [...(cfg.env ?? []), `FAKE_CODEX_MODE=${mode}`];
       const watching = watchHomes(failing.homeRoot, seen);
@@ -129,10 +131,6 @@ describe('fault: codex that cannot start', () => {
       await waitFor(async () => (await homeState(failing.homeRoot, id))?.stored ?? true, 10_000, `${id}'s home to be stored or gone`);
       await waitFor(async () => (await leftovers(baseline)).length === 0, 5000, 'no process of the test process left');
       expect(await processesUnder(failing.homeRoot)).toEqual([]);
-
-      const lost = await lostAfter(healthy.sup, id);
-      recordLost(task, lost);
-      expect(lost).toBe(0);
     }, 30_000);
   }
 
@@ -149,9 +147,11 @@ describe('fault: codex that cannot start', () => {
     });
 
     for (const { what, code, mode } of CASES.filter((c) => c.mode !== 'missing-binary')) {
-      it(`scenario 8: ${what} → the client is closed with 1011 naming ${code}; the gateway stays up`, async ({ task }) => {
+      it(`scenario 8: ${what} → the client is closed with 1011 naming ${code}; the gateway stays up`, async (ctx) => {
+        const losses = countLosses(ctx);
         const id = `gw-spawnfail-${mode}`;
         await seed(gwHealthy.sup, id);
+        losses.countWith(() => lostAfter(gwHealthy.sup, id));
         g.childEnv.set(id, [`FAKE_CODEX_MODE=${mode}`]);
         const watching = watchHomes(g.homeRoot, seen);
         const ws = await openWs(g.url, await g.token(id));
@@ -165,10 +165,6 @@ describe('fault: codex that cannot start', () => {
         await waitFor(async () => (await homeState(g.homeRoot, id))?.stored ?? true, 10_000, `${id}'s home to be stored or gone`);
         await waitFor(async () => (await leftovers(baseline)).length === 0, 5000, 'no process of the test process left');
         expect(await processesUnder(g.homeRoot)).toEqual([]);
-
-        const lost = await lostAfter(gwHealthy.sup, id);
-        recordLost(task, lost);
-        expect(lost).toBe(0);
       }, 30_000);
     }
   });

@@ -1,14 +1,18 @@
 /**
  * Prints the fault-injection suite's last line:
  *
- *     faults: <N> scenarios, <P> passed, lost <L>
+ *     faults: <N> scenarios, <P> passed, lost <L>[, <U> not counted]
  *
  * Only tests under test/faults count, so the reporter also works when the
  * whole suite runs. Tests are grouped by the `scenario N:` that starts their
  * name: a scenario passed when every one of its tests that ran passed (and
  * at least one ran). `lost` adds up the markers each scenario recorded as
- * not surviving (task meta `lost`). A fault file that failed to load counts
- * as one failed scenario.
+ * not surviving (task meta `lost`). A test that ran without a count (it
+ * broke before it could count, or its count failed: task meta `uncounted`,
+ * or no meta at all) adds nothing to `lost`; it is listed on its own line
+ * above the summary with its reason, and the summary says how many, so a
+ * `lost 0` never hides a scenario that could not count. A fault file that
+ * failed to load counts as one failed scenario.
  */
 import path from 'node:path';
 import type { Reporter, TestModule } from 'vitest/node';
@@ -20,6 +24,8 @@ export interface FaultSummary {
   scenarios: number;
   passed: number;
   lost: number;
+  /** Tests that ran but have no loss count, with the reason. */
+  uncounted: Array<{ test: string; why: string }>;
 }
 
 function isFaultModule(m: TestModule): boolean {
@@ -40,6 +46,7 @@ export function summarize(testModules: ReadonlyArray<TestModule>): FaultSummary 
     return t;
   };
   let lost = 0;
+  const uncounted: FaultSummary['uncounted'] = [];
   for (const m of testModules.filter(isFaultModule)) {
     const tests = [...m.children.allTests()];
     if (tests.length === 0 || m.errors().length > 0) {
@@ -54,11 +61,13 @@ export function summarize(testModules: ReadonlyArray<TestModule>): FaultSummary 
       if (state === 'skipped') continue;
       s.ran += 1;
       if (state !== 'passed') s.failed += 1;
-      lost += t.meta().lost ?? 0;
+      const meta = t.meta();
+      if (meta.lost !== undefined) lost += meta.lost;
+      else uncounted.push({ test: t.fullName, why: meta.uncounted ?? 'it recorded no count' });
     }
   }
   const passed = [...scenarios.values()].filter((s) => s.ran > 0 && s.failed === 0).length;
-  return { scenarios: scenarios.size, passed, lost };
+  return { scenarios: scenarios.size, passed, lost, uncounted };
 }
 
 export default class FaultSummaryReporter implements Reporter {
@@ -66,6 +75,8 @@ export default class FaultSummaryReporter implements Reporter {
     // A run without any fault file (one unit test, say) has nothing to report.
     if (!testModules.some(isFaultModule)) return;
     const s = summarize(testModules);
-    process.stdout.write(`faults: ${s.scenarios} scenarios, ${s.passed} passed, lost ${s.lost}\n`);
+    for (const u of s.uncounted) process.stdout.write(`faults: not counted: ${u.test}: ${u.why}\n`);
+    const uncounted = s.uncounted.length > 0 ? `, ${s.uncounted.length} not counted` : '';
+    process.stdout.write(`faults: ${s.scenarios} scenarios, ${s.passed} passed, lost ${s.lost}${uncounted}\n`);
   }
 }

@@ -137,7 +137,8 @@ describe('gatewayConfigBuilder with envUrl', () => {
     const { log, lines } = recordingLogger();
     const t0 = Date.now();
     const cfg = await gatewayConfigBuilder({ model: MODEL, envUrl: srv.url, log, env: GATEWAY_ENV, timeoutMs: 300 })('tok', { workspaceId: 'cb-slow' });
-    expect(Date.now() - t0).toBeLessThan(2000);
+    // The endpoint never answers: anything finite is the timeout at work; generous for a loaded machine.
+    expect(Date.now() - t0).toBeLessThan(5000);
     expect(entries(cfg.env).CXG_CHILD_KEY).toBe('static-key');
     expect(lines.some((l) => l.level === 40)).toBe(true);
   });

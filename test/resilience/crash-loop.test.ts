@@ -59,7 +59,8 @@ describe('crash loop (Supervisor, fake codex)', () => {
 
     const t0 = Date.now();
     const err = await rejection(t.sup.ensureSubprocess({ workspaceId: id }, build));
-    expect(Date.now() - t0).toBeLessThan(1000);
+    // Fast: no start is tried (the builder count below); well under the ready timeout a start could take.
+    expect(Date.now() - t0).toBeLessThan(5000);
     expect(err.code).toBe('GW_CRASH_LOOP');
     const retryAfterMs = (err as { details?: { retryAfterMs?: number } }).details?.retryAfterMs as number;
     expect(retryAfterMs).toBeGreaterThan(0);
@@ -150,7 +151,8 @@ describe('crash loop (gateway clients)', () => {
       closes.push(await closeOf(ws));
     }
     // Each of the first `threshold` clients reached a new child that then died.
-    expect(closes.slice(0, -1), JSON.stringify(closes)).toEqual(Array.from({ length: CRASH_LOOP.threshold }, () => ({ code: 1011, reason: expect.stringContaining('exited') as string })));
+    // A child that dies 100 ms after ready can die before the shard's connection to it is up (GW_CHILD_CONNECT) or after.
+    expect(closes.slice(0, -1), JSON.stringify(closes)).toEqual(Array.from({ length: CRASH_LOOP.threshold }, () => ({ code: 1011, reason: expect.stringMatching(/exited|GW_CHILD_CONNECT/) as string })));
     expect(closes.at(-1)?.code).toBe(1013);
     expect(closes.at(-1)?.reason).toContain('GW_CRASH_LOOP');
 
@@ -158,7 +160,7 @@ describe('crash loop (gateway clients)', () => {
     const t0 = Date.now();
     const ws = await openWs(t.url, await t.token(id));
     const c = await closeOf(ws);
-    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(Date.now() - t0).toBeLessThan(5000);
     expect(c).toMatchObject({ code: 1013, reason: expect.stringContaining('GW_CRASH_LOOP') as string });
 
     t.childEnv.delete(id);

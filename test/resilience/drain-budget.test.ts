@@ -87,7 +87,8 @@ describe('drain budget', () => {
 
     const t0 = Date.now();
     const results = await sup.close();
-    expect(Date.now() - t0).toBeLessThan(2000 + 1500);
+    // Never a spool retry (60 s) or more: generous for a loaded machine.
+    expect(Date.now() - t0).toBeLessThan(2000 + 8000);
     expect(results).toEqual([expect.objectContaining({ workspaceId: 'drain-down', stopped: true, saved: false }) as StopResult]);
     expect(processAlive(h.pid)).toBe(false);
     expect(existsSync(h.codexHome)).toBe(true);
@@ -121,7 +122,7 @@ describe('drain budget', () => {
     // At least one upload reached the store and was still hanging when the budget ran out.
     expect(s3.puts()).toBeGreaterThanOrEqual(1);
     // ArchivePool.close still waits for the uploads in flight (see the next test); never much longer.
-    expect(took).toBeLessThan(putDelayMs + 2000);
+    expect(took).toBeLessThan(putDelayMs + 8000);
     expect(results.map((r) => r.workspaceId).sort()).toEqual(ids);
     for (const r of results) {
       expect(r).toMatchObject({ stopped: true, saved: false });
@@ -142,7 +143,7 @@ describe('drain budget', () => {
       expect(await sup2.shutdown({ workspaceId: h.workspaceId })).toMatchObject({ saved: true });
       expect(existsSync(path.join(storeDir, `${h.workspaceId}.tar.gz`))).toBe(true);
     }
-  });
+  }, 90_000);
 
   // Regression: Supervisor.close() used to wait for the archive task still
   // running (piscina close, then its 30 s closeTimeout, then a rejection).
@@ -160,7 +161,8 @@ describe('drain budget', () => {
     const h = await sup.ensureSubprocess({ workspaceId: 'drain-hung' }, countingBuilder());
     const closing = sup.close();
     closing.catch(() => {});
-    const outcome = await Promise.race([closing.then(() => 'closed'), sleep(budget + 2000).then(() => 'still closing')]);
+    // Far below piscina's 30 s closeTimeout, generous for a loaded machine.
+    const outcome = await Promise.race([closing.then(() => 'closed'), sleep(budget + 10_000).then(() => 'still closing')]);
     expect(processAlive(h.pid)).toBe(false);
     expect(existsSync(h.codexHome)).toBe(true);
     expect(outcome).toBe('closed');

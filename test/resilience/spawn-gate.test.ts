@@ -141,7 +141,8 @@ describe('SpawnGate', () => {
     await gate.enter('old');
     const t0 = Date.now();
     await gate.enter('new');
-    expect(Date.now() - t0).toBeLessThan(1000);
+    // Not the 10 s room wait; generous for a loaded machine.
+    expect(Date.now() - t0).toBeLessThan(5000);
   });
 
   it('maxChildren › release is idempotent and keyed by generation', async () => {

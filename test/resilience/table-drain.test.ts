@@ -99,6 +99,9 @@ async function harness(drainBudgetMs: number): Promise<Harness> {
   return h;
 }
 
+/** Past the budget by this much, a close that waits on a never-ending task is taken for a hang. */
+const HANG_SLACK_MS = 5000;
+
 async function timed<T>(p: Promise<T>): Promise<{ value: T; ms: number }> {
   const t0 = Date.now();
   const value = await p;
@@ -107,16 +110,17 @@ async function timed<T>(p: Promise<T>): Promise<{ value: T; ms: number }> {
 
 describe('WorkspaceTable.close (drain budget)', () => {
   it('uploads that never finish › close answers within one budget, not one per wait; homes stay on disk', async () => {
-    const budget = 1000;
+    // Three waits: one budget per wait would take 3 budgets; the bound leaves most of a
+    // second budget for the child stops on a loaded machine and still tells them apart.
+    const budget = 3000;
     const h = await harness(budget);
-    const a = await h.table.ensure('td-a', 0);
-    const b = await h.table.ensure('td-b', 0);
+    const infos = [await h.table.ensure('td-a', 0), await h.table.ensure('td-b', 0), await h.table.ensure('td-c', 0)];
     const { value, ms } = await timed(h.table.close(4));
     expect(ms).toBeGreaterThanOrEqual(budget - 50);
-    expect(ms).toBeLessThan(budget * 1.5);
-    expect(value.map((r) => r.workspaceId).sort()).toEqual(['td-a', 'td-b']);
+    expect(ms).toBeLessThan(budget * 2);
+    expect(value.map((r) => r.workspaceId).sort()).toEqual(['td-a', 'td-b', 'td-c']);
     for (const r of value) expect(r).toMatchObject({ stopped: true, saved: false });
-    for (const info of [a, b]) {
+    for (const info of infos) {
       expect(processAlive(info.pid)).toBe(false);
       expect(existsSync(info.codexHome)).toBe(true);
     }
@@ -129,7 +133,8 @@ describe('WorkspaceTable.close (drain budget)', () => {
     process.kill(a.pid, 'SIGKILL');
     await waitFor(() => h.table.status('td-crash') === null, 5000, 'the crash to be processed');
     const { value, ms } = await timed(h.table.close(4));
-    expect(ms).toBeLessThan(budget * 1.5);
+    // The upload never ends: any wait for it is a hang; the slack covers a loaded machine.
+    expect(ms).toBeLessThan(budget + HANG_SLACK_MS);
     expect(value).toEqual([expect.objectContaining({ workspaceId: 'td-crash', saved: false })]);
     expect(existsSync(a.codexHome)).toBe(true);
   });
@@ -142,7 +147,7 @@ describe('WorkspaceTable.close (drain budget)', () => {
     starting.catch(() => {});
     await waitFor(() => h.table.status('td-download') !== null, 5000, 'the start to begin');
     const { value, ms } = await timed(h.table.close(4));
-    expect(ms).toBeLessThan(budget * 1.5);
+    expect(ms).toBeLessThan(budget + HANG_SLACK_MS);
     expect(value).toEqual([expect.objectContaining({ workspaceId: 'td-download', saved: false })]);
   });
 
