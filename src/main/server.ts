@@ -1,8 +1,11 @@
 /**
  * `codex-app-gateway serve`: a Gateway built from settings, with signal
- * handling. SIGTERM or SIGINT drains (stop accepting, close clients with
- * 1001, stop every child and upload every home) and exits 0 within
- * shutdown.budget; a second signal exits at once.
+ * handling. SIGTERM, SIGINT or SIGHUP drains (stop accepting, close clients
+ * with 1001, stop every child and upload every home) and exits 0 within
+ * shutdown.budget; a second signal exits at once. SIGHUP is a drain too:
+ * closing the terminal a gateway runs in sends it, and Node's default for it
+ * ends the process on the spot, leaving every child running and every home
+ * unstored.
  */
 import os from 'node:os';
 import type { Logger } from 'pino';
@@ -104,6 +107,9 @@ export async function checkSettingsWithCodex(settings: Settings, log: Logger): P
   await checkCodexAcceptsConfig(settings.codex.bin ?? defaultCodexBin(), renderCodexConfig(sample.config, token));
 }
 
+/** Signals that start a drain; a second one of any of them exits at once. */
+export const DRAIN_SIGNALS: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+
 /** Runs until a signal drains the gateway; resolves with the exit code. Throws GW_SETTINGS for settings codex refuses. */
 export async function serve(settings: Settings): Promise<number> {
   const log = createLogger(settings);
@@ -134,8 +140,7 @@ export async function serve(settings: Settings): Promise<number> {
     log.info({ signal, budgetMs: settings.shutdown.budgetMs }, 'draining');
     void started.drain();
   };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  for (const signal of DRAIN_SIGNALS) process.on(signal, onSignal);
   try {
     const report = await drained;
     log.info({ saved: report.saved, unsaved: report.unsaved.length, timedOut: report.timedOut }, 'gateway stopped');
@@ -144,8 +149,7 @@ export async function serve(settings: Settings): Promise<number> {
     log.error({ err: toGatewayError(err).describe() }, 'drain failed');
     return 1;
   } finally {
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
+    for (const signal of DRAIN_SIGNALS) process.off(signal, onSignal);
     flushLogger(log);
   }
 }
