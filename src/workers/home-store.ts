@@ -93,8 +93,10 @@ export class HomeStore {
     });
     const home = new Home(workspaceId, generation, dir, 'fresh');
     if (!outcome.ok) {
-      await deleteHome(home);
-      throw deserializeError(outcome.error);
+      // The download's code is the answer; a cleanup that fails too is only logged.
+      const failure = deserializeError(outcome.error);
+      await deleteHome(home).catch((err: unknown) => this.log.error({ workspaceId, dir, err: toGatewayError(err).describe() }, 'could not remove the home of a failed download'));
+      throw failure;
     }
     const r = outcome.value as UnpackResult;
     return r.found ? new Home(workspaceId, generation, dir, 'store') : home;

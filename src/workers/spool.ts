@@ -8,6 +8,7 @@
  * its key and then claims the spooled directory, so a second one never forms.
  */
 import type { Logger } from 'pino';
+import { toGatewayError } from '../shared/errors.js';
 import type { SpoolStatus } from '../shared/protocol.js';
 import { dirBytes } from './home.js';
 import type { Home } from './home.js';
@@ -136,7 +137,8 @@ export class Spool {
         this.o.logger.info({ workspaceId: e.home.workspaceId, dir: e.home.dir, attempts: e.attempts + 1 }, 'spooled home uploaded');
       } catch (err) {
         e.attempts += 1;
-        e.lastError = err instanceof Error ? err.message : String(err);
+        // With its code: `last_error` in the admin API says what kind of failure it is.
+        e.lastError = toGatewayError(err, 'GW_STORE_UPLOAD').describe();
         this.o.logger.warn({ workspaceId: e.home.workspaceId, attempts: e.attempts, err: e.lastError }, 'spool retry failed');
         this.schedule(e);
       } finally {
