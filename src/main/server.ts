@@ -127,8 +127,24 @@ export async function serve(settings: Settings): Promise<number> {
   const started = gw;
   log.info({ url: started.url, internalUrl: `http://${settings.internal.host}:${started.internal.port}`, shards: started.sup.shardCount, homeRoot: settings.homes.root, store: settings.store.url }, 'gateway listening');
 
-  // A drain starts from a signal or from POST /admin/drain; either way the process exits after it.
-  const drained = new Promise<DrainReport>((resolve) => started.once('drain-start', () => resolve(started.drain())));
+  // A drain starts from a signal or from POST /admin/drain; either way the process exits after it,
+  // within shutdown.budget: the drain gives up waiting by then, and should anything still hold the
+  // process (a thread stuck in a native call), it exits anyway. Children die with it (parent-death
+  // signal); homes not stored stay on disk for the next start.
+  let backstop: NodeJS.Timeout | undefined;
+  let begun = 0;
+  const drained = new Promise<DrainReport>((resolve) =>
+    started.once('drain-begin', () => {
+      begun = Date.now();
+      backstop = setTimeout(() => {
+        log.error({ budgetMs: settings.shutdown.budgetMs }, 'shutdown.budget exhausted: exiting now; homes not stored stay on disk for the next start');
+        flushLogger(log);
+        process.exit(1);
+      }, settings.shutdown.budgetMs);
+      backstop.unref();
+      resolve(started.drain());
+    }),
+  );
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
     signals++;
@@ -144,6 +160,10 @@ export async function serve(settings: Settings): Promise<number> {
   try {
     const report = await drained;
     log.info({ saved: report.saved, unsaved: report.unsaved.length, timedOut: report.timedOut }, 'gateway stopped');
+    // Once stopped, nothing may keep the process past its budget (an upload's socket, a timer):
+    // a moment for stdout to flush, then exit with the code the caller set.
+    clearTimeout(backstop);
+    setTimeout(() => process.exit(), Math.max(0, Math.min(1000, begun + settings.shutdown.budgetMs - 500 - Date.now()))).unref();
     return 0;
   } catch (err) {
     log.error({ err: toGatewayError(err).describe() }, 'drain failed');

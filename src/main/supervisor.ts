@@ -44,6 +44,15 @@ interface ShardRef {
   gated: Set<string>;
 }
 
+/**
+ * Calls that only read or flag a shard's state answer at once from a healthy
+ * shard; one that does not answer within this is stuck, and the caller (a
+ * metrics scrape, a loopback lookup, an upgrade waiting for a slot) gets
+ * GW_SHARD_FAILED instead of waiting forever. Calls that do work (ensure,
+ * shutdown, reapIdle, close) carry their own time limits.
+ */
+const QUERY_DEADLINE = { timeoutMs: 10_000 } as const;
+
 /** A shard that dies this many times within RESTART_WINDOW_MS stays down (the gateway turns unhealthy). */
 const MAX_RESTARTS = 5;
 const RESTART_WINDOW_MS = 60_000;
@@ -342,18 +351,19 @@ export class Supervisor extends EventEmitter {
   /** The workspace whose live child holds this loopback token. Asks every shard at once. */
   async lookupWorkspaceForLoopbackToken(token: string): Promise<string | undefined> {
     if (typeof token !== 'string' || token.length === 0 || token.length > 256) return undefined;
-    const answers = await Promise.all(this.liveShards().map((s) => s.rpc.call('lookup', { token })));
+    const answers = await Promise.all(this.liveShards().map((s) => s.rpc.call('lookup', { token }, QUERY_DEADLINE)));
     return answers.find((a) => a !== null) ?? undefined;
   }
 
   /** Live status of one workspace, or undefined when it has no child. */
   async workspaceStatus(key: WorkspaceKey): Promise<WorkspaceStatus | undefined> {
     const workspaceId = validateWorkspaceId(key?.workspaceId);
-    return (await this.shard(workspaceId).rpc.call('status', { workspaceId })) ?? undefined;
+    return (await this.shard(workspaceId).rpc.call('status', { workspaceId }, QUERY_DEADLINE)) ?? undefined;
   }
 
-  async stats(): Promise<ShardStats[]> {
-    return Promise.all(this.liveShards().map((s) => s.rpc.call('stats', {})));
+  /** Every live shard's statistics; a shard that does not answer within `timeoutMs` (default 10 s) fails it with GW_SHARD_FAILED. */
+  async stats(o: { timeoutMs?: number } = {}): Promise<ShardStats[]> {
+    return Promise.all(this.liveShards().map((s) => s.rpc.call('stats', {}, { timeoutMs: o.timeoutMs ?? QUERY_DEADLINE.timeoutMs })));
   }
 
   /** Stops children idle beyond the limits (see IdleReaper). */
@@ -366,10 +376,10 @@ export class Supervisor extends EventEmitter {
   /** Starts stopping the least recently active idle child over all shards. */
   private async evictOne(): Promise<boolean> {
     for (let attempt = 0; attempt < 3; attempt++) {
-      const candidates = await Promise.all(this.liveShards().map(async (s) => ({ s, c: await s.rpc.call('evictCandidate', {}) })));
+      const candidates = await Promise.all(this.liveShards().map(async (s) => ({ s, c: await s.rpc.call('evictCandidate', {}, QUERY_DEADLINE) })));
       const best = candidates.filter((x) => x.c !== null).sort((a, b) => (a.c?.lastActivity ?? 0) - (b.c?.lastActivity ?? 0))[0];
       if (best?.c == null) return false;
-      if (await best.s.rpc.call('evict', best.c)) return true;
+      if (await best.s.rpc.call('evict', best.c, QUERY_DEADLINE)) return true;
     }
     return false;
   }

@@ -32,6 +32,7 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
         shard: init.shard,
         workspaces: table.statuses(),
         spool: table.homes.spool.status(),
+        busy: table.busyWorkspaces(),
         connections: proxy.connectionCount,
         eventLoopDelayP99Ms: loopDelay.percentile(99) / 1e6,
       };
