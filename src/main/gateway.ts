@@ -232,9 +232,12 @@ export class Gateway extends EventEmitter {
       await within(this.sup.destroy().catch(() => {}), Math.max(100, t0 + budgetMs - Date.now() - 1000));
     }
     const results = outcome === TIMED_OUT ? [] : outcome;
+    const spooled = new Set(stats.flatMap((s) => s.spool.map((sp) => sp.workspaceId)));
     for (const r of results) {
       if (r.saved) this.savedDuringDrain.add(r.workspaceId);
       else if (r.stopped) known.set(r.workspaceId, { ...(r.error === undefined ? {} : { error: r.error }), ...(r.spooledDir === undefined ? {} : { spooledDir: r.spooledDir }) });
+      // Nothing was running and no stop reported a home (a start that failed and left nothing to keep).
+      else if (!this.unsavedDuringDrain.has(r.workspaceId) && !spooled.has(r.workspaceId)) known.delete(r.workspaceId);
     }
     for (const id of this.unsavedDuringDrain) if (!known.has(id)) known.set(id, {});
     const unsaved: StopResult[] = [...known]
