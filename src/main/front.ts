@@ -96,7 +96,7 @@ export class Front {
   private readonly behind = new Set<Client>();
   private readonly toShard: FrameBatcher[];
   private readonly acks: AckTally[];
-  /** Shards given up after dying again and again: their workspaces get 503. */
+  /** Shards without a live worker (dead, not yet replaced, or given up): their workspaces get 503. */
   private readonly downShards = new Set<number>();
   private nextId = 1;
   private listenSocket: ListenSocket | undefined;
@@ -112,8 +112,8 @@ export class Front {
     const sup = o.sup;
     this.acks = Array.from({ length: sup.shardCount }, () => new AckTally());
     this.toShard = Array.from({ length: sup.shardCount }, (_, i) => this.bind(i));
-    sup.on('shard-restarted', (i: number) => this.shardLost(i, true));
-    sup.on('shard-down', (i: number) => this.shardLost(i, false));
+    sup.on('shard-died', (i: number) => this.shardLost(i));
+    sup.on('shard-restarted', (i: number) => this.shardBack(i));
   }
 
   private bind(i: number): FrameBatcher {
@@ -124,19 +124,25 @@ export class Front {
 
   /**
    * A shard worker died: its connections went with it, so their clients are
-   * closed with 1011 (they may reconnect at once); with a new worker in its
-   * place, its new port is used from now on.
+   * closed with 1011 at once, and its workspaces' upgrades get 503 until a
+   * new worker answers (shardBack), or for good when it is given up.
    */
-  private shardLost(i: number, replaced: boolean): void {
+  private shardLost(i: number): void {
+    this.downShards.add(i);
     for (const ws of [...this.conns.values()]) {
       const d = ws.getUserData();
       if (d.shard !== i || d.closed) continue;
       d.closed = true;
-      ws.cork(() => ws.end(CloseCode.InternalError, 'GW_SHARD_FAILED: the workspace\'s shard restarted; reconnect'));
+      ws.cork(() => ws.end(CloseCode.InternalError, 'GW_SHARD_FAILED: the workspace\'s shard failed; reconnect'));
     }
     this.acks[i] = new AckTally();
-    if (replaced) this.toShard[i] = this.bind(i);
-    else this.downShards.add(i);
+  }
+
+  /** A new worker serves shard i: its new port is used from now on. */
+  private shardBack(i: number): void {
+    this.acks[i] = new AckTally();
+    this.toShard[i] = this.bind(i);
+    this.downShards.delete(i);
   }
 
   static async start(o: FrontOptions): Promise<Front> {

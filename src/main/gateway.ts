@@ -57,12 +57,17 @@ export interface DrainProgress {
   workspaceId?: string;
 }
 
-/** Events: 'drain-start' (DrainProgress), 'drain-progress' (DrainProgress), 'drain-done' (DrainReport). */
+/**
+ * Events: 'drain-begin' (none: a drain was asked for, its budget runs from
+ * now), 'drain-start' (DrainProgress), 'drain-progress' (DrainProgress),
+ * 'drain-done' (DrainReport).
+ */
 export class Gateway extends EventEmitter {
   private readonly reaperAbort = new AbortController();
-  private reaperRun: Promise<void> | undefined;
   private draining: Promise<DrainReport> | undefined;
   private progress: DrainProgress | undefined;
+  private readonly savedDuringDrain = new Set<string>();
+  private readonly unsavedDuringDrain = new Set<string>();
   /** Streams (admin drain) that must flush before the listeners close. */
   readonly drainWatchers = new Set<Promise<void>>();
   readonly metrics: GatewayMetrics;
@@ -142,7 +147,7 @@ export class Gateway extends EventEmitter {
     }
     if (o.reaper !== undefined) {
       const reaper = new IdleReaper(sup, { ...o.reaper, logger: o.log });
-      gw.reaperRun = reaper.run(gw.reaperAbort.signal);
+      void reaper.run(gw.reaperAbort.signal);
     }
     return gw;
   }
@@ -172,7 +177,10 @@ export class Gateway extends EventEmitter {
    * start. Idempotent.
    */
   drain(): Promise<DrainReport> {
-    this.draining ??= this.runDrain();
+    if (this.draining === undefined) {
+      this.draining = this.runDrain();
+      this.emit('drain-begin');
+    }
     return this.draining;
   }
 
@@ -180,41 +188,77 @@ export class Gateway extends EventEmitter {
     const p = this.progress;
     if (p === undefined) return;
     p.stopped += 1;
-    if (saved) p.saved += 1;
+    if (saved) {
+      p.saved += 1;
+      this.savedDuringDrain.add(workspaceId);
+    } else {
+      this.unsavedDuringDrain.add(workspaceId);
+    }
     this.o.log.info({ workspaceId, saved, stopped: p.stopped, total: p.total }, `drain: ${p.saved} of ${p.total} uploaded`);
     this.emit('drain-progress', { ...p, workspaceId });
   }
 
+  /**
+   * shutdown.budget is a promise: every wait below ends by the deadline,
+   * whatever hangs (a store that accepts and never answers, an idle-reaper
+   * pass stuck in its upload, a shard that does not answer). A reserve at
+   * the end is kept for ending the workers and closing the listeners. The
+   * report counts from what happened, not from what answered: a home is
+   * saved when its upload was reported stored, and every other home the
+   * drain knew of (running, being stopped, in the spool) is unsaved.
+   */
   private async runDrain(): Promise<DrainReport> {
     const log = this.o.log;
     const t0 = Date.now();
+    const budgetMs = this.o.shutdownBudgetMs;
+    // The last part of the budget ends the workers (up to a second for the archive threads), closes
+    // the listeners and lets the process exit.
+    const deadline = t0 + budgetMs - Math.min(3000, budgetMs / 4);
+    const left = (): number => Math.max(0, deadline - Date.now());
+    this.progress = { total: 0, stopped: 0, saved: 0 };
     this.front.draining = true;
     this.reaperAbort.abort();
-    await this.reaperRun;
-    const total = await this.sup.stats().then(
-      (stats) => stats.reduce((n, s) => n + s.workspaces.length, 0),
-      () => 0,
-    );
-    this.progress = { total, stopped: 0, saved: 0 };
+    // A reaper pass in flight is not waited for: it ends with its uploads, which may hang.
+    // The shards' close() covers the homes it is stopping (they are `busy` there).
+    const stats = (await this.sup.stats({ timeoutMs: Math.max(1, Math.min(5000, left())) }).catch(() => undefined)) ?? [];
+    const known = new Map<string, { error?: string; spooledDir?: string }>();
+    for (const s of stats) {
+      for (const w of s.workspaces) known.set(w.workspaceId, {});
+      for (const id of s.busy) known.set(id, {});
+      for (const sp of s.spool) known.set(sp.workspaceId, { error: sp.lastError, spooledDir: sp.dir });
+    }
+    const total = stats.reduce((n, s) => n + s.workspaces.length, 0);
+    this.progress.total = total;
     this.emit('drain-start', { ...this.progress });
     const clients = this.front.connectionCount;
-    await this.front.closeClients(CloseCode.GoingAway, 'gateway shutting down', Math.min(2000, this.o.shutdownBudgetMs / 4));
+    await this.front.closeClients(CloseCode.GoingAway, 'gateway shutting down', Math.min(2000, budgetMs / 4, left()));
     log.info({ clients, workspaces: total }, 'drain: clients closed; stopping children');
-    let timer: NodeJS.Timeout | undefined;
-    const budget = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), Math.max(0, this.o.shutdownBudgetMs - (Date.now() - t0)))));
-    const outcome = await Promise.race([this.sup.close(), budget]);
-    clearTimeout(timer);
-    const timedOut = outcome === 'timeout';
-    const results = timedOut ? [] : outcome;
-    const unsaved = results.filter((r) => r.stopped && !r.saved);
-    const saved = results.filter((r) => r.saved).length;
-    if (timedOut) log.error({ budgetMs: this.o.shutdownBudgetMs }, 'drain: budget exceeded; homes not yet uploaded stay on disk for the next start');
+    const outcome = await within(this.sup.close(), left());
+    const timedOut = outcome === TIMED_OUT;
+    if (timedOut) {
+      log.error({ budgetMs }, 'drain: budget exceeded; homes not yet uploaded stay on disk for the next start');
+      // Ends the shard workers (their children get SIGTERM, then SIGKILL) and the archive threads.
+      await within(this.sup.destroy().catch(() => {}), Math.max(100, t0 + budgetMs - Date.now() - 1000));
+    }
+    const results = outcome === TIMED_OUT ? [] : outcome;
+    const spooled = new Set(stats.flatMap((s) => s.spool.map((sp) => sp.workspaceId)));
+    for (const r of results) {
+      if (r.saved) this.savedDuringDrain.add(r.workspaceId);
+      else if (r.stopped) known.set(r.workspaceId, { ...(r.error === undefined ? {} : { error: r.error }), ...(r.spooledDir === undefined ? {} : { spooledDir: r.spooledDir }) });
+      // Nothing was running and no stop reported a home (a start that failed and left nothing to keep).
+      else if (!this.unsavedDuringDrain.has(r.workspaceId) && !spooled.has(r.workspaceId)) known.delete(r.workspaceId);
+    }
+    for (const id of this.unsavedDuringDrain) if (!known.has(id)) known.set(id, {});
+    const unsaved: StopResult[] = [...known]
+      .filter(([id]) => !this.savedDuringDrain.has(id))
+      .map(([workspaceId, d]) => ({ workspaceId, stopped: true, saved: false, error: d.error ?? (timedOut ? 'not stored within shutdown.budget; the home stays on disk' : 'not stored'), ...(d.spooledDir === undefined ? {} : { spooledDir: d.spooledDir }) }));
+    const saved = this.savedDuringDrain.size;
     for (const r of unsaved) log.error({ workspaceId: r.workspaceId, dir: r.spooledDir, err: r.error }, 'drain: home not uploaded; kept on disk');
     log.info({ saved, unsaved: unsaved.length, ms: Date.now() - t0 }, 'drain: done');
     const report: DrainReport = { results, saved, unsaved, timedOut };
     this.emit('drain-done', report);
     // Let progress streams write their last line before their listener closes.
-    await Promise.race([Promise.all(this.drainWatchers), new Promise((r) => setTimeout(r, 1000))]);
+    await within(Promise.all(this.drainWatchers), Math.min(1000, Math.max(0, t0 + budgetMs - Date.now() - 800)));
     try {
       this.front.close();
       this.internal.close();
@@ -223,5 +267,17 @@ export class Gateway extends EventEmitter {
       log.warn({ err: toGatewayError(err).describe() }, 'drain: closing listeners');
     }
     return report;
+  }
+}
+
+const TIMED_OUT = Symbol('timed out');
+
+/** `p`'s value (or its failure), or TIMED_OUT once `ms` have passed first. */
+async function within<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<typeof TIMED_OUT>((r) => (timer = setTimeout(() => r(TIMED_OUT), ms)))]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -1,8 +1,11 @@
 /**
  * `codex-app-gateway serve`: a Gateway built from settings, with signal
- * handling. SIGTERM or SIGINT drains (stop accepting, close clients with
- * 1001, stop every child and upload every home) and exits 0 within
- * shutdown.budget; a second signal exits at once.
+ * handling. SIGTERM, SIGINT or SIGHUP drains (stop accepting, close clients
+ * with 1001, stop every child and upload every home) and exits 0 within
+ * shutdown.budget; a second signal exits at once. SIGHUP is a drain too:
+ * closing the terminal a gateway runs in sends it, and Node's default for it
+ * ends the process on the spot, leaving every child running and every home
+ * unstored.
  */
 import os from 'node:os';
 import type { Logger } from 'pino';
@@ -107,6 +110,9 @@ export async function checkSettingsWithCodex(settings: Settings, log: Logger): P
   await checkCodexAcceptsConfig(settings.codex.bin ?? defaultCodexBin(), renderCodexConfig(sample.config, token));
 }
 
+/** Signals that start a drain; a second one of any of them exits at once. */
+export const DRAIN_SIGNALS: readonly NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+
 /** Runs until a signal drains the gateway; resolves with the exit code. Throws GW_SETTINGS for settings codex refuses. */
 export async function serve(settings: Settings): Promise<number> {
   const log = createLogger(settings);
@@ -124,8 +130,24 @@ export async function serve(settings: Settings): Promise<number> {
   const started = gw;
   log.info({ url: started.url, internalUrl: `http://${settings.internal.host}:${started.internal.port}`, shards: started.sup.shardCount, homeRoot: settings.homes.root, store: settings.store.url }, 'gateway listening');
 
-  // A drain starts from a signal or from POST /admin/drain; either way the process exits after it.
-  const drained = new Promise<DrainReport>((resolve) => started.once('drain-start', () => resolve(started.drain())));
+  // A drain starts from a signal or from POST /admin/drain; either way the process exits after it,
+  // within shutdown.budget: the drain gives up waiting by then, and should anything still hold the
+  // process (a thread stuck in a native call), it exits anyway. Children die with it (parent-death
+  // signal); homes not stored stay on disk for the next start.
+  let backstop: NodeJS.Timeout | undefined;
+  let begun = 0;
+  const drained = new Promise<DrainReport>((resolve) =>
+    started.once('drain-begin', () => {
+      begun = Date.now();
+      backstop = setTimeout(() => {
+        log.error({ budgetMs: settings.shutdown.budgetMs }, 'shutdown.budget exhausted: exiting now; homes not stored stay on disk for the next start');
+        flushLogger(log);
+        process.exit(1);
+      }, settings.shutdown.budgetMs);
+      backstop.unref();
+      resolve(started.drain());
+    }),
+  );
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
     signals++;
@@ -137,18 +159,20 @@ export async function serve(settings: Settings): Promise<number> {
     log.info({ signal, budgetMs: settings.shutdown.budgetMs }, 'draining');
     void started.drain();
   };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  for (const signal of DRAIN_SIGNALS) process.on(signal, onSignal);
   try {
     const report = await drained;
     log.info({ saved: report.saved, unsaved: report.unsaved.length, timedOut: report.timedOut }, 'gateway stopped');
+    // Once stopped, nothing may keep the process past its budget (an upload's socket, a timer):
+    // a moment for stdout to flush, then exit with the code the caller set.
+    clearTimeout(backstop);
+    setTimeout(() => process.exit(), Math.max(0, Math.min(1000, begun + settings.shutdown.budgetMs - 500 - Date.now()))).unref();
     return 0;
   } catch (err) {
     log.error({ err: toGatewayError(err).describe() }, 'drain failed');
     return 1;
   } finally {
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
+    for (const signal of DRAIN_SIGNALS) process.off(signal, onSignal);
     flushLogger(log);
   }
 }

@@ -18,6 +18,7 @@ import { RpcPeer } from '../shared/rpc.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
 import { ArchivePool } from './archive-pool.js';
 import { ChildHandle } from './child-handle.js';
+import { stopOrphanedGroups } from './orphans.js';
 import { SpawnGate } from './spawn-gate.js';
 import { describeStore, resolveInit } from './supervisor-options.js';
 import type { ConfigBuilder, SupervisorOptions, WorkspaceKey } from './supervisor-options.js';
@@ -43,15 +44,24 @@ interface ShardRef {
   gated: Set<string>;
 }
 
+/**
+ * Calls that only read or flag a shard's state answer at once from a healthy
+ * shard; one that does not answer within this is stuck, and the caller (a
+ * metrics scrape, a loopback lookup, an upgrade waiting for a slot) gets
+ * GW_SHARD_FAILED instead of waiting forever. Calls that do work (ensure,
+ * shutdown, reapIdle, close) carry their own time limits.
+ */
+const QUERY_DEADLINE = { timeoutMs: 10_000 } as const;
+
 /** A shard that dies this many times within RESTART_WINDOW_MS stays down (the gateway turns unhealthy). */
 const MAX_RESTARTS = 5;
 const RESTART_WINDOW_MS = 60_000;
 
 /**
- * Events: 'shard-restarted' (index): a shard worker died and a new one took
- * its place (the old one's client connections are gone; its children are
- * stopped and their homes uploaded by the new worker's recovery);
- * 'shard-down' (index): it kept dying and was given up.
+ * Events: 'shard-died' (index): a shard worker died; its client connections
+ * are gone and its children are being stopped; 'shard-restarted' (index): a
+ * new worker took its place and answers (the dead one's homes are uploaded
+ * by its recovery); 'shard-down' (index): it kept dying and was given up.
  */
 export class Supervisor extends EventEmitter {
   private readonly handles = new Map<string, ChildHandle>();
@@ -193,10 +203,12 @@ export class Supervisor extends EventEmitter {
 
   /**
    * A shard worker is gone (a bug; shards catch what they expect). Calls in
-   * flight fail with GW_SHARD_FAILED. Its children keep running for now: a
-   * new worker takes the shard over, and its start-up recovery stops them
-   * (pid files) and uploads their homes, so nothing is lost. A shard that
-   * keeps dying is given up and the supervisor reports itself unhealthy.
+   * flight fail with GW_SHARD_FAILED, 'shard-died' tells the front to close
+   * its clients now, and its children are stopped (orphans.ts): nothing can
+   * proxy to them any more. Their homes stay on disk; a new worker takes the
+   * shard over and its start-up recovery uploads them, so nothing is lost. A
+   * shard that keeps dying is given up and the supervisor reports itself
+   * unhealthy; its homes wait for the next start.
    */
   private shardDied(ref: ShardRef, why: string): void {
     if (ref.failed) return;
@@ -204,9 +216,17 @@ export class Supervisor extends EventEmitter {
     ref.epoch += 1;
     ref.rpc.failAll('GW_SHARD_FAILED', `shard ${ref.index} ${why}`);
     ref.data.close();
+    const orphans: number[] = [];
     for (const [generation, c] of this.pids) {
-      if (c.shard === ref.index) this.childGone(generation, { code: null, signal: null });
+      if (c.shard !== ref.index) continue;
+      orphans.push(c.pid);
+      this.childGone(generation, { code: null, signal: null });
     }
+    if (orphans.length > 0) {
+      this.log.warn({ shard: ref.index, pids: orphans }, 'stopping the children of a dead shard worker');
+      void stopOrphanedGroups(orphans, ref.init.stopGraceMs);
+    }
+    this.emit('shard-died', ref.index);
     // Starts it had in progress will never settle: their permits and slots go back.
     for (const generation of ref.gated) this.gate.settled(generation, false);
     ref.gated.clear();
@@ -225,7 +245,15 @@ export class Supervisor extends EventEmitter {
     void Promise.allSettled([...ref.archives]).then(() => {
       if (this.closing !== undefined) return;
       this.launch(ref);
-      this.emit('shard-restarted', ref.index);
+      // Clients are let in again once the new worker answers; if it dies
+      // first, shardDied has moved the epoch on and this answer is dropped.
+      const epoch = ref.epoch;
+      ref.rpc.call('stats', {}).then(
+        () => {
+          if (ref.epoch === epoch && !ref.failed && this.closing === undefined) this.emit('shard-restarted', ref.index);
+        },
+        () => {},
+      );
     });
   }
 
@@ -356,18 +384,19 @@ export class Supervisor extends EventEmitter {
   /** The workspace whose live child holds this loopback token. Asks every shard at once. */
   async lookupWorkspaceForLoopbackToken(token: string): Promise<string | undefined> {
     if (typeof token !== 'string' || token.length === 0 || token.length > 256) return undefined;
-    const answers = await Promise.all(this.liveShards().map((s) => s.rpc.call('lookup', { token })));
+    const answers = await Promise.all(this.liveShards().map((s) => s.rpc.call('lookup', { token }, QUERY_DEADLINE)));
     return answers.find((a) => a !== null) ?? undefined;
   }
 
   /** Live status of one workspace, or undefined when it has no child. */
   async workspaceStatus(key: WorkspaceKey): Promise<WorkspaceStatus | undefined> {
     const workspaceId = validateWorkspaceId(key?.workspaceId);
-    return (await this.shard(workspaceId).rpc.call('status', { workspaceId })) ?? undefined;
+    return (await this.shard(workspaceId).rpc.call('status', { workspaceId }, QUERY_DEADLINE)) ?? undefined;
   }
 
-  async stats(): Promise<ShardStats[]> {
-    return Promise.all(this.liveShards().map((s) => s.rpc.call('stats', {})));
+  /** Every live shard's statistics; a shard that does not answer within `timeoutMs` (default 10 s) fails it with GW_SHARD_FAILED. */
+  async stats(o: { timeoutMs?: number } = {}): Promise<ShardStats[]> {
+    return Promise.all(this.liveShards().map((s) => s.rpc.call('stats', {}, { timeoutMs: o.timeoutMs ?? QUERY_DEADLINE.timeoutMs })));
   }
 
   /** Stops children idle beyond the limits (see IdleReaper). */
@@ -380,10 +409,10 @@ export class Supervisor extends EventEmitter {
   /** Starts stopping the least recently active idle child over all shards. */
   private async evictOne(): Promise<boolean> {
     for (let attempt = 0; attempt < 3; attempt++) {
-      const candidates = await Promise.all(this.liveShards().map(async (s) => ({ s, c: await s.rpc.call('evictCandidate', {}) })));
+      const candidates = await Promise.all(this.liveShards().map(async (s) => ({ s, c: await s.rpc.call('evictCandidate', {}, QUERY_DEADLINE) })));
       const best = candidates.filter((x) => x.c !== null).sort((a, b) => (a.c?.lastActivity ?? 0) - (b.c?.lastActivity ?? 0))[0];
       if (best?.c == null) return false;
-      if (await best.s.rpc.call('evict', best.c)) return true;
+      if (await best.s.rpc.call('evict', best.c, QUERY_DEADLINE)) return true;
     }
     return false;
   }

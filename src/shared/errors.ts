@@ -82,23 +82,30 @@ export function toGatewayError(err: unknown, code: ErrorCode = 'GW_INTERNAL', me
   return new GatewayError(code, message ?? ERROR_CODES[code], { cause: err });
 }
 
-export function serializeError(err: unknown): SerializedError {
+/** Causes kept when an error crosses a thread; deeper ones (or a cycle) are cut. */
+const MAX_CAUSE_DEPTH = 8;
+
+/**
+ * The whole cause chain travels, whatever its links are: a GatewayError
+ * keeps its code, any other Error arrives as GW_INTERNAL with its message
+ * and its system code (`details.errno`), and its own cause goes on after it.
+ */
+export function serializeError(err: unknown, depth = 0): SerializedError {
+  let out: SerializedError;
   if (err instanceof GatewayError) {
-    const out: SerializedError = { code: err.code, message: err.message };
-    if (err.stack !== undefined) out.stack = err.stack;
+    out = { code: err.code, message: err.message };
     if (err.details !== undefined) out.details = err.details;
-    const cause = (err as { cause?: unknown }).cause;
-    if (cause !== undefined) out.cause = serializeError(cause);
-    return out;
-  }
-  if (err instanceof Error) {
-    const out: SerializedError = { code: 'GW_INTERNAL', message: err.message };
-    if (err.stack !== undefined) out.stack = err.stack;
+  } else if (err instanceof Error) {
+    out = { code: 'GW_INTERNAL', message: err.message };
     const sysCode = (err as NodeJS.ErrnoException).code;
     if (typeof sysCode === 'string') out.details = { errno: sysCode };
-    return out;
+  } else {
+    return { code: 'GW_INTERNAL', message: String(err) };
   }
-  return { code: 'GW_INTERNAL', message: String(err) };
+  if (err.stack !== undefined) out.stack = err.stack;
+  const cause = (err as { cause?: unknown }).cause;
+  if (cause !== undefined && depth < MAX_CAUSE_DEPTH) out.cause = serializeError(cause, depth + 1);
+  return out;
 }
 
 export function deserializeError(s: SerializedError): GatewayError {

@@ -53,6 +53,8 @@ export interface ShardStats {
   shard: number;
   workspaces: WorkspaceStatus[];
   spool: SpoolStatus[];
+  /** Workspaces with a stop or upload under way and no live child (an idle stop, a crash). */
+  busy: string[];
   connections: number;
   eventLoopDelayP99Ms: number;
   /** True while start-up recovery is still taking over homes an earlier gateway left. */

@@ -37,11 +37,35 @@ export class RpcPeer<Local extends MethodMap, Remote extends MethodMap, LocalNot
     port.on('message', (msg: ControlMessage) => this.receive(msg));
   }
 
-  call<K extends keyof Remote & string>(method: K, params: Remote[K]['params']): Promise<Remote[K]['result']> {
+  /**
+   * With `timeoutMs`, the call fails with `timeoutCode` (default
+   * GW_SHARD_FAILED: the peer thread is not answering) when no answer came
+   * by then; a late answer is dropped.
+   */
+  call<K extends keyof Remote & string>(method: K, params: Remote[K]['params'], o: { timeoutMs?: number; timeoutCode?: ErrorCode } = {}): Promise<Remote[K]['result']> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
     const id = this.nextId++;
     return new Promise<Remote[K]['result']>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      let timer: NodeJS.Timeout | undefined;
+      const done = (): void => clearTimeout(timer);
+      this.pending.set(id, {
+        resolve: (v) => {
+          done();
+          resolve(v);
+        },
+        reject: (e) => {
+          done();
+          // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- passes on what failAll or the peer gave
+          reject(e);
+        },
+      });
+      if (o.timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          if (!this.pending.delete(id)) return;
+          reject(new GatewayError(o.timeoutCode ?? 'GW_SHARD_FAILED', `no answer to ${method} within ${o.timeoutMs} ms`));
+        }, o.timeoutMs);
+        timer.unref();
+      }
       this.port.postMessage({ type: 'rpc/request', id, method, params });
     });
   }

@@ -137,6 +137,7 @@ export class HomeStore {
       limits: this.init.unpackLimits,
     });
     if (!outcome.ok) {
+      // The download's code is the answer; a cleanup that fails too is only logged.
       await removeDir(incoming).catch((err: unknown) => this.log.error({ workspaceId, dir: incoming, err: toGatewayError(err).describe() }, 'could not remove a failed download'));
       // A workspace that had nothing here leaves nothing here.
       await fs.rmdir(path.dirname(incoming)).catch(() => {});

@@ -9,11 +9,13 @@ import { createThreadLogger, flushLogger } from '../shared/logger.js';
 import type { HostMethods, HostNotices, ShardMethods, ShardNotices, ShardStats, ShardWorkerData } from '../shared/protocol.js';
 import { RpcPeer } from '../shared/rpc.js';
 import { ChildProxy } from './child-proxy.js';
+import { parentDeathLauncher } from './parent-death.js';
 import { TurnRunner } from './turn-runner.js';
 import { WorkspaceTable } from './workspaces.js';
 
 const { init, control, data } = workerData as ShardWorkerData;
 const log = createThreadLogger({ level: init.logLevel, pretty: init.logPretty, base: { thread: `shard-${init.shard}`, shard: init.shard } });
+if (parentDeathLauncher() === undefined) log.warn('setpriv (util-linux) not found: codex children will not die with the gateway if it is killed; the next start\'s recovery stops them');
 const loopDelay = monitorEventLoopDelay({ resolution: 10 });
 loopDelay.enable();
 
@@ -31,6 +33,7 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
         shard: init.shard,
         workspaces: table.statuses(),
         spool: table.homes.spool.status(),
+        busy: table.busyWorkspaces(),
         connections: proxy.connectionCount,
         eventLoopDelayP99Ms: loopDelay.percentile(99) / 1e6,
         recovering: table.recovering,

@@ -19,6 +19,7 @@ import { createHash } from 'node:crypto';
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { GatewayError } from '../shared/errors.js';
+import { findExecutable, withParentDeathSignal } from './parent-death.js';
 
 export interface ExitInfo {
   code: number | null;
@@ -77,8 +78,13 @@ export function refusalReason(stderr: readonly string[]): string | undefined {
 export async function spawnAppServer(req: SpawnRequest): Promise<RunningChild> {
   const deadline = Date.now() + req.readyTimeoutMs;
   let child: ChildProcess;
+  // The child dies with the gateway (parent-death.ts); a missing binary stays a spawn error.
+  const launch = withParentDeathSignal(req.codexBin, appServerArgs(req.wsToken));
+  if (launch.guarded && findExecutable(req.codexBin, req.env.PATH) === undefined) {
+    throw spawnError(req.codexBin, Object.assign(new Error(`${req.codexBin} is not an executable file`), { code: 'ENOENT' }));
+  }
   try {
-    child = spawn(req.codexBin, appServerArgs(req.wsToken), {
+    child = spawn(launch.command, launch.args, {
       cwd: req.cwd,
       env: req.env,
       detached: true,

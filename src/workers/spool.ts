@@ -140,7 +140,7 @@ export class Spool {
       } catch (err) {
         e.attempts += 1;
         // With its code: an operator (and the next attempt) tells an outage from a home too large.
-        e.lastError = toGatewayError(err).describe();
+        e.lastError = toGatewayError(err, 'GW_STORE_UPLOAD').describe();
         this.o.logger.warn({ workspaceId: e.home.workspaceId, attempts: e.attempts, err: e.lastError }, 'spool retry failed');
         if (!tooLarge(e.lastError)) this.schedule(e);
       } finally {

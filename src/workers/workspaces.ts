@@ -528,6 +528,11 @@ export class WorkspaceTable {
     };
   }
 
+  /** Workspaces whose stop or upload is under way without a live entry (a drain must count their homes). */
+  busyWorkspaces(): string[] {
+    return [...this.busy.keys()].filter((id) => !this.live.has(id));
+  }
+
   get liveCount(): number {
     return this.live.size;
   }

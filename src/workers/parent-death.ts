@@ -1,0 +1,76 @@
+/**
+ * Children die with the gateway, however it dies (SIGKILL, the OOM killer, a
+ * crash), not only when it stops them. A codex child is started through
+ * util-linux `setpriv --pdeathsig SIGTERM`, which sets the parent-death
+ * signal (prctl PR_SET_PDEATHSIG) and then execs codex in the same process:
+ * same pid, same process group, nothing stays in between. The setting
+ * survives that exec (codex is not set-user-ID).
+ *
+ * SIGTERM, not SIGKILL: codex flushes its sqlite state and exits at once on
+ * it when idle (it finishes a turn in flight first, which is bounded by its
+ * own stream timeout); the next start's recovery stops whatever is left.
+ *
+ * Linux sends the signal when the THREAD that forked the child ends, not
+ * only the process. Children are forked by their shard worker's thread
+ * (libuv spawns on the calling loop's thread), so a shard worker that dies or
+ * is terminated takes its children with it. That is what the supervisor
+ * wants of a dead shard anyway: it stops them too (SIGTERM to their process
+ * groups), and the new worker's recovery uploads their homes. A worker ends
+ * normally only after close() has stopped every child.
+ *
+ * Without setpriv (not Linux, or a system without util-linux) children are
+ * started directly, and only the gateway's own exit handler and the next
+ * start's recovery stop them.
+ */
+import { accessSync, constants } from 'node:fs';
+import path from 'node:path';
+
+const SETPRIV_PATHS = ['/usr/bin/setpriv', '/bin/setpriv'];
+const PARENT_DEATH_SIGNAL = 'SIGTERM';
+
+let setpriv: string | null | undefined;
+
+function executable(file: string): boolean {
+  try {
+    accessSync(file, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The setpriv binary, when this system has one. */
+export function parentDeathLauncher(): string | undefined {
+  setpriv ??= process.platform === 'linux' ? (SETPRIV_PATHS.find(executable) ?? null) : null;
+  return setpriv ?? undefined;
+}
+
+export interface Launch {
+  command: string;
+  args: string[];
+  /** Whether the child gets the parent-death signal. */
+  guarded: boolean;
+}
+
+/** The command line that runs `command args` with the parent-death signal set, when it can be. */
+export function withParentDeathSignal(command: string, args: readonly string[]): Launch {
+  const launcher = parentDeathLauncher();
+  if (launcher === undefined) return { command, args: [...args], guarded: false };
+  return { command: launcher, args: ['--pdeathsig', PARENT_DEATH_SIGNAL, '--', command, ...args], guarded: true };
+}
+
+/**
+ * Where `command` would be found, like execvp with the child's PATH; undefined
+ * when it is not an executable file. Through setpriv a missing binary is no
+ * longer a spawn error (setpriv itself starts, then fails its exec), so the
+ * caller checks first and keeps its GW_CODEX_NOT_FOUND.
+ */
+export function findExecutable(command: string, envPath: string | undefined): string | undefined {
+  if (command.includes('/')) return executable(command) ? command : undefined;
+  for (const dir of (envPath ?? '').split(':')) {
+    if (dir === '') continue;
+    const file = path.join(dir, command);
+    if (executable(file)) return file;
+  }
+  return undefined;
+}

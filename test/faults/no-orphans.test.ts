@@ -1,0 +1,117 @@
+/**
+ * Scenario 11: children do not outlive the gateway, however it dies. The
+ * gateway process is SIGKILLed (no drain, no exit handler runs) with an idle
+ * codex child on each of its two shards: within 2 s no codex process of it
+ * is left (each child gets the parent-death signal, SIGTERM, and exits), and
+ * the next start's recovery stores both homes and the threads come back.
+ * Real codex, the gateway as a real process.
+ */
+import { existsSync } from 'node:fs';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { signWorkspaceToken } from 'codex-app-gateway';
+import { shardOf } from '../../src/shared/workspace-id.js';
+import { AppServerClient } from '../fixtures/app-server-client.js';
+import { TEST_API_KEY } from '../fixtures/codex-home.js';
+import { startResponsesMock } from '../fixtures/responses-mock.js';
+import type { ResponsesMock } from '../fixtures/responses-mock.js';
+import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess, writeConfig } from '../gateway-process.js';
+import type { GatewayProcess } from '../gateway-process.js';
+import { tempDir, waitFor } from '../helpers.js';
+import { isRunning, killGroups, killLeftovers, processesUnder, recordLost, recordedChildPid } from './markers.js';
+
+const SECRET = 'faults-secret-faults-secret-faults-secret-00';
+/** The promise: no child of a killed gateway is left after this long. */
+const ORPHAN_DEADLINE_MS = 2000;
+
+describe('fault: the gateway is SIGKILLed and leaves no orphans (real codex)', () => {
+  let mock: ResponsesMock;
+  let dir: string;
+  let config: string;
+  const gateways: GatewayProcess[] = [];
+  const pids = new Set<number>();
+  const env = { [GATEWAY_KEY_ENV]: TEST_API_KEY, CXG_LOG_LEVEL: 'info' };
+
+  beforeAll(async () => {
+    mock = await startResponsesMock({ deltas: ['No', ' orphans.'] });
+    dir = await tempDir('cxg-faults-orphans-');
+    config = await writeConfig(
+      path.join(dir, 'gateway.toml'),
+      realCodexToml({ dir, secret: SECRET, mockBaseUrl: mock.baseUrl, extra: ['[spawn]', 'stop_grace = "3s"', 'ready_timeout = "15s"', '[shutdown]', 'budget = "30s"'] }),
+    );
+  });
+  afterAll(async () => {
+    for (const gw of gateways) await gw.stop('SIGKILL');
+    killGroups(pids);
+    if (dir !== undefined) await killLeftovers(dir);
+    await mock?.close();
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('scenario 11: gateway SIGKILLed with a child on each shard → none is left within 2 s; the next start stores both homes and the threads come back', async ({ task }) => {
+    const homeRoot = path.join(dir, 'homes');
+    // One workspace per shard (shards = 2): both shard threads forked a child.
+    const ids: string[] = [];
+    for (let i = 0; ids.length < 2; i++) {
+      const id = `orphan-${i}`;
+      if (!ids.some((x) => shardOf(x, 2) === shardOf(id, 2))) ids.push(id);
+    }
+    const first = await startGatewayProcess(config, env);
+    gateways.push(first);
+    const state = new Map<string, { threadId: string; marker: string; pid: number }>();
+    for (const id of ids) {
+      const c = await AppServerClient.connect(first.url, { token: await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '10m' }) });
+      const init = await c.initialize();
+      const threadId = await c.startThread();
+      expect((await c.runTurn(threadId, 'outlive nothing')).status).toBe('completed');
+      const marker = `${id} ${Date.now()}`;
+      await writeFile(path.join(init.codexHome, 'fault-marker.txt'), marker);
+      const pid = (await recordedChildPid(init.codexHome)) as number;
+      pids.add(pid);
+      state.set(id, { threadId, marker, pid });
+      await c.close();
+    }
+    expect(await processesUnder(homeRoot)).toHaveLength(2);
+
+    let lost = 2 * ids.length;
+    try {
+      first.proc.kill('SIGKILL');
+      const t0 = Date.now();
+      await first.exited;
+      // Polled, not slept: the verdict is whether they are gone by the deadline.
+      let left = await processesUnder(homeRoot);
+      while (left.length > 0 && Date.now() - t0 < ORPHAN_DEADLINE_MS) {
+        await sleep(25);
+        left = await processesUnder(homeRoot);
+      }
+      const goneAfterMs = Date.now() - t0;
+      const stillRunning = (await Promise.all([...state.values()].map(async ({ pid }) => ((await isRunning(pid)) ? [pid] : [])))).flat();
+
+      // The next start's recovery stores what the children left.
+      const second = await startGatewayProcess(config, env);
+      gateways.push(second);
+      await waitFor(() => ids.every((id) => existsSync(path.join(dir, 'store', `${id}.tar.gz`))), 30_000, 'both homes to be stored by recovery');
+      lost = 0;
+      for (const id of ids) {
+        const s = state.get(id) as { threadId: string; marker: string };
+        const c = await AppServerClient.connect(second.url, { token: await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '10m' }) });
+        const init = await c.initialize();
+        pids.add((await recordedChildPid(init.codexHome)) as number);
+        const marker = await readFile(path.join(init.codexHome, 'fault-marker.txt'), 'utf8').catch(() => undefined);
+        const threads = await c.listThreads();
+        await c.close();
+        if (marker !== s.marker) lost += 1;
+        if (!threads.some((th) => th.id === s.threadId)) lost += 1;
+      }
+      expect(lost).toBe(0);
+      expect(left, `codex processes of the killed gateway still running after ${goneAfterMs} ms`).toEqual([]);
+      expect(stillRunning).toEqual([]);
+      expect((await second.stop('SIGTERM')).code).toBe(0);
+      await waitFor(async () => (await processesUnder(homeRoot)).length === 0, 10_000, 'no codex process left under homes.root');
+    } finally {
+      recordLost(task, lost);
+    }
+  }, 150_000);
+});
