@@ -19,6 +19,7 @@ import { toGatewayError } from '../shared/errors.js';
 import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, ackPayload, decodeText, readAck, readBatch } from '../shared/frames.js';
 import type { Authenticator } from './auth.js';
 import { bearerToken } from './auth.js';
+import { ConnectionIds } from './connection-ids.js';
 import { sendJson } from './http-util.js';
 import type { Supervisor } from './supervisor.js';
 import { closeApp, listen, uws } from './uws.js';
@@ -52,6 +53,8 @@ export interface FrontOptions {
   routes?: (app: TemplatedApp) => void;
   /** Observes data-plane events (metrics). */
   observer?: FrontObserver;
+  /** Tests only: the first connection id, to reach the u32 wrap quickly. */
+  firstConnectionId?: number;
 }
 
 export interface FrontObserver {
@@ -87,7 +90,7 @@ export class Front {
   private readonly acks: AckTally[];
   /** Shards given up after dying again and again: their workspaces get 503. */
   private readonly downShards = new Set<number>();
-  private nextId = 1;
+  private readonly ids: ConnectionIds;
   private listenSocket: ListenSocket | undefined;
   private sweep: NodeJS.Timeout | undefined;
   private closedAll: (() => void) | undefined;
@@ -99,6 +102,7 @@ export class Front {
     private readonly app: TemplatedApp,
   ) {
     const sup = o.sup;
+    this.ids = new ConnectionIds(o.firstConnectionId);
     this.acks = Array.from({ length: sup.shardCount }, () => new AckTally());
     this.toShard = Array.from({ length: sup.shardCount }, (_, i) => this.bind(i));
     sup.on('shard-restarted', (i: number) => this.shardLost(i, true));
@@ -227,7 +231,9 @@ export class Front {
       write(() => sendJson(res, 503, { error: { code: 'GW_SHARD_FAILED', message: 'the shard serving this workspace is down' } }));
       return;
     }
-    const data: ClientData = { id: this.nextId++, workspaceId, shard, closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0 };
+    // The id joins `conns` in opened(), which uWS calls from within upgrade(),
+    // so no other id is taken in between.
+    const data: ClientData = { id: this.ids.take((id) => this.conns.has(id)), workspaceId, shard, closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0 };
     write(() => upgrade(data));
   }
 

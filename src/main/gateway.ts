@@ -37,6 +37,8 @@ export interface GatewayOptions {
   /** Extra routes on the public listener and on the internal one. */
   publicRoutes?: (app: TemplatedApp, gw: Gateway) => void;
   internalRoutes?: (app: TemplatedApp, gw: Gateway) => void;
+  /** Tests only: the front's first connection id (see ConnectionIds). */
+  firstConnectionId?: number;
 }
 
 export interface DrainReport {
@@ -112,6 +114,7 @@ export class Gateway extends EventEmitter {
         port: o.listen.port,
         limits: o.limits,
         log: o.log,
+        ...(o.firstConnectionId === undefined ? {} : { firstConnectionId: o.firstConnectionId }),
         observer: gw.metrics.front,
         routes: (app) => {
           app.get('/metrics', (res) => {
