@@ -3,9 +3,9 @@
  * map and the client connections of those workspaces. Started by the
  * Supervisor with a control port (RPC) and a data port (frames).
  */
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { workerData } from 'node:worker_threads';
 import { createThreadLogger, flushLogger } from '../shared/logger.js';
+import { LoopDelayWindow } from '../shared/loop-delay.js';
 import type { HostMethods, HostNotices, ShardMethods, ShardNotices, ShardStats, ShardWorkerData } from '../shared/protocol.js';
 import { RpcPeer } from '../shared/rpc.js';
 import { ChildProxy } from './child-proxy.js';
@@ -13,8 +13,7 @@ import { WorkspaceTable } from './workspaces.js';
 
 const { init, control, data } = workerData as ShardWorkerData;
 const log = createThreadLogger({ level: init.logLevel, pretty: init.logPretty, base: { thread: `shard-${init.shard}`, shard: init.shard } });
-const loopDelay = monitorEventLoopDelay({ resolution: 10 });
-loopDelay.enable();
+const loopDelay = new LoopDelayWindow();
 
 
 const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
@@ -25,17 +24,13 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
     shutdownAll: (p) => table.shutdownAll(p.reason, p.concurrency),
     lookup: (p) => table.lookup(p.token),
     status: (p) => table.status(p.workspaceId),
-    stats: (): ShardStats => {
-      const s: ShardStats = {
-        shard: init.shard,
-        workspaces: table.statuses(),
-        spool: table.homes.spool.status(),
-        connections: proxy.connectionCount,
-        eventLoopDelayP99Ms: loopDelay.percentile(99) / 1e6,
-      };
-      loopDelay.reset();
-      return s;
-    },
+    stats: (): ShardStats => ({
+      shard: init.shard,
+      workspaces: table.statuses(),
+      spool: table.homes.spool.status(),
+      connections: proxy.connectionCount,
+      eventLoopDelayP99Ms: loopDelay.p99Ms(),
+    }),
     reapIdle: (p) => table.reapIdle(p),
     evictCandidate: () => table.evictCandidate(),
     evict: (p) => table.evict(p.workspaceId, p.lastActivity),

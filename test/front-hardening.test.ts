@@ -1,0 +1,95 @@
+/**
+ * Hardening of the front thread: connection ids that survive the u32 wrap,
+ * client-facing errors without internals, the admin API's order of checks,
+ * and loop-delay figures that readers do not reset.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConnectionIds, MAX_CONNECTION_ID } from '../src/main/connection-ids.js';
+import { openWs, rpc, startTestGateway } from './gateway-helpers.js';
+import { waitFor } from './helpers.js';
+import type { TestGateway } from './gateway-helpers.js';
+
+interface FakeInfo {
+  pid: number;
+  codexHome: string;
+}
+
+describe('connection ids', () => {
+  it('wrap from 2^32-1 to 1, never 0 and never past the u32 the frame path carries', () => {
+    const ids = new ConnectionIds(MAX_CONNECTION_ID - 1);
+    expect([ids.take(() => false), ids.take(() => false), ids.take(() => false)]).toEqual([MAX_CONNECTION_ID - 1, MAX_CONNECTION_ID, 1]);
+  });
+
+  it('skip ids held by live connections after the wrap', () => {
+    const live = new Set([MAX_CONNECTION_ID, 1, 2]);
+    const ids = new ConnectionIds(MAX_CONNECTION_ID);
+    expect(ids.take((id) => live.has(id))).toBe(3);
+    expect(ids.take((id) => live.has(id))).toBe(4);
+  });
+
+  it('refuse a first id outside 1..2^32-1', () => {
+    for (const bad of [0, -1, MAX_CONNECTION_ID + 1, 1.5]) expect(() => new ConnectionIds(bad)).toThrow(RangeError);
+  });
+});
+
+describe('connection ids across the u32 wrap (fake codex)', () => {
+  let t: TestGateway;
+  beforeAll(async () => {
+    // The counter starts two ids below the wrap: the third client gets the first id after it.
+    t = await startTestGateway({ firstConnectionId: MAX_CONNECTION_ID - 1 });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('every client past 2^32 connections reaches its own workspace, and a live id is never shared', async () => {
+    const names = ['ws-wrap-a', 'ws-wrap-b', 'ws-wrap-c', 'ws-wrap-d'];
+    const sockets = [];
+    for (const name of names) sockets.push(await openWs(t.url, await t.token(name)));
+    try {
+      for (const [i, ws] of sockets.entries()) {
+        const info = await rpc<FakeInfo>(ws, 'fake/info');
+        expect(info.codexHome).toContain(names[i]);
+      }
+    } finally {
+      for (const ws of sockets) ws.close();
+    }
+  });
+});
+
+describe('loop-delay figures', () => {
+  let t: TestGateway;
+  beforeAll(async () => {
+    t = await startTestGateway();
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  const mainP99 = async (): Promise<number> => {
+    const text = await (await fetch(`${t.httpUrl}/metrics`)).text();
+    const m = /^cxg_event_loop_delay_p99_seconds\{thread="main"\} (\S+)$/m.exec(text);
+    return Number(m?.[1]);
+  };
+
+  it('a scrape does not reset what the next scrape reports', async () => {
+    // This test shares the gateway's main thread: stall it 20 times for 150 ms,
+    // enough samples (one per stall) to set the window's p99.
+    for (let i = 0; i < 20; i++) {
+      const until = Date.now() + 150;
+      while (Date.now() < until);
+      await new Promise((r) => setImmediate(r));
+    }
+    expect(await mainP99()).toBeGreaterThanOrEqual(0.12);
+    expect(await mainP99()).toBeGreaterThanOrEqual(0.12);
+  });
+
+  it('reading shard stats (admin listing, metrics) does not reset the shards\' figures', async () => {
+    // An idle loop's samples are its 10 ms timer's period plus any lateness;
+    // a histogram reset by the previous read reports about 0.
+    await waitFor(async () => (await t.gw.sup.stats()).every((s) => s.eventLoopDelayP99Ms >= 5), 20_000, 'a first loop-delay sample in every shard');
+    for (let i = 0; i < 3; i++) {
+      for (const s of await t.gw.sup.stats()) expect(s.eventLoopDelayP99Ms).toBeGreaterThanOrEqual(5);
+    }
+  });
+});
