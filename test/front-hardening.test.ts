@@ -3,6 +3,7 @@
  * client-facing errors without internals, the admin API's order of checks,
  * and loop-delay figures that readers do not reset.
  */
+import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConnectionIds, MAX_CONNECTION_ID } from '../src/main/connection-ids.js';
 import { openWs, rpc, startTestGateway } from './gateway-helpers.js';
@@ -91,5 +92,52 @@ describe('loop-delay figures', () => {
     for (let i = 0; i < 3; i++) {
       for (const s of await t.gw.sup.stats()) expect(s.eventLoopDelayP99Ms).toBeGreaterThanOrEqual(5);
     }
+  });
+});
+
+describe('operator endpoints check their token first', () => {
+  const ADMIN = 'admin-token-for-tests-0123456789';
+  const METRICS = 'metrics-token-for-tests-0123456789';
+  let t: TestGateway;
+  beforeAll(async () => {
+    t = await startTestGateway({ adminToken: ADMIN, metricsToken: METRICS });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  /** Sends the headers and `sent` bytes of a `declared`-byte body, then waits for the answer without finishing it. */
+  const partialPost = (url: string, declared: number, sent: number, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> =>
+    new Promise((resolve, reject) => {
+      const req = request(url, { method: 'POST', headers: { 'content-length': String(declared), ...headers } }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.write(Buffer.alloc(sent, 0x61));
+    });
+
+  it('an admin POST without the token is refused before its body is read: no 413 for a large body, no wait for a body that never ends', async () => {
+    const big = await partialPost(`${t.internalUrl}/admin/workspaces/ws-x/shutdown`, 2 * 1024 * 1024, 2 * 1024 * 1024);
+    expect(big.status).toBe(401);
+    expect(big.body).toContain('GW_UNAUTHORIZED');
+    const stalled = await partialPost(`${t.internalUrl}/admin/workspaces/ws-x/shutdown`, 1000, 10, { authorization: 'Bearer wrong' });
+    expect(stalled.status).toBe(401);
+  });
+
+  it('an admin POST with the token still reads its body and answers', async () => {
+    const r = await fetch(`${t.internalUrl}/admin/workspaces/ws-none/shutdown`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` }, body: '{}' });
+    expect(r.status).toBe(404);
+  });
+
+  it('/metrics needs the metrics token when one is set', async () => {
+    expect((await fetch(`${t.httpUrl}/metrics`)).status).toBe(401);
+    expect((await fetch(`${t.httpUrl}/metrics`, { headers: { authorization: `Bearer ${ADMIN}` } })).status).toBe(401);
+    const ok = await fetch(`${t.httpUrl}/metrics`, { headers: { authorization: `Bearer ${METRICS}` } });
+    expect(ok.status).toBe(200);
+    expect(await ok.text()).toContain('cxg_clients_connected');
   });
 });

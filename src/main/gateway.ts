@@ -13,7 +13,8 @@ import { adminRoutes } from './admin-api.js';
 import type { Authenticator } from './auth.js';
 import { Front } from './front.js';
 import type { FrontLimits } from './front.js';
-import { sendText } from './http-util.js';
+import { checkBearer } from './bearer-check.js';
+import { sendJson, sendText } from './http-util.js';
 import { IdleReaper } from './idle-reaper.js';
 import type { IdleReaperOptions } from './idle-reaper.js';
 import { InternalApi } from './internal-api.js';
@@ -33,6 +34,8 @@ export interface GatewayOptions {
   shutdownBudgetMs: number;
   /** Bearer token of the admin API on the internal listener; unset: admin API off. */
   adminToken?: string;
+  /** When set, GET /metrics needs `Authorization: Bearer <metricsToken>`. */
+  metricsToken?: string;
   log: Logger;
   /** Extra routes on the public listener and on the internal one. */
   publicRoutes?: (app: TemplatedApp, gw: Gateway) => void;
@@ -117,7 +120,12 @@ export class Gateway extends EventEmitter {
         ...(o.firstConnectionId === undefined ? {} : { firstConnectionId: o.firstConnectionId }),
         observer: gw.metrics.front,
         routes: (app) => {
-          app.get('/metrics', (res) => {
+          app.get('/metrics', (res, req) => {
+            const refused = o.metricsToken === undefined ? undefined : checkBearer(req.getHeader('authorization'), o.metricsToken);
+            if (refused !== undefined) {
+              sendJson(res, refused.status, refused.body, refused.headers);
+              return;
+            }
             let aborted = false;
             res.onAborted(() => (aborted = true));
             gw.metrics.render().then(

@@ -57,8 +57,17 @@ const MAX_BODY = 1024 * 1024;
  * Registers an async handler: copies the request (headers, params, peer,
  * body up to 1 MiB) while it is valid, answers corked, and turns a thrown
  * error into a 500 with its code.
+ *
+ * `gate` runs on the headers before any body is read: a request it refuses
+ * (a missing or wrong token) is answered at once, so nobody without the
+ * token can make the gateway buffer a body or wait for one.
  */
-export function asyncRoute(paramCount: number, handler: (req: RequestInfo) => Promise<HttpReply>, log: Logger): (res: HttpResponse, req: HttpRequest) => void {
+export function asyncRoute(
+  paramCount: number,
+  handler: (req: RequestInfo) => Promise<HttpReply>,
+  log: Logger,
+  gate?: (req: RequestInfo) => HttpReply | undefined,
+): (res: HttpResponse, req: HttpRequest) => void {
   return (res, req) => {
     const headers: Record<string, string> = {};
     req.forEach((k, v) => {
@@ -97,6 +106,12 @@ export function asyncRoute(paramCount: number, handler: (req: RequestInfo) => Pr
         respond(errorReply(500, e.code, e.message));
       });
     };
+    const refused = gate?.(info);
+    if (refused !== undefined) {
+      // No onData handler: whatever body follows is never buffered.
+      respond(refused);
+      return;
+    }
     if (info.method === 'get' || info.method === 'head' || info.method === 'delete') {
       run();
       return;

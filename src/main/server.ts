@@ -89,6 +89,7 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
     },
     shutdownBudgetMs: settings.shutdown.budgetMs,
     ...(settings.admin.token === undefined ? {} : { adminToken: settings.admin.token }),
+    ...(settings.metrics.token === undefined ? {} : { metricsToken: settings.metrics.token }),
     log,
   };
 }

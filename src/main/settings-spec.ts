@@ -152,6 +152,8 @@ export const SETTINGS = [
     description: 'Children stopped at once during a drain.' },
   { key: 'admin.token', kind: { type: 'string', minLength: 16 }, secret: true,
     description: 'Bearer token for the admin API on the internal endpoint (unset: admin API off).' },
+  { key: 'metrics.token', kind: { type: 'string', minLength: 16 }, secret: true,
+    description: 'When set, GET /metrics needs `Authorization: Bearer <token>` (unset: /metrics is open).' },
   { key: 'log.level', kind: { type: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }, default: 'info', flag: '--log-level',
     description: 'Log level.' },
   { key: 'shards', kind: COUNT, default: (d) => d.cores, defaultText: 'available cores', flag: '--shards',
