@@ -11,7 +11,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { isGatewayError } from '../shared/errors.js';
+import { ERROR_CODES } from '../shared/errors.js';
 import type { SpoolStatus, WorkspaceStatus } from '../shared/protocol.js';
 import { validateWorkspaceId } from '../shared/workspace-id.js';
 import { checkBearer } from './bearer-check.js';
@@ -82,8 +82,8 @@ async function listWorkspaces(gw: Gateway): Promise<HttpReply> {
 function parseId(id: string): string | HttpReply {
   try {
     return validateWorkspaceId(decodeURIComponent(id));
-  } catch (err) {
-    return errorReply(400, 'GW_BAD_WORKSPACE_ID', isGatewayError(err) ? err.message : 'bad workspace id');
+  } catch {
+    return errorReply(400, 'GW_BAD_WORKSPACE_ID', ERROR_CODES.GW_BAD_WORKSPACE_ID);
   }
 }
 

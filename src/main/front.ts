@@ -16,6 +16,7 @@
 import type { Logger } from 'pino';
 import { CloseCode } from '../shared/close-codes.js';
 import { toGatewayError } from '../shared/errors.js';
+import { publicError } from '../shared/public-error.js';
 import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, ackPayload, decodeText, readAck, readBatch } from '../shared/frames.js';
 import type { Authenticator } from './auth.js';
 import { bearerToken } from './auth.js';
@@ -181,6 +182,7 @@ export class Front {
     const protocol = req.getHeader('sec-websocket-protocol').split(',')[0]?.trim() ?? '';
     const extensions = req.getHeader('sec-websocket-extensions');
     const token = bearerToken(req.getHeader('authorization'));
+    const peer = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
     if (this.draining) {
       sendJson(res, 503, { error: { code: 'GW_CLOSED', message: 'gateway is shutting down' } });
       return;
@@ -198,7 +200,7 @@ export class Front {
     try {
       now = this.o.auth.verifyNow?.(token);
     } catch (err) {
-      this.refuse(res, err, (f) => f());
+      this.refuse(res, err, (f) => f(), peer);
       return;
     }
     if (now !== undefined) {
@@ -215,7 +217,7 @@ export class Front {
         if (!aborted) this.accept(res, workspaceId, corked, upgrade);
       },
       (err: unknown) => {
-        if (!aborted) this.refuse(res, err, corked);
+        if (!aborted) this.refuse(res, err, corked, peer);
       },
     );
   }
@@ -237,11 +239,16 @@ export class Front {
     write(() => upgrade(data));
   }
 
-  private refuse(res: HttpResponse, err: unknown, write: (f: () => void) => void): void {
+  /**
+   * The client learns the code and its fixed message; why exactly (expired,
+   * wrong key, the verifier's status) is logged, with the peer's address.
+   */
+  private refuse(res: HttpResponse, err: unknown, write: (f: () => void) => void, peer: string): void {
     const e = toGatewayError(err, 'GW_UNAUTHORIZED');
     this.o.observer?.authFailed?.(e.code);
     const status = e.code === 'GW_AUTH_UNAVAILABLE' ? 503 : 401;
-    write(() => sendJson(res, status, { error: { code: e.code, message: e.message } }, status === 401 ? { 'www-authenticate': 'Bearer error="invalid_token"' } : {}));
+    this.o.log.info({ peer, status, err: e.describe() }, 'upgrade refused');
+    write(() => sendJson(res, status, { error: publicError(e) }, status === 401 ? { 'www-authenticate': 'Bearer error="invalid_token"' } : {}));
   }
 
   // ---- client → shard ----------------------------------------------------------
@@ -258,7 +265,7 @@ export class Front {
     if (d.closed) return;
     if (msg.byteLength > this.o.limits.maxFrameBytes) {
       d.closed = true;
-      ws.end(CloseCode.MessageTooBig, `message of ${msg.byteLength} bytes is above the ${this.o.limits.maxFrameBytes}-byte limit`);
+      ws.end(CloseCode.MessageTooBig, `GW_TOO_LARGE: message above the ${this.o.limits.maxFrameBytes}-byte limit`);
       return;
     }
     if (d.toShard + msg.byteLength > this.o.limits.maxUnackedToShardBytes) {

@@ -130,7 +130,11 @@ export class Gateway extends EventEmitter {
             res.onAborted(() => (aborted = true));
             gw.metrics.render().then(
               (m) => !aborted && res.cork(() => sendText(res, 200, m.body, m.contentType)),
-              (err: unknown) => !aborted && res.cork(() => sendText(res, 500, `# metrics failed: ${toGatewayError(err).message}\n`)),
+              (err: unknown) => {
+                const e = toGatewayError(err);
+                o.log.error({ err: e.describe() }, 'metrics failed');
+                if (!aborted) res.cork(() => sendText(res, 500, `# metrics failed: ${e.code}\n`));
+              },
             );
           });
           o.publicRoutes?.(app, gw);
@@ -200,7 +204,7 @@ export class Gateway extends EventEmitter {
     this.progress = { total, stopped: 0, saved: 0 };
     this.emit('drain-start', { ...this.progress });
     const clients = this.front.connectionCount;
-    await this.front.closeClients(CloseCode.GoingAway, 'gateway shutting down', Math.min(2000, this.o.shutdownBudgetMs / 4));
+    await this.front.closeClients(CloseCode.GoingAway, 'GW_CLOSED: gateway shutting down', Math.min(2000, this.o.shutdownBudgetMs / 4));
     log.info({ clients, workspaces: total }, 'drain: clients closed; stopping children');
     let timer: NodeJS.Timeout | undefined;
     const budget = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), Math.max(0, this.o.shutdownBudgetMs - (Date.now() - t0)))));

@@ -6,6 +6,7 @@
 import { STATUS_CODES } from 'node:http';
 import type { Logger } from 'pino';
 import { toGatewayError } from '../shared/errors.js';
+import { publicError } from '../shared/public-error.js';
 import type { HttpRequest, HttpResponse } from './uws.js';
 
 export function statusLine(status: number): string {
@@ -101,9 +102,11 @@ export function asyncRoute(
     };
     const run = (): void => {
       handler(info).then(respond, (err: unknown) => {
+        // The client gets the code; the message with its paths and URLs stays in the log.
         const e = toGatewayError(err);
-        log.error({ url: info.url, err: e.describe() }, 'http handler failed');
-        respond(errorReply(500, e.code, e.message));
+        const pub = publicError(e);
+        log.error({ url: info.url, peer: info.remoteAddress, err: e.describe() }, 'http handler failed');
+        respond(errorReply(500, pub.code, pub.message));
       });
     };
     const refused = gate?.(info);

@@ -35,7 +35,7 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
     evictCandidate: () => table.evictCandidate(),
     evict: (p) => table.evict(p.workspaceId, p.lastActivity),
     close: async () => {
-      proxy.closeAll(1001, 'gateway shutting down');
+      proxy.closeAll(1001, 'GW_CLOSED: gateway shutting down');
       const results = await table.close(Math.max(1, Math.ceil(init.shutdownConcurrency)));
       log.info({ stopped: results.length, unsaved: results.filter((r) => r.stopped && !r.saved).length }, 'shard closed');
       flushLogger(log);
