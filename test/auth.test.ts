@@ -74,19 +74,19 @@ describe('JwtAuthenticator', () => {
 
   const now = () => Math.floor(Date.now() / 1000);
   const cases: Array<[string, () => Promise<string>, Authenticator, RegExp]> = [
-    ['expired', () => signWorkspaceToken({ secret: SECRET, workspaceId: 'ws', expiresIn: -60 }), auth, /"exp" claim/],
-    ['signed with another secret', () => signWorkspaceToken({ secret: 'another-key-that-is-32-characters-long', workspaceId: 'ws' }), auth, /signature verification failed/],
-    ['wrong issuer', () => signWorkspaceToken({ secret: SECRET, workspaceId: 'ws', issuer: 'evil' }), new JwtAuthenticator({ secret: SECRET, issuer: 'gw' }), /"iss" claim/],
-    ['no issuer when one is required', () => signWorkspaceToken({ secret: SECRET, workspaceId: 'ws' }), new JwtAuthenticator({ secret: SECRET, issuer: 'gw' }), /"iss" claim/],
-    ['wrong audience', () => signWorkspaceToken({ secret: SECRET, workspaceId: 'ws', audience: 'other' }), new JwtAuthenticator({ secret: SECRET, audience: 'codex' }), /"aud" claim/],
+    ['expired', () => signWorkspaceToken({ secret: SECRET, workspaceId: 'ws', expiresIn: -60 }), auth, /token has expired/],
+    ['signed with another secret', () => signWorkspaceToken({ secret: 'another-key-that-is-32-characters-long', workspaceId: 'ws' }), auth, /signature is invalid/],
+    ['wrong issuer', () => signWorkspaceToken({ secret: SECRET, workspaceId: 'ws', issuer: 'evil' }), new JwtAuthenticator({ secret: SECRET, issuer: 'gw' }), /iss claim value is not allowed/],
+    ['no issuer when one is required', () => signWorkspaceToken({ secret: SECRET, workspaceId: 'ws' }), new JwtAuthenticator({ secret: SECRET, issuer: 'gw' }), /iss claim is required/],
+    ['wrong audience', () => signWorkspaceToken({ secret: SECRET, workspaceId: 'ws', audience: 'other' }), new JwtAuthenticator({ secret: SECRET, audience: 'codex' }), /aud claim value is not allowed/],
     ['no workspace claim', () => jwt({ sub: 'ws' }), auth, /no "workspace_id" claim/],
     ['workspace claim "../x"', () => jwt({ workspace_id: '../x' }), auth, /workspace claim "workspace_id" is invalid/],
     ['workspace claim ".."', () => jwt({ workspace_id: '..' }), auth, /workspace claim "workspace_id" is invalid/],
     ['workspace claim not a string', () => jwt({ workspace_id: 42 }), auth, /workspace claim "workspace_id" is invalid/],
     ['alg none', () => Promise.resolve(new UnsecuredJWT({ workspace_id: 'ws' }).setExpirationTime('1h').encode()), auth, /invalid bearer token/],
-    ['HS512 with the right secret', () => jwt({ workspace_id: 'ws' }, { alg: 'HS512' }), auth, /"alg" \(Algorithm\) Header Parameter value not allowed/],
-    ['no exp', () => jwt({ workspace_id: 'ws' }, { exp: null }), auth, /"exp" claim/],
-    ['not yet valid (nbf)', () => new SignJWT({ workspace_id: 'ws' }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('2h').setNotBefore(now() + 3600).sign(key), auth, /"nbf" claim/],
+    ['HS512 with the right secret', () => jwt({ workspace_id: 'ws' }, { alg: 'HS512' }), auth, /algorithm is not allowed/],
+    ['no exp', () => jwt({ workspace_id: 'ws' }, { exp: null }), auth, /exp claim is required/],
+    ['not yet valid (nbf)', () => new SignJWT({ workspace_id: 'ws' }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('2h').setNotBefore(now() + 3600).sign(key), auth, /will be active/],
     ['garbage', () => Promise.resolve('not-a-jwt'), auth, /invalid bearer token/],
     ['empty', () => Promise.resolve(''), auth, /empty bearer token/],
     ['too long', () => Promise.resolve('a'.repeat(MAX_TOKEN_LENGTH + 1)), auth, /longer than/],
@@ -127,17 +127,17 @@ describe('JwtAuthenticator', () => {
 
     const [h, , sig] = (await signWorkspaceToken({ secret: SECRET, workspaceId: 'ws-a' })).split('.');
     const forged = Buffer.from(JSON.stringify({ workspace_id: 'ws-b', exp: Math.floor(Date.now() / 1000) + 3600 })).toString('base64url');
-    expect(() => auth.verifyNow(`${h}.${forged}.${sig}`)).toThrow(/signature verification failed/);
+    expect(() => auth.verifyNow(`${h}.${forged}.${sig}`)).toThrow(/signature is invalid/);
 
     const crit = await new SignJWT({ workspace_id: 'ws' }).setProtectedHeader({ alg: 'HS256', crit: ['b64'], b64: true }).setExpirationTime('1h').sign(key);
-    expect(() => auth.verifyNow(crit)).toThrow(/"crit"/);
+    expect(() => auth.verifyNow(crit)).toThrow(/Critical extension/);
 
     const enc = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
     const head = enc({ alg: 'HS256' });
     const body = enc([{ workspace_id: 'ws' }]);
     const mac = createHmac('sha256', key).update(`${head}.${body}`).digest('base64url');
-    expect(() => auth.verifyNow(`${head}.${body}.${mac}`)).toThrow(/top-level JSON object/);
-    expect(() => auth.verifyNow(`${head}.${body}`)).toThrow(/Invalid Compact JWS/);
+    expect(() => auth.verifyNow(`${head}.${body}.${mac}`)).toThrow(/payload must be an object/);
+    expect(() => auth.verifyNow(`${head}.${body}`)).toThrow(/token is malformed/);
   });
 
   it('signWorkspaceToken refuses a bad workspace id', async () => {
