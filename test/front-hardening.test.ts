@@ -6,7 +6,8 @@
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConnectionIds, MAX_CONNECTION_ID } from '../src/main/connection-ids.js';
-import { openWs, rpc, startTestGateway } from './gateway-helpers.js';
+import { DEFAULT_FRONT_LIMITS, ERROR_CODES } from 'codex-app-gateway';
+import { openWs, refusedUpgrade, rpc, startTestGateway } from './gateway-helpers.js';
 import { waitFor } from './helpers.js';
 import type { TestGateway } from './gateway-helpers.js';
 
@@ -139,5 +140,29 @@ describe('operator endpoints check their token first', () => {
     const ok = await fetch(`${t.httpUrl}/metrics`, { headers: { authorization: `Bearer ${METRICS}` } });
     expect(ok.status).toBe(200);
     expect(await ok.text()).toContain('cxg_clients_connected');
+  });
+});
+
+describe('limits.max_connections (fake codex)', () => {
+  let t: TestGateway;
+  beforeAll(async () => {
+    t = await startTestGateway({ limits: { ...DEFAULT_FRONT_LIMITS, maxFrameBytes: 1024 * 1024, maxConnections: 2 } });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('an upgrade past the limit gets 503 GW_TOO_MANY_CONNECTIONS; once one closes, a new client gets in', async () => {
+    const a = await openWs(t.url, await t.token('ws-max-a'));
+    const b = await openWs(t.url, await t.token('ws-max-b'));
+    const refused = await refusedUpgrade(t.url, { authorization: `Bearer ${await t.token('ws-max-c')}` });
+    expect(refused.status).toBe(503);
+    expect(JSON.parse(refused.body)).toEqual({ error: { code: 'GW_TOO_MANY_CONNECTIONS', message: ERROR_CODES.GW_TOO_MANY_CONNECTIONS } });
+    a.close();
+    await waitFor(() => t.gw.front.connectionCount === 1, 10_000, 'the closed client to be gone');
+    const c = await openWs(t.url, await t.token('ws-max-c'));
+    expect((await rpc<FakeInfo>(c, 'fake/info')).codexHome).toContain('ws-max-c');
+    b.close();
+    c.close();
   });
 });

@@ -15,7 +15,7 @@
  */
 import type { Logger } from 'pino';
 import { CloseCode } from '../shared/close-codes.js';
-import { toGatewayError } from '../shared/errors.js';
+import { GatewayError, toGatewayError } from '../shared/errors.js';
 import { publicError } from '../shared/public-error.js';
 import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, ackPayload, decodeText, readAck, readBatch } from '../shared/frames.js';
 import type { Authenticator } from './auth.js';
@@ -33,6 +33,8 @@ export interface FrontLimits {
   clientMaxBufferedBytes: number;
   slowClientTimeoutMs: number;
   maxUnackedToShardBytes: number;
+  /** Client connections open (or being authenticated) at most; unset: no limit. */
+  maxConnections?: number;
 }
 
 export const DEFAULT_FRONT_LIMITS: Omit<FrontLimits, 'maxFrameBytes'> = {
@@ -92,6 +94,8 @@ export class Front {
   /** Shards given up after dying again and again: their workspaces get 503. */
   private readonly downShards = new Set<number>();
   private readonly ids: ConnectionIds;
+  /** Upgrades waiting for an asynchronous auth answer; they count toward maxConnections. */
+  private pendingUpgrades = 0;
   private listenSocket: ListenSocket | undefined;
   private sweep: NodeJS.Timeout | undefined;
   private closedAll: (() => void) | undefined;
@@ -187,6 +191,13 @@ export class Front {
       sendJson(res, 503, { error: { code: 'GW_CLOSED', message: 'gateway is shutting down' } });
       return;
     }
+    const max = this.o.limits.maxConnections;
+    if (max !== undefined && this.conns.size + this.pendingUpgrades >= max) {
+      // Before auth: a flood of connections costs a header check each, no verification.
+      this.o.log.warn({ peer, connections: this.conns.size, max }, 'upgrade refused: connection limit');
+      sendJson(res, 503, { error: publicError(new GatewayError('GW_TOO_MANY_CONNECTIONS')) }, { 'retry-after': '5' });
+      return;
+    }
     if (token === undefined) {
       this.o.observer?.authFailed?.('GW_UNAUTHORIZED');
       sendJson(res, 401, { error: { code: 'GW_UNAUTHORIZED', message: 'missing bearer token' } }, { 'www-authenticate': 'Bearer' });
@@ -212,14 +223,18 @@ export class Front {
       aborted = true;
     });
     const corked = (f: () => void): void => void res.cork(f);
-    this.o.auth.verify(token).then(
-      ({ workspaceId }) => {
-        if (!aborted) this.accept(res, workspaceId, corked, upgrade);
-      },
-      (err: unknown) => {
-        if (!aborted) this.refuse(res, err, corked, peer);
-      },
-    );
+    this.pendingUpgrades++;
+    this.o.auth
+      .verify(token)
+      .finally(() => this.pendingUpgrades--)
+      .then(
+        ({ workspaceId }) => {
+          if (!aborted) this.accept(res, workspaceId, corked, upgrade);
+        },
+        (err: unknown) => {
+          if (!aborted) this.refuse(res, err, corked, peer);
+        },
+      );
   }
 
   /** Upgrades an authenticated request, unless the gateway drains or the workspace's shard is down. */

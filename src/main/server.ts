@@ -80,7 +80,11 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
       port: settings.internal.port,
       ...(settings.internal.upstreamUrl === undefined ? {} : { upstreamUrl: settings.internal.upstreamUrl }),
     },
-    limits: { ...DEFAULT_FRONT_LIMITS, maxFrameBytes },
+    limits: {
+      ...DEFAULT_FRONT_LIMITS,
+      maxFrameBytes,
+      ...(settings.limits.maxConnections === undefined ? {} : { maxConnections: settings.limits.maxConnections }),
+    },
     reaper: {
       intervalMs: settings.reaper.intervalMs,
       idleAfterMs: settings.reaper.idleAfterMs,
