@@ -271,12 +271,54 @@ describe('RemoteAuthenticator', () => {
     expect([v.hits.get('good:a'), v.hits.get('good:b'), v.hits.get('good:c')]).toEqual([1, 2, 1]);
   });
 
-  it('401 and 403 are GW_UNAUTHORIZED and are not cached', async () => {
-    const auth = new RemoteAuthenticator({ url: v.url, cacheMs: 60_000 });
+  it('401 and 403 are GW_UNAUTHORIZED and cached for negativeCacheMs; verifyNow answers a cached refusal', async () => {
+    let now = 1_000_000;
+    const auth = new RemoteAuthenticator({ url: v.url, cacheMs: 60_000, negativeCacheMs: 5000, now: () => now });
     await failure(auth.verify('deny'), 'GW_UNAUTHORIZED');
+    await failure(auth.verify('deny'), 'GW_UNAUTHORIZED');
+    expect(v.hits.get('deny')).toBe(1);
+    expect(() => auth.verifyNow('deny')).toThrow(/refused/);
+    now += 5001;
+    expect(auth.verifyNow('deny')).toBeUndefined();
     await failure(auth.verify('deny'), 'GW_UNAUTHORIZED');
     expect(v.hits.get('deny')).toBe(2);
     await failure(auth.verify('forbid'), 'GW_UNAUTHORIZED');
+    // With negativeCacheMs 0, every refusal asks again.
+    const uncached = new RemoteAuthenticator({ url: v.url, cacheMs: 60_000, negativeCacheMs: 0 });
+    await failure(uncached.verify('forbid'), 'GW_UNAUTHORIZED');
+    await failure(uncached.verify('forbid'), 'GW_UNAUTHORIZED');
+    expect(v.hits.get('forbid')).toBe(3);
+  });
+
+  it('an unknown answer (500) is never cached', async () => {
+    const auth = new RemoteAuthenticator({ url: v.url, cacheMs: 60_000, negativeCacheMs: 60_000 });
+    await failure(auth.verify('boom'), 'GW_AUTH_UNAVAILABLE');
+    await failure(auth.verify('boom'), 'GW_AUTH_UNAVAILABLE');
+    expect(v.hits.get('boom')).toBe(2);
+  });
+
+  it('at most maxConcurrent requests are in flight; the rest wait their turn, within timeoutMs', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const counting: typeof fetch = async (input, init) => {
+      inFlight++;
+      most = Math.max(most, inFlight);
+      try {
+        return await fetch(input, init);
+      } finally {
+        inFlight--;
+      }
+    };
+    const auth = new RemoteAuthenticator({ url: v.url, cacheMs: 0, maxConcurrent: 3, fetch: counting });
+    const results = await Promise.all(Array.from({ length: 12 }, (_, i) => auth.verify(`slow:${50 + i}`)));
+    expect(results).toHaveLength(12);
+    expect(most).toBe(3);
+    // A queue that cannot drain within timeoutMs answers GW_AUTH_UNAVAILABLE, not a hang.
+    // One slot, 1 s each: the first holds it 600 ms, the second 600 ms more, the third gives up waiting at 1 s.
+    const busy = new RemoteAuthenticator({ url: v.url, cacheMs: 0, maxConcurrent: 1, timeoutMs: 1000 });
+    const [first, , third] = await Promise.allSettled([busy.verify('slow:600'), busy.verify('slow:601'), busy.verify('slow:602')]);
+    expect(first.status).toBe('fulfilled');
+    expect(third.status === 'rejected' && (third.reason as GatewayError).message).toMatch(/busy/);
   });
 
   it('a 200 naming an invalid workspace is GW_UNAUTHORIZED', async () => {
@@ -314,7 +356,7 @@ describe('RemoteAuthenticator', () => {
     expect(v.hits.get('slow:100')).toBe(2);
   });
 
-  it('concurrent failures are shared too, and not remembered', async () => {
+  it('concurrent failures are shared too', async () => {
     const auth = new RemoteAuthenticator({ url: v.url, cacheMs: 60_000 });
     const errors = await Promise.all([auth.verify('deny'), auth.verify('deny')].map((p) => failure(p, 'GW_UNAUTHORIZED')));
     expect(errors).toHaveLength(2);

@@ -33,7 +33,7 @@ export function bearerToken(headerValue: string | undefined): string | undefined
 export async function createAuthenticator(settings: Settings): Promise<Authenticator> {
   const { auth } = settings;
   if (auth.verifyUrl !== undefined) {
-    return new RemoteAuthenticator({ url: auth.verifyUrl, cacheMs: auth.verifyCacheMs });
+    return new RemoteAuthenticator({ url: auth.verifyUrl, cacheMs: auth.verifyCacheMs, negativeCacheMs: auth.verifyNegativeCacheMs, maxConcurrent: auth.verifyConcurrency });
   }
   const { jwksFile, secret, algorithms, maxAgeMs } = auth.jwt;
   // With a JWKS file, tokens come from an identity provider: no key file is made up.
