@@ -3,11 +3,13 @@
  * client-facing errors without internals, the admin API's order of checks,
  * and loop-delay figures that readers do not reset.
  */
-import { request } from 'node:http';
+import { createServer, request } from 'node:http';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConnectionIds, MAX_CONNECTION_ID } from '../src/main/connection-ids.js';
-import { DEFAULT_FRONT_LIMITS, ERROR_CODES } from 'codex-app-gateway';
-import { openWs, refusedUpgrade, rpc, startTestGateway } from './gateway-helpers.js';
+import { DEFAULT_FRONT_LIMITS, ERROR_CODES, RemoteAuthenticator } from 'codex-app-gateway';
+import { collect, openWs, refusedUpgrade, rpc, startTestGateway } from './gateway-helpers.js';
 import { waitFor } from './helpers.js';
 import type { TestGateway } from './gateway-helpers.js';
 
@@ -164,5 +166,33 @@ describe('limits.max_connections (fake codex)', () => {
     expect((await rpc<FakeInfo>(c, 'fake/info')).codexHome).toContain('ws-max-c');
     b.close();
     c.close();
+  });
+});
+
+describe('verification after the upgrade (remote verifier cache miss, fake codex)', () => {
+  let t: TestGateway;
+  let verifier: Server;
+  beforeAll(async () => {
+    // Answers after 300 ms, so the client's first frames arrive before the verdict.
+    verifier = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ workspace_id: 'ws-late-auth' })), 300));
+    });
+    await new Promise<void>((r) => verifier.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(verifier.address() as AddressInfo).port}/verify`;
+    t = await startTestGateway({ auth: new RemoteAuthenticator({ url, cacheMs: 60_000 }) });
+  });
+  afterAll(async () => {
+    await t?.close();
+    await new Promise((r) => verifier?.close(r));
+  });
+
+  it('frames sent before the verdict wait for it and reach the child in order', async () => {
+    const ws = await openWs(t.url, 'not-yet-known');
+    const got = collect(ws);
+    for (let i = 0; i < 20; i++) ws.send(`{"seq":${i}}`);
+    await waitFor(() => got.length >= 20, 15_000, 'echoes');
+    expect(got.map((f) => f.data.toString())).toEqual(Array.from({ length: 20 }, (_, i) => `{"seq":${i}}`));
+    ws.close();
   });
 });
