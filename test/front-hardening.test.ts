@@ -8,8 +8,8 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConnectionIds, MAX_CONNECTION_ID } from '../src/main/connection-ids.js';
-import { DEFAULT_FRONT_LIMITS, ERROR_CODES, RemoteAuthenticator } from 'codex-app-gateway';
-import { collect, openWs, refusedUpgrade, rpc, startTestGateway } from './gateway-helpers.js';
+import { DEFAULT_DATA_PLANE, DEFAULT_FRONT_LIMITS, ERROR_CODES, RemoteAuthenticator } from 'codex-app-gateway';
+import { closeOf, collect, openWs, refusedUpgrade, rpc, startTestGateway } from './gateway-helpers.js';
 import { waitFor } from './helpers.js';
 import type { TestGateway } from './gateway-helpers.js';
 
@@ -194,5 +194,22 @@ describe('verification after the upgrade (remote verifier cache miss, fake codex
     await waitFor(() => got.length >= 20, 15_000, 'echoes');
     expect(got.map((f) => f.data.toString())).toEqual(Array.from({ length: 20 }, (_, i) => `{"seq":${i}}`));
     ws.close();
+  });
+});
+
+describe('handshake timeout toward the child (fake codex)', () => {
+  let t: TestGateway;
+  beforeAll(async () => {
+    t = await startTestGateway({}, { dataPlane: { ...DEFAULT_DATA_PLANE, childHandshakeTimeoutMs: 1000 } });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('a child that accepts the connection and never answers its upgrade: the client is closed with 1011 GW_CHILD_CONNECT', async () => {
+    t.childEnv.set('ws-stall', ['FAKE_CODEX_MODE=stall-upgrade']);
+    const ws = await openWs(t.url, await t.token('ws-stall'));
+    ws.send('{"id":1,"method":"initialize"}');
+    expect(await closeOf(ws)).toEqual({ code: 1011, reason: `GW_CHILD_CONNECT: ${ERROR_CODES.GW_CHILD_CONNECT}` });
   });
 });

@@ -60,7 +60,7 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
       childNice: settings.spawn.nice,
       stopGraceMs: Math.max(1, settings.spawn.stopGraceMs),
       shutdownConcurrency: settings.shutdown.concurrency,
-      dataPlane: { ...DEFAULT_DATA_PLANE, maxFrameBytes },
+      dataPlane: { ...DEFAULT_DATA_PLANE, maxFrameBytes, childHandshakeTimeoutMs: settings.limits.childHandshakeTimeoutMs },
       limits: {
         ...(settings.limits.maxChildren === undefined ? {} : { maxChildren: settings.limits.maxChildren }),
         maxConcurrentSpawns: settings.limits.maxConcurrentSpawns,

@@ -151,6 +151,8 @@ export const SETTINGS = [
     description: 'Most children starting at once; others wait in order (a start is CPU-heavy for a moment).' },
   { key: 'limits.max_frame', kind: { type: 'size', min: KiB, max: 1024 ** 3 }, default: 64 * 1024 * KiB,
     description: 'Largest WebSocket frame accepted from a client or a child.' },
+  { key: 'limits.child_handshake_timeout', kind: TIMEOUT, default: 10_000,
+    description: 'Time a child has to complete the WebSocket handshake of a client connection; past it the client is closed with 1011 GW_CHILD_CONNECT.' },
   { key: 'crash_loop.threshold', kind: COUNT, default: 3,
     description: 'Early exits in a row (before ready, or within crash_loop.window) after which a workspace backs off.' },
   { key: 'crash_loop.window', kind: TIMEOUT, default: 10_000,

@@ -86,6 +86,7 @@ export const DEFAULT_DATA_PLANE: DataPlaneLimits = {
   maxFrameBytes: 64 * MiB,
   maxPendingToChildBytes: 80 * MiB,
   windowBytes: 1 * MiB,
+  childHandshakeTimeoutMs: 10_000,
 };
 
 export type ResolvedInit = Omit<ShardInit, 'shard' | 'shards' | 'logLevel' | 'shutdownConcurrency'>;

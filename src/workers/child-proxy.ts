@@ -115,6 +115,8 @@ export class ChildProxy {
       perMessageDeflate: false,
       maxPayload: this.limits.maxFrameBytes,
       skipUTF8Validation: true,
+      // Past it ws emits 'error' ("Opening handshake has timed out"): the client gets 1011 GW_CHILD_CONNECT.
+      handshakeTimeout: this.limits.childHandshakeTimeoutMs ?? 10_000,
     });
     c.ws = ws;
     ws.on('open', () => {
