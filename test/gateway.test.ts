@@ -184,7 +184,7 @@ describe('gateway with a remote auth verifier (fake codex)', () => {
     await new Promise((r) => verifier?.close(r));
   });
 
-  it('a first token is upgraded once the verifier answers, a cached one at once; refused tokens get 401, a verifier that is down 503', async () => {
+  it('a first token is upgraded at once and verified after; a refused one is closed with 1008, then (cached) gets 401; a verifier that is down closes with 1013', async () => {
     // First sight: the upgrade waits for the verifier. Second: answered from the cache, no request.
     for (let i = 0; i < 2; i++) {
       const ws = await openWs(t.url, 'good:ws-remote');
@@ -193,11 +193,16 @@ describe('gateway with a remote auth verifier (fake codex)', () => {
     }
     expect(asked.filter((x) => x === 'good:ws-remote')).toHaveLength(1);
 
+    // Not yet known: upgraded, then closed once the verifier says no.
+    const refused = await openWs(t.url, 'nope');
+    expect(await closeOf(refused)).toEqual({ code: 1008, reason: 'GW_UNAUTHORIZED: missing or invalid bearer token' });
+    // The refusal is cached: the next attempt is answered before any upgrade.
     expect((await refusedUpgrade(t.url, { authorization: 'Bearer nope' })).status).toBe(401);
     verifierUp = false;
-    const down = await refusedUpgrade(t.url, { authorization: 'Bearer good:ws-other' });
-    expect(down.status).toBe(503);
-    expect(down.body).toContain('GW_AUTH_UNAVAILABLE');
+    const down = await openWs(t.url, 'good:ws-other');
+    const downClose = await closeOf(down);
+    expect(downClose.code).toBe(1013);
+    expect(downClose.reason).toContain('GW_AUTH_UNAVAILABLE');
     // A cached token does not need the verifier.
     const cached = await openWs(t.url, 'good:ws-remote');
     cached.close();

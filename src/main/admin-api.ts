@@ -9,38 +9,31 @@
  *   POST /admin/workspaces/:id/shutdown    stop it and upload its home
  *   POST /admin/drain                      drain the gateway; NDJSON progress
  */
-import { timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { isGatewayError } from '../shared/errors.js';
+import { ERROR_CODES } from '../shared/errors.js';
 import type { SpoolStatus, WorkspaceStatus } from '../shared/protocol.js';
 import { validateWorkspaceId } from '../shared/workspace-id.js';
-import { bearerToken } from './auth.js';
+import { checkBearer } from './bearer-check.js';
 import type { DrainProgress, DrainReport, Gateway } from './gateway.js';
 import { asyncRoute, errorReply, statusLine } from './http-util.js';
 import type { HttpReply, RequestInfo } from './http-util.js';
 import type { HttpRequest, HttpResponse, TemplatedApp } from './uws.js';
 
 export function adminRoutes(app: TemplatedApp, gw: Gateway, token: string | undefined, log: Logger): void {
-  const guarded =
-    (handler: (req: RequestInfo) => Promise<HttpReply>) =>
-    async (req: RequestInfo): Promise<HttpReply> =>
-      checkToken(req.headers.authorization, token) ?? (await handler(req));
-  app.get('/admin/workspaces', asyncRoute(0, guarded(() => listWorkspaces(gw)), log));
-  app.get('/admin/workspaces/:id', asyncRoute(1, guarded((req) => oneWorkspace(gw, req.params[0] ?? '')), log));
-  app.post('/admin/workspaces/:id/shutdown', asyncRoute(1, guarded((req) => shutdownWorkspace(gw, req.params[0] ?? '')), log));
+  // The token is checked on the headers, before any body is read (asyncRoute's gate).
+  const gate = (req: RequestInfo): HttpReply | undefined => checkToken(req.headers.authorization, token);
+  const route = (params: number, handler: (req: RequestInfo) => Promise<HttpReply>) => asyncRoute(params, handler, log, gate);
+  app.get('/admin/workspaces', route(0, () => listWorkspaces(gw)));
+  app.get('/admin/workspaces/:id', route(1, (req) => oneWorkspace(gw, req.params[0] ?? '')));
+  app.post('/admin/workspaces/:id/shutdown', route(1, (req) => shutdownWorkspace(gw, req.params[0] ?? '')));
   app.post('/admin/drain', (res, req) => drainStream(res, req, gw, token));
-  app.any('/admin/*', asyncRoute(0, guarded(() => Promise.resolve(errorReply(404, 'GW_NOT_FOUND', 'no such admin route'))), log));
+  app.any('/admin/*', route(0, () => Promise.resolve(errorReply(404, 'GW_NOT_FOUND', 'no such admin route'))));
 }
 
 function checkToken(header: string | undefined, token: string | undefined): HttpReply | undefined {
   if (token === undefined) return errorReply(403, 'GW_FORBIDDEN', 'the admin API is off: set admin.token (CXG_ADMIN_TOKEN)');
-  const given = bearerToken(header);
-  if (given === undefined) return errorReply(401, 'GW_UNAUTHORIZED', 'missing bearer token');
-  const a = Buffer.from(given);
-  const b = Buffer.from(token);
-  if (a.length !== b.length || !timingSafeEqual(a, b)) return errorReply(401, 'GW_UNAUTHORIZED', 'wrong admin token');
-  return undefined;
+  return checkBearer(header, token);
 }
 
 async function rssBytes(pid: number | undefined): Promise<number | null> {
@@ -89,8 +82,8 @@ async function listWorkspaces(gw: Gateway): Promise<HttpReply> {
 function parseId(id: string): string | HttpReply {
   try {
     return validateWorkspaceId(decodeURIComponent(id));
-  } catch (err) {
-    return errorReply(400, 'GW_BAD_WORKSPACE_ID', isGatewayError(err) ? err.message : 'bad workspace id');
+  } catch {
+    return errorReply(400, 'GW_BAD_WORKSPACE_ID', ERROR_CODES.GW_BAD_WORKSPACE_ID);
   }
 }
 

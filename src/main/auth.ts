@@ -5,6 +5,8 @@
  */
 import type { Authenticator } from './authenticator.js';
 import { ensureJwtSecret } from './jwt-secret.js';
+import { loadJwksFile } from './jwks.js';
+import type { JwtAlgorithm } from './jwks.js';
 import { JwtAuthenticator } from './jwt-auth.js';
 import { RemoteAuthenticator } from './remote-auth.js';
 import type { Settings } from './settings-spec.js';
@@ -13,6 +15,8 @@ export type { Authenticator } from './authenticator.js';
 export { MAX_TOKEN_LENGTH } from './authenticator.js';
 export { JwtAuthenticator, signWorkspaceToken } from './jwt-auth.js';
 export type { JwtAuthenticatorOptions, SignWorkspaceTokenOptions } from './jwt-auth.js';
+export { keysFromJwks, loadJwksFile } from './jwks.js';
+export type { JwtAlgorithm, JwtKey } from './jwks.js';
 export { RemoteAuthenticator } from './remote-auth.js';
 export type { RemoteAuthenticatorOptions } from './remote-auth.js';
 
@@ -29,10 +33,16 @@ export function bearerToken(headerValue: string | undefined): string | undefined
 export async function createAuthenticator(settings: Settings): Promise<Authenticator> {
   const { auth } = settings;
   if (auth.verifyUrl !== undefined) {
-    return new RemoteAuthenticator({ url: auth.verifyUrl, cacheMs: auth.verifyCacheMs });
+    return new RemoteAuthenticator({ url: auth.verifyUrl, cacheMs: auth.verifyCacheMs, negativeCacheMs: auth.verifyNegativeCacheMs, maxConcurrent: auth.verifyConcurrency });
   }
+  const { jwksFile, secret, algorithms, maxAgeMs } = auth.jwt;
+  // With a JWKS file, tokens come from an identity provider: no key file is made up.
+  const hmac = jwksFile !== undefined ? secret : await ensureJwtSecret(settings);
   return new JwtAuthenticator({
-    secret: await ensureJwtSecret(settings),
+    ...(hmac === undefined ? {} : { secret: hmac }),
+    ...(jwksFile === undefined ? {} : { keys: await loadJwksFile(jwksFile) }),
+    ...(algorithms === undefined ? {} : { algorithms: algorithms as JwtAlgorithm[] }),
+    ...(maxAgeMs === undefined ? {} : { maxTokenAgeSec: maxAgeMs / 1000 }),
     issuer: auth.jwt.issuer,
     audience: auth.jwt.audience,
     workspaceClaim: auth.jwt.workspaceClaim,

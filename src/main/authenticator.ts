@@ -13,9 +13,11 @@ export interface Authenticator {
   /**
    * The answer without waiting, when there is one: the workspace, or a throw
    * as from verify(); undefined when only verify() can tell (a remote
-   * verifier's cache miss). The front upgrades at once on an answer here:
-   * uWS 20.30 can cut a socket it upgraded after an await, from res.cork
-   * (docs/operations.md, "Clients dropped right after connecting").
+   * verifier's cache miss). On an answer here the front upgrades or refuses
+   * (HTTP 401/503) at once; without one it upgrades at once and verifies
+   * after, closing with 1008 or 1013 on a refusal: uWS 20.30 can cut a socket
+   * it upgraded after an await from res.cork (docs/operations.md, "Clients
+   * dropped right after connecting").
    */
   verifyNow?(token: string): { workspaceId: string } | undefined;
 }

@@ -16,9 +16,12 @@
 import type { Logger } from 'pino';
 import { CloseCode } from '../shared/close-codes.js';
 import { GatewayError, toGatewayError } from '../shared/errors.js';
+import type { ErrorCode } from '../shared/errors.js';
+import { publicError, reasonFor } from '../shared/public-error.js';
 import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, ackPayload, decodeText, readAck, readBatch } from '../shared/frames.js';
 import type { Authenticator } from './auth.js';
 import { bearerToken } from './auth.js';
+import { ConnectionIds } from './connection-ids.js';
 import { sendJson } from './http-util.js';
 import type { Supervisor } from './supervisor.js';
 import { registerTurnApi } from './turn-api.js';
@@ -40,6 +43,8 @@ export interface FrontLimits {
    * 8..960 (uWS aborts the process on anything else). Default 120.
    */
   idleTimeoutSeconds?: number;
+  /** Client connections open (or being authenticated) at most; unset: no limit. */
+  maxConnections?: number;
 }
 
 export const DEFAULT_FRONT_LIMITS: Omit<FrontLimits, 'maxFrameBytes'> = {
@@ -63,6 +68,8 @@ export interface FrontOptions {
   observer?: FrontObserver;
   /** POST /api/turns (turns without a WebSocket); unset: not served. */
   turns?: { options: TurnApiOptions; observer?: TurnObserver };
+  /** Tests only: the first connection id, to reach the u32 wrap quickly. */
+  firstConnectionId?: number;
 }
 
 export interface FrontObserver {
@@ -85,7 +92,16 @@ interface ClientData {
   pendingAck: number;
   /** Bytes sent toward the shard and not yet acked by it. */
   toShard: number;
+  /**
+   * Set while the token is being verified after the upgrade (a remote
+   * verifier's cache miss): the connection has no workspace or shard yet,
+   * and its frames wait here, in order, up to PENDING_AUTH_BYTES.
+   */
+  pendingAuth: { token: string; frames: Array<{ data: Uint8Array; binary: boolean }>; bytes: number } | undefined;
 }
+
+/** Frames a client may send before its token is verified (codex sends one `initialize`). */
+const PENDING_AUTH_BYTES = 1024 * 1024;
 
 type Client = UwsSocket<ClientData>;
 
@@ -98,7 +114,7 @@ export class Front {
   private readonly acks: AckTally[];
   /** Shards without a live worker (dead, not yet replaced, or given up): their workspaces get 503. */
   private readonly downShards = new Set<number>();
-  private nextId = 1;
+  private readonly ids: ConnectionIds;
   private listenSocket: ListenSocket | undefined;
   private sweep: NodeJS.Timeout | undefined;
   private closedAll: (() => void) | undefined;
@@ -110,6 +126,7 @@ export class Front {
     private readonly app: TemplatedApp,
   ) {
     const sup = o.sup;
+    this.ids = new ConnectionIds(o.firstConnectionId);
     this.acks = Array.from({ length: sup.shardCount }, () => new AckTally());
     this.toShard = Array.from({ length: sup.shardCount }, (_, i) => this.bind(i));
     sup.on('shard-died', (i: number) => this.shardLost(i));
@@ -213,8 +230,16 @@ export class Front {
     const protocol = req.getHeader('sec-websocket-protocol').split(',')[0]?.trim() ?? '';
     const extensions = req.getHeader('sec-websocket-extensions');
     const token = bearerToken(req.getHeader('authorization'));
+    const peer = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
     if (this.draining) {
       sendJson(res, 503, { error: { code: 'GW_CLOSED', message: 'gateway is shutting down' } });
+      return;
+    }
+    const max = this.o.limits.maxConnections;
+    if (max !== undefined && this.conns.size >= max) {
+      // Before auth: a flood of connections costs a header check each, no verification.
+      this.o.log.warn({ peer, connections: this.conns.size, max }, 'upgrade refused: connection limit');
+      sendJson(res, 503, { error: publicError(new GatewayError('GW_TOO_MANY_CONNECTIONS')) }, { 'retry-after': '5' });
       return;
     }
     if (token === undefined) {
@@ -222,34 +247,74 @@ export class Front {
       sendJson(res, 401, { error: { code: 'GW_UNAUTHORIZED', message: 'missing bearer token' } }, { 'www-authenticate': 'Bearer' });
       return;
     }
-    // An answer now upgrades inside this callback: uWS 20.30 can cut a socket
-    // upgraded later from res.cork (its cork() may read the freed HTTP state
-    // of the socket it just upgraded and close it). See Authenticator.verifyNow.
+    // Every upgrade happens inside this callback (see below).
     const upgrade = (data: ClientData): void => void res.upgrade(data, key, protocol, extensions, ctx);
     let now: { workspaceId: string } | undefined;
     try {
       now = this.o.auth.verifyNow?.(token);
     } catch (err) {
-      this.refuse(res, err, (f) => f());
+      this.refuse(res, err, (f) => f(), peer);
       return;
     }
     if (now !== undefined) {
       this.accept(res, now.workspaceId, (f) => f(), upgrade);
       return;
     }
-    let aborted = false;
-    res.onAborted(() => {
-      aborted = true;
-    });
-    const corked = (f: () => void): void => void res.cork(f);
+    // No answer yet (a remote verifier's cache miss): upgrade now, inside
+    // this callback, and verify once the socket is open (verifyPending).
+    // Upgrading later from res.cork() is what uWS 20.30 gets wrong: its
+    // cork() runs HTTP logic after its handler returns and, when the upgrade
+    // reallocated the socket in place, reads the freed HTTP state of what is
+    // now a WebSocket and may close it (uNetworking/uWebSockets#1928, fixed
+    // upstream by #1929); an uncorked upgrade prints a warning per call.
+    // The price: a refused token sees a close (1008) after its 101, not a 401.
+    const data = this.newClient('', -1);
+    data.pendingAuth = { token, frames: [], bytes: 0 };
+    upgrade(data);
+  }
+
+  private newClient(workspaceId: string, shard: number): ClientData {
+    // The id joins `conns` in opened(), which uWS calls from within upgrade(),
+    // so no other id is taken in between.
+    return { id: this.ids.take((id) => this.conns.has(id)), workspaceId, shard, closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0, pendingAuth: undefined };
+  }
+
+  /** Verifies the token of a connection upgraded before its answer was known. */
+  private verifyPending(ws: Client, d: ClientData, token: string): void {
     this.o.auth.verify(token).then(
       ({ workspaceId }) => {
-        if (!aborted) this.accept(res, workspaceId, corked, upgrade);
+        if (d.closed) return;
+        const shard = this.o.sup.shardFor(workspaceId);
+        if (this.draining || this.downShards.has(shard)) {
+          const code = this.draining ? 'GW_CLOSED' : 'GW_SHARD_FAILED';
+          this.closePending(ws, d, this.draining ? CloseCode.TryAgainLater : CloseCode.InternalError, code);
+          return;
+        }
+        const pending = d.pendingAuth;
+        d.pendingAuth = undefined;
+        d.workspaceId = workspaceId;
+        d.shard = shard;
+        const out = this.toShard[shard] as FrameBatcher;
+        out.push(RecordKind.Open, 0, 0, d.id, workspaceId);
+        for (const f of pending?.frames ?? []) {
+          d.toShard += f.data.byteLength;
+          out.push(RecordKind.Frame, f.binary ? FLAG_BINARY : 0, 0, d.id, f.data);
+        }
       },
       (err: unknown) => {
-        if (!aborted) this.refuse(res, err, corked);
+        const e = toGatewayError(err, 'GW_UNAUTHORIZED');
+        this.o.observer?.authFailed?.(e.code);
+        this.o.log.info({ connId: d.id, err: e.describe() }, 'connection refused after upgrade');
+        if (d.closed) return;
+        this.closePending(ws, d, e.code === 'GW_AUTH_UNAVAILABLE' ? CloseCode.TryAgainLater : CloseCode.PolicyViolation, e.code === 'GW_AUTH_UNAVAILABLE' ? e.code : 'GW_UNAUTHORIZED');
       },
     );
+  }
+
+  private closePending(ws: Client, d: ClientData, code: number, reason: ErrorCode): void {
+    d.closed = true;
+    d.pendingAuth = undefined;
+    ws.cork(() => ws.end(code, reasonFor(reason)));
   }
 
   /** Upgrades an authenticated request, unless the gateway drains or the workspace's shard is down. */
@@ -263,15 +328,20 @@ export class Front {
       write(() => sendJson(res, 503, { error: { code: 'GW_SHARD_FAILED', message: 'the shard serving this workspace is down' } }));
       return;
     }
-    const data: ClientData = { id: this.nextId++, workspaceId, shard, closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0 };
+    const data = this.newClient(workspaceId, shard);
     write(() => upgrade(data));
   }
 
-  private refuse(res: HttpResponse, err: unknown, write: (f: () => void) => void): void {
+  /**
+   * The client learns the code and its fixed message; why exactly (expired,
+   * wrong key, the verifier's status) is logged, with the peer's address.
+   */
+  private refuse(res: HttpResponse, err: unknown, write: (f: () => void) => void, peer: string): void {
     const e = toGatewayError(err, 'GW_UNAUTHORIZED');
     this.o.observer?.authFailed?.(e.code);
     const status = e.code === 'GW_AUTH_UNAVAILABLE' ? 503 : 401;
-    write(() => sendJson(res, status, { error: { code: e.code, message: e.message } }, status === 401 ? { 'www-authenticate': 'Bearer error="invalid_token"' } : {}));
+    this.o.log.info({ peer, status, err: e.describe() }, 'upgrade refused');
+    write(() => sendJson(res, status, { error: publicError(e) }, status === 401 ? { 'www-authenticate': 'Bearer error="invalid_token"' } : {}));
   }
 
   // ---- client → shard ----------------------------------------------------------
@@ -280,6 +350,11 @@ export class Front {
     const d = ws.getUserData();
     this.conns.set(d.id, ws);
     this.o.observer?.connectionOpened?.();
+    if (d.pendingAuth !== undefined) {
+      this.verifyPending(ws, d, d.pendingAuth.token);
+      d.pendingAuth.token = '';
+      return;
+    }
     (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Open, 0, 0, d.id, d.workspaceId);
   }
 
@@ -288,7 +363,18 @@ export class Front {
     if (d.closed) return;
     if (msg.byteLength > this.o.limits.maxFrameBytes) {
       d.closed = true;
-      ws.end(CloseCode.MessageTooBig, `message of ${msg.byteLength} bytes is above the ${this.o.limits.maxFrameBytes}-byte limit`);
+      ws.end(CloseCode.MessageTooBig, `GW_TOO_LARGE: message above the ${this.o.limits.maxFrameBytes}-byte limit`);
+      return;
+    }
+    const pending = d.pendingAuth;
+    if (pending !== undefined) {
+      if (pending.bytes + msg.byteLength > PENDING_AUTH_BYTES) {
+        this.closePending(ws, d, CloseCode.PolicyViolation, 'GW_TOO_LARGE');
+        return;
+      }
+      // A copy: uWS reuses `msg` once this callback returns.
+      pending.frames.push({ data: new Uint8Array(msg.slice(0)), binary: isBinary });
+      pending.bytes += msg.byteLength;
       return;
     }
     if (d.toShard + msg.byteLength > this.o.limits.maxUnackedToShardBytes) {
@@ -307,7 +393,9 @@ export class Front {
     this.conns.delete(d.id);
     this.behind.delete(ws);
     this.o.observer?.connectionClosed?.();
-    (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Close, 0, code, d.id);
+    // A connection still without a workspace never reached a shard.
+    if (d.shard >= 0) (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Close, 0, code, d.id);
+    d.pendingAuth = undefined;
     if (this.conns.size === 0) this.closedAll?.();
   }
 

@@ -13,7 +13,8 @@ import { adminRoutes } from './admin-api.js';
 import type { Authenticator } from './auth.js';
 import { Front } from './front.js';
 import type { FrontLimits } from './front.js';
-import { sendText } from './http-util.js';
+import { checkBearer } from './bearer-check.js';
+import { sendJson, sendText } from './http-util.js';
 import { IdleReaper } from './idle-reaper.js';
 import type { IdleReaperOptions } from './idle-reaper.js';
 import { InternalApi } from './internal-api.js';
@@ -37,10 +38,14 @@ export interface GatewayOptions {
   shutdownBudgetMs: number;
   /** Bearer token of the admin API on the internal listener; unset: admin API off. */
   adminToken?: string;
+  /** When set, GET /metrics needs `Authorization: Bearer <metricsToken>`. */
+  metricsToken?: string;
   log: Logger;
   /** Extra routes on the public listener and on the internal one. */
   publicRoutes?: (app: TemplatedApp, gw: Gateway) => void;
   internalRoutes?: (app: TemplatedApp, gw: Gateway) => void;
+  /** Tests only: the front's first connection id (see ConnectionIds). */
+  firstConnectionId?: number;
 }
 
 export interface DrainReport {
@@ -125,15 +130,25 @@ export class Gateway extends EventEmitter {
         port: o.listen.port,
         limits: o.limits,
         log: o.log,
+        ...(o.firstConnectionId === undefined ? {} : { firstConnectionId: o.firstConnectionId }),
         observer: gw.metrics.front,
         ...(o.turns === false ? {} : { turns: { options: { ...DEFAULT_TURN_API, ...(o.turns ?? {}) }, observer: gw.metrics } }),
         routes: (app) => {
-          app.get('/metrics', (res) => {
+          app.get('/metrics', (res, req) => {
+            const refused = o.metricsToken === undefined ? undefined : checkBearer(req.getHeader('authorization'), o.metricsToken);
+            if (refused !== undefined) {
+              sendJson(res, refused.status, refused.body, refused.headers);
+              return;
+            }
             let aborted = false;
             res.onAborted(() => (aborted = true));
             gw.metrics.render().then(
               (m) => !aborted && res.cork(() => sendText(res, 200, m.body, m.contentType)),
-              (err: unknown) => !aborted && res.cork(() => sendText(res, 500, `# metrics failed: ${toGatewayError(err).message}\n`)),
+              (err: unknown) => {
+                const e = toGatewayError(err);
+                o.log.error({ err: e.describe() }, 'metrics failed');
+                if (!aborted) res.cork(() => sendText(res, 500, `# metrics failed: ${e.code}\n`));
+              },
             );
           });
           o.publicRoutes?.(app, gw);
@@ -231,7 +246,7 @@ export class Gateway extends EventEmitter {
     this.progress.total = total;
     this.emit('drain-start', { ...this.progress });
     const clients = this.front.connectionCount;
-    await this.front.closeClients(CloseCode.GoingAway, 'gateway shutting down', Math.min(2000, budgetMs / 4, left()));
+    await this.front.closeClients(CloseCode.GoingAway, 'GW_CLOSED: gateway shutting down', Math.min(2000, budgetMs / 4, left()));
     log.info({ clients, workspaces: total }, 'drain: clients closed; stopping children');
     const outcome = await within(this.sup.close(), left());
     const timedOut = outcome === TIMED_OUT;

@@ -6,6 +6,7 @@
 import { STATUS_CODES } from 'node:http';
 import type { Logger } from 'pino';
 import { toGatewayError } from '../shared/errors.js';
+import { publicError } from '../shared/public-error.js';
 import type { HttpRequest, HttpResponse } from './uws.js';
 
 export function statusLine(status: number): string {
@@ -57,8 +58,17 @@ const MAX_BODY = 1024 * 1024;
  * Registers an async handler: copies the request (headers, params, peer,
  * body up to 1 MiB) while it is valid, answers corked, and turns a thrown
  * error into a 500 with its code.
+ *
+ * `gate` runs on the headers before any body is read: a request it refuses
+ * (a missing or wrong token) is answered at once, so nobody without the
+ * token can make the gateway buffer a body or wait for one.
  */
-export function asyncRoute(paramCount: number, handler: (req: RequestInfo) => Promise<HttpReply>, log: Logger): (res: HttpResponse, req: HttpRequest) => void {
+export function asyncRoute(
+  paramCount: number,
+  handler: (req: RequestInfo) => Promise<HttpReply>,
+  log: Logger,
+  gate?: (req: RequestInfo) => HttpReply | undefined,
+): (res: HttpResponse, req: HttpRequest) => void {
   return (res, req) => {
     const headers: Record<string, string> = {};
     req.forEach((k, v) => {
@@ -92,11 +102,19 @@ export function asyncRoute(paramCount: number, handler: (req: RequestInfo) => Pr
     };
     const run = (): void => {
       handler(info).then(respond, (err: unknown) => {
+        // The client gets the code; the message with its paths and URLs stays in the log.
         const e = toGatewayError(err);
-        log.error({ url: info.url, err: e.describe() }, 'http handler failed');
-        respond(errorReply(500, e.code, e.message));
+        const pub = publicError(e);
+        log.error({ url: info.url, peer: info.remoteAddress, err: e.describe() }, 'http handler failed');
+        respond(errorReply(500, pub.code, pub.message));
       });
     };
+    const refused = gate?.(info);
+    if (refused !== undefined) {
+      // No onData handler: whatever body follows is never buffered.
+      respond(refused);
+      return;
+    }
     if (info.method === 'get' || info.method === 'head' || info.method === 'delete') {
       run();
       return;

@@ -34,6 +34,10 @@ export async function ensureJwtSecret(settings: Settings): Promise<string> {
     // A locally signed token would not be accepted by the remote verifier anyway.
     throw new GatewayError('GW_SETTINGS', 'auth.jwt.secret: not set, and auth.verify_url is set, so tokens are checked remotely; set auth.jwt.secret (CXG_AUTH_JWT_SECRET) to sign tokens locally');
   }
+  if (settings.auth.jwt.jwksFile !== undefined) {
+    // Tokens come from the identity provider whose keys are in the JWKS file.
+    throw new GatewayError('GW_SETTINGS', 'auth.jwt.secret: not set, and auth.jwt.jwks_file is set, so tokens are signed by an identity provider; set auth.jwt.secret (CXG_AUTH_JWT_SECRET) to sign tokens locally too');
+  }
   try {
     return await readJwtSecretFile(secretFile);
   } catch (err) {

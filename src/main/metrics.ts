@@ -5,9 +5,8 @@
  * scrape time from every shard's stats and from the front's counters, so
  * nothing on the frame path touches prom-client.
  */
-import { monitorEventLoopDelay } from 'node:perf_hooks';
-import type { IntervalHistogram } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { LoopDelayWindow } from '../shared/loop-delay.js';
 import type { ShardStats } from '../shared/protocol.js';
 import type { FrontObserver } from './front.js';
 import type { SupervisorObserver } from './supervisor.js';
@@ -71,7 +70,7 @@ export class GatewayMetrics implements SupervisorObserver, TurnObserver {
   readonly registry = new Registry();
   readonly front = new FrontCounters();
   private sources: MetricsSources | undefined;
-  private readonly loopDelay: IntervalHistogram;
+  private readonly loopDelay = new LoopDelayWindow();
 
   private readonly spawns: Counter<'result' | 'code'>;
   private readonly spawnDuration: Histogram<'result'>;
@@ -91,8 +90,6 @@ export class GatewayMetrics implements SupervisorObserver, TurnObserver {
   constructor() {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
-    this.loopDelay = monitorEventLoopDelay({ resolution: 10 });
-    this.loopDelay.enable();
 
     this.spawns = new Counter({ name: 'cxg_spawns_total', help: 'Child starts, by result and error code.', labelNames: ['result', 'code'], registers });
     this.spawnDuration = new Histogram({ name: 'cxg_spawn_duration_seconds', help: 'Time from ensure to a ready child (download, spawn, /readyz).', labelNames: ['result'], buckets: SPAWN_BUCKETS, registers });
@@ -150,10 +147,9 @@ export class GatewayMetrics implements SupervisorObserver, TurnObserver {
       const oldest = Math.min(...(await this.stats()).flatMap((s) => s.spool.map((e) => e.since)));
       spoolAge.set(Number.isFinite(oldest) ? (Date.now() - oldest) / 1000 : 0);
     } });
-    const delay = new Gauge({ name: 'cxg_event_loop_delay_p99_seconds', help: 'p99 event-loop delay since the last scrape, per thread.', labelNames: ['thread'], registers, collect: async () => {
+    const delay = new Gauge({ name: 'cxg_event_loop_delay_p99_seconds', help: 'p99 event-loop delay over the last 10 s window (or the current one, if higher), per thread.', labelNames: ['thread'], registers, collect: async () => {
       delay.reset();
-      delay.set({ thread: 'main' }, this.loopDelay.percentile(99) / 1e9);
-      this.loopDelay.reset();
+      delay.set({ thread: 'main' }, this.loopDelay.p99Ms() / 1000);
       for (const s of await this.stats()) delay.set({ thread: `shard-${s.shard}` }, s.eventLoopDelayP99Ms / 1000);
     } });
     const processes: Gauge = new Gauge({
@@ -229,6 +225,6 @@ export class GatewayMetrics implements SupervisorObserver, TurnObserver {
   }
 
   close(): void {
-    this.loopDelay.disable();
+    this.loopDelay.close();
   }
 }

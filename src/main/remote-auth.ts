@@ -4,9 +4,15 @@
  * 401/403 mean no; anything else (other statuses, timeouts, network errors)
  * means the answer is unknown, which the client sees as 503, not 401.
  *
- * Positive answers are cached for `cacheMs` under the SHA-256 of the token,
- * so the raw token is never kept. Negative answers are not cached: a token
- * refused during the verifier's hiccup must work once it recovers.
+ * Answers are cached under the SHA-256 of the token, so the raw token is
+ * never kept: a grant for `cacheMs`, a refusal (401/403) for
+ * `negativeCacheMs`, so a client retrying a bad token in a loop costs the
+ * verifier one request per period. An unknown answer is never cached: a
+ * token that met the verifier's hiccup must work once it recovers.
+ *
+ * At most `maxConcurrent` requests are in flight; the others wait their
+ * turn, at most `timeoutMs` in all, so a burst of new tokens cannot open
+ * thousands of sockets to the verifier at once.
  */
 import { createHash } from 'node:crypto';
 import { GatewayError } from '../shared/errors.js';
@@ -17,6 +23,10 @@ export interface RemoteAuthenticatorOptions {
   url: string;
   /** How long a positive answer is reused; 0 disables the cache. */
   cacheMs: number;
+  /** How long a refusal (401/403) is reused; 0 disables it. Default 5 s. */
+  negativeCacheMs?: number;
+  /** Requests to the verifier in flight at most. Default 32. */
+  maxConcurrent?: number;
   /** Per request, body included. Default 5 s. */
   timeoutMs?: number;
   /** Cached tokens kept at most; the least recently used go first. Default 10 000. */
@@ -26,9 +36,12 @@ export interface RemoteAuthenticatorOptions {
 }
 
 interface CacheEntry {
-  workspaceId: string;
+  /** undefined: the verifier refused the token. */
+  workspaceId: string | undefined;
   expiresAt: number;
 }
+
+const REFUSED = 'bearer token refused by the auth verifier';
 
 export class RemoteAuthenticator implements Authenticator {
   /** Map order is recency order: a hit moves its entry to the end. */
@@ -37,17 +50,24 @@ export class RemoteAuthenticator implements Authenticator {
   private readonly inflight = new Map<string, Promise<{ workspaceId: string }>>();
   private readonly timeoutMs: number;
   private readonly maxEntries: number;
+  private readonly negativeCacheMs: number;
+  private readonly maxConcurrent: number;
+  private active = 0;
+  /** Requests waiting for a slot, oldest first. */
+  private readonly waiting: Array<() => void> = [];
   private readonly fetch: typeof fetch;
   private readonly now: () => number;
 
   constructor(private readonly o: RemoteAuthenticatorOptions) {
     this.timeoutMs = o.timeoutMs ?? 5000;
     this.maxEntries = o.maxEntries ?? 10_000;
+    this.negativeCacheMs = o.negativeCacheMs ?? 5000;
+    this.maxConcurrent = Math.max(1, o.maxConcurrent ?? 32);
     this.fetch = o.fetch ?? globalThis.fetch;
     this.now = o.now ?? Date.now;
   }
 
-  /** A cached positive answer; undefined when the verifier must be asked. */
+  /** A cached answer (a refusal throws); undefined when the verifier must be asked. */
   verifyNow(token: string): { workspaceId: string } | undefined {
     checkTokenShape(token);
     return this.cached(tokenKey(token));
@@ -60,29 +80,66 @@ export class RemoteAuthenticator implements Authenticator {
     if (hit !== undefined) return hit;
     let pending = this.inflight.get(key);
     if (pending === undefined) {
-      pending = this.ask(token)
-        .then((workspaceId) => {
-          this.remember(key, workspaceId);
-          return { workspaceId };
-        })
+      pending = this.askInTurn(token)
+        .then(
+          (workspaceId) => {
+            this.remember(key, workspaceId, this.o.cacheMs);
+            return { workspaceId };
+          },
+          (err: unknown) => {
+            if (err instanceof GatewayError && err.code === 'GW_UNAUTHORIZED') this.remember(key, undefined, this.negativeCacheMs);
+            throw err;
+          },
+        )
         .finally(() => this.inflight.delete(key));
       this.inflight.set(key, pending);
     }
     return pending;
   }
 
+  /** A cached answer (a grant, or a throw for a refusal); undefined when none. */
   private cached(key: string): { workspaceId: string } | undefined {
     const hit = this.cache.get(key);
     if (hit === undefined) return undefined;
     this.cache.delete(key);
     if (hit.expiresAt <= this.now()) return undefined;
     this.cache.set(key, hit);
+    if (hit.workspaceId === undefined) throw new GatewayError('GW_UNAUTHORIZED', REFUSED);
     return { workspaceId: hit.workspaceId };
   }
 
-  private remember(key: string, workspaceId: string): void {
-    if (this.o.cacheMs <= 0) return;
-    this.cache.set(key, { workspaceId, expiresAt: this.now() + this.o.cacheMs });
+  /** Waits for one of the maxConcurrent slots (bounded by timeoutMs), then asks. */
+  private async askInTurn(token: string): Promise<string> {
+    if (this.active >= this.maxConcurrent) {
+      const started = this.now();
+      await new Promise<void>((resolve, reject) => {
+        const turn = (): void => {
+          clearTimeout(timer);
+          resolve();
+        };
+        const timer = setTimeout(() => {
+          const i = this.waiting.indexOf(turn);
+          if (i >= 0) this.waiting.splice(i, 1);
+          reject(new GatewayError('GW_AUTH_UNAVAILABLE', `auth verifier busy: ${this.maxConcurrent} requests in flight for ${this.now() - started} ms`));
+        }, this.timeoutMs);
+        this.waiting.push(turn);
+      });
+    } else {
+      this.active++;
+    }
+    try {
+      return await this.ask(token);
+    } finally {
+      // The slot passes straight to the next waiter, if any.
+      const next = this.waiting.shift();
+      if (next !== undefined) next();
+      else this.active--;
+    }
+  }
+
+  private remember(key: string, workspaceId: string | undefined, ttlMs: number): void {
+    if (ttlMs <= 0) return;
+    this.cache.set(key, { workspaceId, expiresAt: this.now() + ttlMs });
     while (this.cache.size > this.maxEntries) {
       const oldest = this.cache.keys().next().value as string;
       this.cache.delete(oldest);
@@ -104,7 +161,7 @@ export class RemoteAuthenticator implements Authenticator {
       });
       if (res.status !== 200) {
         await res.body?.cancel();
-        if (res.status === 401 || res.status === 403) throw new GatewayError('GW_UNAUTHORIZED', 'bearer token refused by the auth verifier');
+        if (res.status === 401 || res.status === 403) throw new GatewayError('GW_UNAUTHORIZED', REFUSED);
         throw new GatewayError('GW_AUTH_UNAVAILABLE', `auth verifier answered HTTP ${res.status}`);
       }
       body = await res.json();

@@ -63,7 +63,7 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
       childNice: settings.spawn.nice,
       stopGraceMs: Math.max(1, settings.spawn.stopGraceMs),
       shutdownConcurrency: settings.shutdown.concurrency,
-      dataPlane: { ...DEFAULT_DATA_PLANE, maxFrameBytes },
+      dataPlane: { ...DEFAULT_DATA_PLANE, maxFrameBytes, childHandshakeTimeoutMs: settings.limits.childHandshakeTimeoutMs },
       limits: {
         ...(settings.limits.maxChildren === undefined ? {} : { maxChildren: settings.limits.maxChildren }),
         maxConcurrentSpawns: settings.limits.maxConcurrentSpawns,
@@ -85,7 +85,11 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
       port: settings.internal.port,
       ...(settings.internal.upstreamUrl === undefined ? {} : { upstreamUrl: settings.internal.upstreamUrl }),
     },
-    limits: { ...DEFAULT_FRONT_LIMITS, maxFrameBytes },
+    limits: {
+      ...DEFAULT_FRONT_LIMITS,
+      maxFrameBytes,
+      ...(settings.limits.maxConnections === undefined ? {} : { maxConnections: settings.limits.maxConnections }),
+    },
     reaper: {
       intervalMs: settings.reaper.intervalMs,
       idleAfterMs: settings.reaper.idleAfterMs,
@@ -95,6 +99,7 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
     turns: { defaultTimeoutMs: settings.turns.timeoutMs, maxTimeoutMs: settings.turns.maxTimeoutMs, maxBodyBytes: settings.turns.maxBodyBytes },
     shutdownBudgetMs: settings.shutdown.budgetMs,
     ...(settings.admin.token === undefined ? {} : { adminToken: settings.admin.token }),
+    ...(settings.metrics.token === undefined ? {} : { metricsToken: settings.metrics.token }),
     log,
   };
 }

@@ -13,6 +13,7 @@ import { pathToFileURL } from 'node:url';
 import { DEFAULT_ENV_ALLOWLIST } from '../shared/child-env.js';
 import { RESERVED_PROVIDER_IDS } from '../shared/codex-config.js';
 import type { Kind, KindValue, SettingValue } from './setting-kinds.js';
+import { JWT_ALGORITHMS } from './jwks.js';
 import { isStoreUrl } from './store-url.js';
 
 /** What computed defaults may depend on (resolved before any of them). */
@@ -46,6 +47,7 @@ const TIMEOUT = { type: 'duration', min: 1, max: MAX_TIMER_MS } as const;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const ENV_VAR = { type: 'string', pattern: ENV_NAME, expected: 'an environment variable name like OPENAI_API_KEY' } as const;
 const KiB = 1024;
+const JWT_ALGORITHM = new RegExp(`^(?:${JWT_ALGORITHMS.join('|')})$`);
 // codex refuses a [model_providers.X] table for its built-in ids (see RESERVED_PROVIDER_IDS).
 const RESERVED = [...RESERVED_PROVIDER_IDS];
 const PROVIDER_ID = {
@@ -90,6 +92,13 @@ export const SETTINGS = [
   { key: 'auth.jwt.secret_file', kind: { type: 'path' },
     default: (d) => path.join(d.dataDir, 'jwt.secret'), defaultText: '<data.dir>/jwt.secret, created on first use',
     description: 'File holding the HS256 key, used when auth.jwt.secret and auth.verify_url are unset.' },
+  { key: 'auth.jwt.jwks_file', kind: { type: 'path' },
+    description: 'JWKS file ({"keys": [...]}) with the public keys of an identity provider (RSA, EC P-256/384/521, Ed25519) or HMAC keys; a token\'s `kid` picks its key. With it, the JWT secret is used only when auth.jwt.secret is set.' },
+  { key: 'auth.jwt.algorithms', kind: { type: 'list', item: JWT_ALGORITHM, itemExpected: `algorithms among ${JWT_ALGORITHMS.join(', ')}` },
+    defaultText: 'HS256; with auth.jwt.jwks_file: RS256 and ES256, plus HS256 when auth.jwt.secret is set',
+    description: 'Signature algorithms accepted (`none` never is).' },
+  { key: 'auth.jwt.max_age', kind: TIMEOUT,
+    description: 'Refuse tokens issued longer ago than this (by `iat`, then required), whatever their `exp`.' },
   { key: 'auth.jwt.issuer', kind: { type: 'string' },
     description: 'Required `iss` claim of bearer tokens.' },
   { key: 'auth.jwt.audience', kind: { type: 'string' },
@@ -100,6 +109,10 @@ export const SETTINGS = [
     description: 'Verify bearer tokens by POSTing {"token"} here instead of checking a JWT.' },
   { key: 'auth.verify_cache', kind: { type: 'duration', min: 0, max: MAX_TIMER_MS }, default: 30_000,
     description: 'How long a positive answer of auth.verify_url is reused.' },
+  { key: 'auth.verify_negative_cache', kind: { type: 'duration', min: 0, max: MAX_TIMER_MS }, default: 5000,
+    description: 'How long a refusal (401/403) of auth.verify_url is reused; answers other than 200, 401 and 403 are never cached.' },
+  { key: 'auth.verify_concurrency', kind: COUNT, default: 32,
+    description: 'Requests to auth.verify_url in flight at most; further new tokens wait their turn (at most 5 s, then 503 GW_AUTH_UNAVAILABLE).' },
   { key: 'model.provider', kind: PROVIDER_ID, default: 'openai-api',
     description: 'Model provider id written to each child\'s config.toml (not one of codex\'s built-in ids openai, ollama, lmstudio).' },
   { key: 'model.name', kind: { type: 'string' }, default: 'gpt-5.1-codex',
@@ -136,10 +149,14 @@ export const SETTINGS = [
     description: 'Stop a child this long after it started, whatever its activity.' },
   { key: 'limits.max_children', kind: COUNT,
     description: 'Most children running at once (default: no limit).' },
+  { key: 'limits.max_connections', kind: COUNT,
+    description: 'Most client connections open at once; upgrades past it get HTTP 503 GW_TOO_MANY_CONNECTIONS (default: no limit).' },
   { key: 'limits.max_concurrent_spawns', kind: COUNT, default: (d) => d.cores, defaultText: 'available cores',
     description: 'Most children starting at once; others wait in order (a start is CPU-heavy for a moment).' },
   { key: 'limits.max_frame', kind: { type: 'size', min: KiB, max: 1024 ** 3 }, default: 64 * 1024 * KiB,
     description: 'Largest WebSocket frame accepted from a client or a child.' },
+  { key: 'limits.child_handshake_timeout', kind: TIMEOUT, default: 10_000,
+    description: 'Time a child has to complete the WebSocket handshake of a client connection; past it the client is closed with 1011 GW_CHILD_CONNECT.' },
   { key: 'crash_loop.threshold', kind: COUNT, default: 3,
     description: 'Early exits in a row (before ready, or within crash_loop.window) after which a workspace backs off.' },
   { key: 'crash_loop.window', kind: TIMEOUT, default: 10_000,
@@ -166,6 +183,8 @@ export const SETTINGS = [
     description: 'Who answers approval requests on WebSocket connections: the client, or the gateway with decline or accept (the client then never sees them).' },
   { key: 'admin.token', kind: { type: 'string', minLength: 16 }, secret: true,
     description: 'Bearer token for the admin API on the internal endpoint (unset: admin API off).' },
+  { key: 'metrics.token', kind: { type: 'string', minLength: 16 }, secret: true,
+    description: 'When set, GET /metrics needs `Authorization: Bearer <token>` (unset: /metrics is open).' },
   { key: 'log.level', kind: { type: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }, default: 'info', flag: '--log-level',
     description: 'Log level.' },
   { key: 'shards', kind: COUNT, default: (d) => d.cores, defaultText: 'available cores', flag: '--shards',

@@ -108,6 +108,7 @@ export const DEFAULT_DATA_PLANE: DataPlaneLimits = {
   maxFrameBytes: 64 * MiB,
   maxPendingToChildBytes: 80 * MiB,
   windowBytes: 1 * MiB,
+  childHandshakeTimeoutMs: 10_000,
 };
 
 export const DEFAULT_HOME_CACHE_BYTES = 10 * 1024 * MiB;

@@ -19,20 +19,21 @@ export const CloseCode = {
 
 export type GoneReasonName = 'shutdown' | 'idle' | 'restart' | 'drain' | 'evict' | 'crash';
 
+/** Every reason starts with a stable `GW_…` code; the words after it are for people. */
 export function closeCodeForGone(reason: GoneReasonName): { code: number; text: string } {
   switch (reason) {
     case 'crash':
       return { code: CloseCode.InternalError, text: 'GW_CHILD_EXITED: codex app-server exited' };
     case 'restart':
-      return { code: CloseCode.ServiceRestart, text: 'workspace restarting' };
+      return { code: CloseCode.ServiceRestart, text: 'GW_RESTARTING: workspace restarting; reconnect' };
     case 'idle':
-      return { code: CloseCode.GoingAway, text: 'workspace stopped after being idle' };
+      return { code: CloseCode.GoingAway, text: 'GW_STOPPED: workspace stopped after being idle' };
     case 'drain':
-      return { code: CloseCode.GoingAway, text: 'gateway shutting down' };
+      return { code: CloseCode.GoingAway, text: 'GW_CLOSED: gateway shutting down' };
     case 'evict':
-      return { code: CloseCode.GoingAway, text: 'workspace stopped to make room' };
+      return { code: CloseCode.GoingAway, text: 'GW_STOPPED: workspace stopped to make room' };
     case 'shutdown':
-      return { code: CloseCode.GoingAway, text: 'workspace stopped' };
+      return { code: CloseCode.GoingAway, text: 'GW_STOPPED: workspace stopped' };
   }
 }
 

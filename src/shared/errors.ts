@@ -25,7 +25,7 @@ export const ERROR_CODES = {
   GW_ARCHIVE_INVALID: 'stored archive is corrupt or unsafe',
   GW_CRASH_LOOP: 'workspace keeps crashing; retry later',
   GW_CAPACITY: 'gateway is at its child process limit',
-  GW_CLOSED: 'supervisor is closed',
+  GW_CLOSED: 'gateway is shutting down',
   GW_SHARD_FAILED: 'shard worker failed',
   GW_SETTINGS: 'invalid setting',
   GW_UNAUTHORIZED: 'missing or invalid bearer token',
@@ -35,8 +35,14 @@ export const ERROR_CODES = {
   GW_SLOW_CLIENT: 'client is not reading fast enough',
   GW_SLOW_CHILD: 'codex app-server is not reading fast enough',
   GW_BAD_REQUEST: 'malformed request',
-  GW_FORBIDDEN: 'the token is not for this workspace',
   GW_INTERNAL: 'internal error',
+  GW_NOT_FOUND: 'no such route or workspace',
+  GW_FORBIDDEN: 'the token does not allow this request',
+  GW_TOO_LARGE: 'message or request body too large',
+  GW_UPSTREAM: 'upstream service failed',
+  GW_STOPPED: 'workspace stopped',
+  GW_RESTARTING: 'workspace restarting; reconnect',
+  GW_TOO_MANY_CONNECTIONS: 'gateway is at its connection limit; retry later',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -172,6 +172,12 @@ export interface DataPlaneLimits {
   maxPendingToChildBytes: number;
   /** Bytes sent toward a client and not yet acked by the front before its child connection is paused. */
   windowBytes: number;
+  /**
+   * Time the child has to complete a connection's WebSocket handshake; a
+   * child that accepts TCP and never answers must not hold the client (and
+   * its queued frames) forever. Default 10 s.
+   */
+  childHandshakeTimeoutMs?: number;
 }
 
 /** Calls the main thread makes into a shard. */

@@ -21,11 +21,12 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
-import { ERROR_CODES, toGatewayError } from '../shared/errors.js';
+import { toGatewayError } from '../shared/errors.js';
 import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, decodeText, readAck, readBatch } from '../shared/frames.js';
 import type { ChildInfo, DataPlaneLimits, WebSocketApprovalPolicy } from '../shared/protocol.js';
 import { approvalReply, isApprovalRequest } from './approval-policy.js';
 import { CloseCode, closeCodeForGone, forwardableCloseCode } from '../shared/close-codes.js';
+import { publicReason, reasonFor, truncateReason } from '../shared/public-error.js';
 import type { GoneReason, WorkspaceTable } from './workspaces.js';
 
 interface Conn {
@@ -106,7 +107,7 @@ export class ChildProxy {
     if (!this.table.attachClient(c.workspaceId, info.generation)) {
       // The child went away between ensure and now: start over once.
       if (attempt > 1) {
-        this.closeClient(c, CloseCode.InternalError, `GW_CHILD_EXITED: ${ERROR_CODES.GW_CHILD_EXITED}`);
+        this.closeClient(c, CloseCode.InternalError, reasonFor('GW_CHILD_EXITED'));
         return;
       }
       this.table.ensure(c.workspaceId, 0).then(
@@ -121,6 +122,8 @@ export class ChildProxy {
       perMessageDeflate: false,
       maxPayload: this.limits.maxFrameBytes,
       skipUTF8Validation: true,
+      // Past it ws emits 'error' ("Opening handshake has timed out"): the client gets 1011 GW_CHILD_CONNECT.
+      handshakeTimeout: this.limits.childHandshakeTimeoutMs ?? 10_000,
     });
     c.ws = ws;
     ws.on('open', () => {
@@ -141,12 +144,13 @@ export class ChildProxy {
     });
     ws.on('close', (code: number, reason: Buffer) => {
       if (c.closed) return;
-      const why = reason.length > 0 ? reason.toString() : `${ERROR_CODES.GW_CHILD_EXITED}`;
-      this.closeClient(c, forwardableCloseCode(code), code === 1009 ? 'message too big' : `child connection closed: ${why}`);
+      // codex's own reason stays in the log: it is not ours to vouch for.
+      this.log.info({ workspaceId: c.workspaceId, connId: c.id, code, reason: reason.toString() }, 'child closed the connection');
+      this.closeClient(c, forwardableCloseCode(code), code === 1009 ? reasonFor('GW_TOO_LARGE') : reasonFor('GW_CHILD_EXITED'));
     });
     ws.on('error', (err) => {
       this.log.warn({ workspaceId: c.workspaceId, connId: c.id, err: err.message }, 'child connection error');
-      if (!c.open && !c.closed) this.closeClient(c, CloseCode.InternalError, `GW_CHILD_CONNECT: ${err.message}`);
+      if (!c.open && !c.closed) this.closeClient(c, CloseCode.InternalError, reasonFor('GW_CHILD_CONNECT'));
     });
   }
 
@@ -171,11 +175,16 @@ export class ChildProxy {
     return true;
   }
 
-  /** 1013 (retry later) when waiting helps, else 1011; the reason names the code. */
+  /**
+   * 1013 (retry later) when waiting helps, else 1011. The client gets the
+   * code and its fixed message; the whole error (paths, store URLs, codex's
+   * stderr) goes to the log under the connection id.
+   */
   private startFailed(c: Conn, err: unknown): void {
     const e = toGatewayError(err);
     const code = e.code === 'GW_CRASH_LOOP' || e.code === 'GW_CAPACITY' || e.code === 'GW_CLOSED' ? CloseCode.TryAgainLater : CloseCode.InternalError;
-    this.closeClient(c, code, `${e.code}: ${e.message}`);
+    this.log.warn({ workspaceId: c.workspaceId, connId: c.id, closeCode: code, err: e.describe() }, 'client closed: workspace did not start');
+    this.closeClient(c, code, publicReason(e));
   }
 
   private fromClient(id: number, data: Uint8Array, binary: boolean): void {
@@ -185,13 +194,14 @@ export class ChildProxy {
     if (c.open && c.ws !== undefined) {
       c.ws.send(data, { binary });
       if (c.ws.bufferedAmount > this.limits.maxPendingToChildBytes) {
-        this.closeClient(c, CloseCode.PolicyViolation, `GW_SLOW_CHILD: ${ERROR_CODES.GW_SLOW_CHILD}`);
+        this.closeClient(c, CloseCode.PolicyViolation, reasonFor('GW_SLOW_CHILD'));
       }
       return;
     }
     c.queuedBytes += data.byteLength;
     if (c.queuedBytes > this.limits.maxPendingToChildBytes) {
-      this.closeClient(c, CloseCode.PolicyViolation, `GW_SLOW_CHILD: more than ${this.limits.maxPendingToChildBytes} bytes sent before the workspace was ready`);
+      this.log.warn({ workspaceId: c.workspaceId, connId: c.id, queuedBytes: c.queuedBytes }, 'client closed: too much sent before the workspace was ready');
+      this.closeClient(c, CloseCode.PolicyViolation, reasonFor('GW_SLOW_CHILD'));
       return;
     }
     // The payload is a view into a transferred batch that nothing reuses.
@@ -248,13 +258,4 @@ export class ChildProxy {
     for (const c of this.conns.values()) this.closeClient(c, code, reason);
     this.out.flush();
   }
-}
-
-/** Close reasons are limited to 123 bytes by the protocol. */
-export function truncateReason(reason: string): string {
-  const buf = Buffer.from(reason);
-  if (buf.byteLength <= 123) return reason;
-  let s = buf.subarray(0, 120).toString();
-  while (Buffer.byteLength(s) > 120) s = s.slice(0, -1);
-  return `${s.replace(/\uFFFD$/, '')}…`;
 }

@@ -3,9 +3,9 @@
  * map and the client connections of those workspaces. Started by the
  * Supervisor with a control port (RPC) and a data port (frames).
  */
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { workerData } from 'node:worker_threads';
 import { createThreadLogger, flushLogger } from '../shared/logger.js';
+import { LoopDelayWindow } from '../shared/loop-delay.js';
 import type { HostMethods, HostNotices, ShardMethods, ShardNotices, ShardStats, ShardWorkerData } from '../shared/protocol.js';
 import { RpcPeer } from '../shared/rpc.js';
 import { ChildProxy } from './child-proxy.js';
@@ -16,8 +16,7 @@ import { WorkspaceTable } from './workspaces.js';
 const { init, control, data } = workerData as ShardWorkerData;
 const log = createThreadLogger({ level: init.logLevel, pretty: init.logPretty, base: { thread: `shard-${init.shard}`, shard: init.shard } });
 if (parentDeathLauncher() === undefined) log.warn('setpriv (util-linux) not found: codex children will not die with the gateway if it is killed; the next start\'s recovery stops them');
-const loopDelay = monitorEventLoopDelay({ resolution: 10 });
-loopDelay.enable();
+const loopDelay = new LoopDelayWindow();
 
 
 const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
@@ -28,27 +27,23 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
     shutdownAll: (p) => table.shutdownAll(p.reason, p.concurrency),
     lookup: (p) => table.lookup(p.token),
     status: (p) => table.status(p.workspaceId),
-    stats: (): ShardStats => {
-      const s: ShardStats = {
-        shard: init.shard,
-        workspaces: table.statuses(),
-        spool: table.homes.spool.status(),
-        busy: table.busyWorkspaces(),
-        connections: proxy.connectionCount,
-        eventLoopDelayP99Ms: loopDelay.percentile(99) / 1e6,
-        recovering: table.recovering,
-        cachedHomes: table.homes.cache.size,
-        cachedBytes: table.homes.cache.bytes,
-      };
-      loopDelay.reset();
-      return s;
-    },
+    stats: (): ShardStats => ({
+      shard: init.shard,
+      workspaces: table.statuses(),
+      spool: table.homes.spool.status(),
+      busy: table.busyWorkspaces(),
+      connections: proxy.connectionCount,
+      eventLoopDelayP99Ms: loopDelay.p99Ms(),
+      recovering: table.recovering,
+      cachedHomes: table.homes.cache.size,
+      cachedBytes: table.homes.cache.bytes,
+    }),
     reapIdle: (p) => table.reapIdle(p),
     evictCandidate: () => table.evictCandidate(),
     evict: (p) => table.evict(p.workspaceId, p.lastActivity),
     runTurn: (p) => turns.run(p),
     close: async () => {
-      proxy.closeAll(1001, 'gateway shutting down');
+      proxy.closeAll(1001, 'GW_CLOSED: gateway shutting down');
       const results = await table.close(Math.max(1, Math.ceil(init.shutdownConcurrency)));
       log.info({ stopped: results.length, unsaved: results.filter((r) => r.stopped && !r.saved).length }, 'shard closed');
       flushLogger(log);
