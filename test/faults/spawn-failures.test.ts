@@ -108,7 +108,7 @@ describe('fault: codex that cannot start', () => {
   });
 
   for (const { what, code, mode } of CASES) {
-    it(`scenario 8: ${what} → ${code}, no process or directory left, stored state intact (Supervisor API)`, async (ctx) => {
+    it(`scenario 8: ${what} → ${code}, no process and no unsaved home left, stored state intact (Supervisor API)`, async (ctx) => {
       const losses = countLosses(ctx);
       const failing = mode === 'missing-binary' ? missing : t;
       const id = `spawnfail-${mode}`;
