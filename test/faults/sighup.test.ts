@@ -83,7 +83,7 @@ describe('fault: the gateway gets SIGHUP (real codex)', () => {
       expect(gw.logs.find((l) => l.msg === 'gateway stopped')).toMatchObject({ saved: 1, unsaved: 0 });
       expect(await isRunning(childPid), 'the child outlived the gateway').toBe(false);
       expect(existsSync(object), 'the home was stored').toBe(true);
-      expect(existsSync(home), 'the stored home was removed').toBe(false);
+      expect(JSON.parse(await readFile(path.join(home, '.cxg-home.json'), 'utf8')), 'the home is marked stored').toMatchObject({ stored: true, pid: null });
     } finally {
       recordLost(task, lost);
     }
@@ -126,7 +126,7 @@ describe('fault: the gateway gets SIGHUP (real codex)', () => {
       lost = existsSync(object) ? 0 : 1;
       expect(await isRunning(childPid), 'the child outlived the gateway').toBe(false);
       expect(existsSync(object), 'the home was stored before the gateway exited').toBe(true);
-      expect(existsSync(home), 'the stored home was removed').toBe(false);
+      expect(JSON.parse(await readFile(path.join(home, '.cxg-home.json'), 'utf8')), 'the home is marked stored').toMatchObject({ stored: true, pid: null });
       expect(await processesUnder(root)).toEqual([]);
     } finally {
       recordLost(task, lost);
