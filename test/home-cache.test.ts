@@ -65,6 +65,15 @@ async function startSup(e: Env, homes = 'homes', opts: Partial<SupervisorOptions
   return { sup, homeRoot };
 }
 
+/** A run of `id` on `sup` that writes `state.txt` and is stored; what the run found in `state.txt` first. */
+async function storedRun(sup: Supervisor, id: string, state: string): Promise<string | undefined> {
+  const h = await sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
+  const found = await readInHome(h, 'state.txt').catch(() => undefined);
+  await writeInHome(h, 'state.txt', state);
+  expect((await sup.shutdown({ workspaceId: id })).saved).toBe(true);
+  return found;
+}
+
 describe('stable home and warm cache', () => {
   it('the same CODEX_HOME on every start; a stopped home is kept and the next start uses it without a download', async () => {
     const e = await setup();
@@ -94,16 +103,11 @@ describe('stable home and warm cache', () => {
     const a = await startSup(e, 'homes-a');
     const b = await startSup(e, 'homes-b');
     const id = 'ws-two-roots';
-    let h = await a.sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
-    await writeInHome(h, 'state.txt', 'v1 from a');
-    expect((await a.sup.shutdown({ workspaceId: id })).saved).toBe(true);
-    h = await b.sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
-    expect(await readInHome(h, 'state.txt')).toBe('v1 from a');
-    await writeInHome(h, 'state.txt', 'v2 from b');
-    expect((await b.sup.shutdown({ workspaceId: id })).saved).toBe(true);
+    await storedRun(a.sup, id, 'v1 from a');
+    expect(await storedRun(b.sup, id, 'v2 from b')).toBe('v1 from a');
     const downloads = e.downloads;
 
-    h = await a.sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
+    const h = await a.sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
     expect(await readInHome(h, 'state.txt')).toBe('v2 from b');
     expect(e.downloads).toBe(downloads + 1);
     expect(await homeDirs(a.homeRoot, id)).toEqual(['codex-home']);
@@ -146,12 +150,8 @@ describe('stable home and warm cache', () => {
     const a = await startSup(e, 'homes-a');
     const b = await startSup(e, 'homes-b');
     const id = 'ws-bad-download';
-    let h = await a.sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
-    await writeInHome(h, 'state.txt', 'v1');
-    expect((await a.sup.shutdown({ workspaceId: id })).saved).toBe(true);
-    h = await b.sup.ensureSubprocess({ workspaceId: id }, countingBuilder());
-    await writeInHome(h, 'state.txt', 'v2');
-    expect((await b.sup.shutdown({ workspaceId: id })).saved).toBe(true);
+    await storedRun(a.sup, id, 'v1');
+    await storedRun(b.sup, id, 'v2');
     // The newer object is damaged: a's warm copy (v1) must be kept, not replaced by half an archive.
     await writeFile(path.join(e.storeDir, `${id}.tar.gz`), 'not a gzip');
     const err = await rejection(a.sup.ensureSubprocess({ workspaceId: id }, countingBuilder()));

@@ -19,9 +19,9 @@ import type { ShardInit, StopResult } from '../shared/protocol.js';
 import { HomeCache } from './home-cache.js';
 import { Home, createEmptyHome, createIncomingDir, deleteHome, dirBytes, homePath, installHome, newGeneration, readHomeState, removeDir, writeHomeState } from './home.js';
 import type { HomeState } from './home.js';
-import { clearLegacyNotes, quarantine, stopLeftoverChild } from './recovery.js';
+import { LEGACY_MARKER, clearLegacyNotes, quarantine, stopLeftoverChild } from './recovery.js';
 import type { LeftoverWorkspace } from './recovery.js';
-import { Spool } from './spool.js';
+import { Spool, unretryable } from './spool.js';
 import type { TableHost } from './workspaces.js';
 
 export interface HomeStoreHooks {
@@ -169,8 +169,9 @@ export class HomeStore {
       await this.save(home);
       result = { workspaceId: home.workspaceId, stopped: true, saved: true };
     } catch (err) {
-      const msg = toGatewayError(err, 'GW_STORE_UPLOAD').describe();
-      this.spool.add(home, msg);
+      const failure = toGatewayError(err, 'GW_STORE_UPLOAD');
+      const msg = failure.describe();
+      this.spool.add(home, msg, { hold: unretryable(failure.code) });
       result = { workspaceId: home.workspaceId, stopped: true, saved: false, error: msg, spooledDir: home.dir };
     }
     this.host.workspaceStopped(home.workspaceId, reason, result.saved);
@@ -307,7 +308,7 @@ export class HomeStore {
         const dir = homePath(this.init.homeRoot, workspaceId);
         const state: HomeState = { generation: h.generation, stored: h.storedNote, pid: null, startTicks: null, gatewayPid: process.pid };
         await writeHomeState(h.dir, state);
-        await fs.rm(path.join(h.dir, '.cxg-child.json'), { force: true });
+        await fs.rm(path.join(h.dir, LEGACY_MARKER), { force: true });
         await fs.rename(h.dir, dir);
         home = { dir, state };
         this.log.warn({ workspaceId, from: h.dir, dir }, 'recovery: home of the earlier layout moved to the stable path');

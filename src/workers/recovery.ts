@@ -50,7 +50,8 @@ export interface LeftoverWorkspace {
 }
 
 const GENERATION = /^g[0-9a-z]{9}-[0-9a-f]{6}$/;
-const LEGACY_MARKER = '.cxg-child.json';
+/** The earlier layout's record of a home's process. */
+export const LEGACY_MARKER = '.cxg-child.json';
 const LEGACY_STORED_NOTE = '.cxg-stored-';
 
 /** Directory under homes.root for homes set aside by recovery (not a valid workspace id). */

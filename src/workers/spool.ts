@@ -40,11 +40,11 @@ export class Spool {
 
   /**
    * Keeps `home` (its upload failed with `error`, or it was found at start-up)
-   * and schedules a retry, or an attempt right away with `immediate`. A home
-   * too large to store is kept without retries: retrying cannot help; its
-   * next stop (or a drain) tries again.
+   * and schedules a retry, or an attempt right away with `immediate`. With
+   * `hold` (a failure no retry can mend, such as GW_HOME_TOO_LARGE) it is
+   * kept without retries: its next stop (or a drain) tries again.
    */
-  add(home: Home, error: string, opts: { immediate?: boolean } = {}): void {
+  add(home: Home, error: string, opts: { immediate?: boolean; hold?: boolean } = {}): void {
     const attempts = opts.immediate === true ? 0 : 1;
     const prev = this.entries.get(home.workspaceId);
     if (prev !== undefined && prev.home.dir !== home.dir) {
@@ -58,7 +58,7 @@ export class Spool {
     this.o.logger.warn({ workspaceId: home.workspaceId, dir: home.dir, attempts, err: error }, 'home kept in spool until it is uploaded');
     void dirBytes(home.dir).then((n) => (e.bytes = n));
     if (opts.immediate === true) this.attempt(e);
-    else if (!tooLarge(error)) this.schedule(e);
+    else if (opts.hold !== true) this.schedule(e);
   }
 
   has(workspaceId: string): boolean {
@@ -139,10 +139,11 @@ export class Spool {
         this.o.logger.info({ workspaceId: e.home.workspaceId, dir: e.home.dir, attempts: e.attempts + 1 }, 'spooled home uploaded');
       } catch (err) {
         e.attempts += 1;
-        // With its code: an operator (and the next attempt) tells an outage from a home too large.
-        e.lastError = toGatewayError(err, 'GW_STORE_UPLOAD').describe();
+        // With its code: an operator tells an outage from a home too large.
+        const failure = toGatewayError(err, 'GW_STORE_UPLOAD');
+        e.lastError = failure.describe();
         this.o.logger.warn({ workspaceId: e.home.workspaceId, attempts: e.attempts, err: e.lastError }, 'spool retry failed');
-        if (!tooLarge(e.lastError)) this.schedule(e);
+        if (!unretryable(failure.code)) this.schedule(e);
       } finally {
         e.attempt = undefined;
       }
@@ -150,7 +151,7 @@ export class Spool {
   }
 }
 
-/** A home past the archive limits (GW_HOME_TOO_LARGE): no retry can store it. */
-function tooLarge(error: string): boolean {
-  return error.includes('GW_HOME_TOO_LARGE');
+/** Failures no retry can mend: a home past the archive limits stays as it is until it changes. */
+export function unretryable(code: string): boolean {
+  return code === 'GW_HOME_TOO_LARGE';
 }
