@@ -8,8 +8,8 @@
  * Real codex, the gateway as a real process.
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { existsSync, realpathSync } from 'node:fs';
+import { readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
@@ -94,10 +94,12 @@ describe('fault: the gateway gets SIGHUP (real codex)', () => {
     // `script` gives the gateway a pseudo-terminal as its controlling terminal
     // and stdout; killing `script` closes the terminal's master side, as closing
     // a terminal window does: the kernel sends SIGHUP, and writes fail with EIO.
-    const command = [process.execPath, BIN, 'serve', '--config', config].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+    // `exec`: script runs the command through $SHELL -c, and dash (the shell
+    // when SHELL is unset or /bin/sh) would otherwise stay as the parent.
+    const command = `exec ${[process.execPath, BIN, 'serve', '--config', config].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ')}`;
     const term = spawn('script', ['-qfec', command, '/dev/null'], {
       cwd: dir,
-      env: { ...process.env, ...env, TERM: 'dumb' },
+      env: { ...process.env, ...env, TERM: 'dumb', SHELL: '/bin/sh' },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     const termExited = new Promise<void>((resolve) => term.once('exit', () => resolve()));
@@ -117,7 +119,17 @@ describe('fault: the gateway gets SIGHUP (real codex)', () => {
       const family = await descendantsOf(term.pid as number);
       for (const pid of family) pids.add(pid);
       const { home, childPid } = await work(url as string, id);
-      gatewayPid = (await Promise.all(family.map(async (pid) => ({ pid, cmd: await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '') })))).find((p) => p.cmd.includes('codex-app-gateway.mjs'))?.pid;
+      // The gateway is the node process running the CLI, not a shell whose
+      // command line merely names it.
+      gatewayPid = (
+        await Promise.all(
+          family.map(async (pid) => ({
+            pid,
+            exe: await readlink(`/proc/${pid}/exe`).catch(() => ''),
+            cmd: await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => ''),
+          })),
+        )
+      ).find((p) => p.exe === realpathSync(process.execPath) && p.cmd.includes('codex-app-gateway.mjs'))?.pid;
       expect(gatewayPid, 'the gateway process under script').toBeDefined();
 
       term.kill('SIGKILL');
