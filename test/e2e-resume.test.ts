@@ -109,6 +109,9 @@ describe.each(['file', 's3'] as const)('a thread goes on after every stop (real 
 
     // 1. Gateway SIGTERM: it drains and stores the home; a new gateway resumes.
     expect((await g.stop('SIGTERM')).code).toBe(0);
+    // The operator's terminal shows log lines only: no runtime warnings (the
+    // AWS SDK warns about Node 20, which this gateway requires).
+    expect(g.raw.filter((l) => /warning/i.test(l)), 'warnings printed by the gateway').toEqual([]);
     g = await start();
     c = await continueThread(g, token, threadId, 'turn 2 after a gateway restart');
     await c.close();

@@ -161,6 +161,11 @@ export class S3ObjectStore implements ObjectStore {
 }
 
 async function loadSdk(spec: S3StoreSpec): Promise<Sdk> {
+  // The SDK warns on every process that runs Node below 22; this gateway
+  // requires Node 20 (its uWebSockets.js build) and pins the SDK in its
+  // lockfile, so the warning tells an operator nothing they can act on.
+  // An operator's own setting wins.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const [s3, storage] = await Promise.all([import('@aws-sdk/client-s3'), import('@aws-sdk/lib-storage')]);
   const custom = spec.endpoint !== undefined;
   const config: ClientS3.S3ClientConfig = {
