@@ -50,9 +50,11 @@ describe('fault: a shard worker dies under a live session (real codex)', () => {
   afterAll(async () => {
     hole?.open();
     const root = g === undefined ? undefined : path.dirname(g.homeRoot);
+    // The gateway stops (and stores) what it still runs, the bystander's child
+    // among them; only then is anything left a leftover.
+    await g?.close();
     killGroups(pids);
     if (root !== undefined) await killLeftovers(root);
-    await g?.close();
     await hole?.close();
     await s3?.dispose();
     await mock?.close();
