@@ -80,7 +80,7 @@ export const DEFAULT_FRONT_LIMITS: Omit<FrontLimits, 'maxFrameBytes'> = {
   clientLowWaterBytes: 256 * 1024,
   clientMaxBufferedBytes: 16 * 1024 * 1024,
   slowClientTimeoutMs: 30_000,
-  maxUnackedToShardBytes: 4 * 1024 * 1024,
+  maxUnackedToShardBytes: 16 * 1024 * 1024,
 };
 
 export interface FrontOptions {

@@ -173,6 +173,7 @@ describe('fault: clients flood the gateway and never read (fake codex, the gatew
     };
 
     let failedRoundTrips = 0;
+    let probeError = '';
     let finalFailed = 1;
     const clients: WebSocket[] = [];
     let sampler: NodeJS.Timeout | undefined;
@@ -222,10 +223,11 @@ describe('fault: clients flood the gateway and never read (fake codex, the gatew
       const probing = (async () => {
         while (!floodOver || roundTrips < 3) {
           try {
-            await withDeadline(rpc(probe, 'fake/info'), 15_000, () => 'a bystander round trip during the flood');
+            await withDeadline(rpc(probe, 'fake/info'), 30_000, () => 'a bystander round trip during the flood');
             roundTrips++;
-          } catch {
+          } catch (err) {
             failedRoundTrips++;
+            probeError = String(err);
             return;
           }
         }
@@ -248,12 +250,16 @@ describe('fault: clients flood the gateway and never read (fake codex, the gatew
       const stats = await dataPlane();
       const grew = peak - baseline;
       console.log(`scenario 14: baseline RSS ${(baseline / MiB).toFixed(0)} MiB, peak ${(peak / MiB).toFixed(0)} MiB (+${(grew / MiB).toFixed(0)} MiB, bound +${(ALLOWANCE / MiB).toFixed(0)} MiB); flooders sent ${sent} MiB, ${closes.length} closed (${[...new Set(closes.map((c) => `${c.code} ${c.reason.split(':')[0]}`))].join(', ')}); bystander round trips ${roundTrips}; data plane ${JSON.stringify(stats)}`);
-      expect(failedRoundTrips, 'a bystander round trip failed during the flood').toBe(0);
+      expect(failedRoundTrips, `a bystander round trip failed during the flood: ${probeError}`).toBe(0);
       expect(roundTrips).toBeGreaterThanOrEqual(3);
       expect(grew, `RSS grew by ${(grew / MiB).toFixed(0)} MiB`).toBeLessThan(ALLOWANCE);
       expect(stats?.max_buffered_bytes).toBe(CAP);
       expect(closes.length, 'the flood reached a bound').toBeGreaterThan(0);
-      for (const c of closes) expect(['1013 GW_OVERLOADED', '1008 GW_SLOW_CHILD']).toContain(`${c.code} ${c.reason.split(':')[0]}`);
+      // A client cut while it is still sending may see 1006: the TCP reset
+      // for its unread bytes can overtake the close frame. The gateway's own
+      // counts say which bound closed it.
+      for (const c of closes) expect(['1013 GW_OVERLOADED', '1008 GW_SLOW_CHILD', '1006 ']).toContain(`${c.code} ${c.reason.split(':')[0]}`);
+      expect((stats?.overload_closes ?? 0) + (stats?.slow_child_closes ?? 0)).toBe(closes.length);
 
       // After the flood: every client gone, nothing buffered, and a new client works.
       for (const ws of clients) ws.terminate();
