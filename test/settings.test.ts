@@ -67,7 +67,11 @@ describe('loadSettings › defaults', () => {
     });
     expect(s.spawn).toEqual({ envUrl: undefined, readyTimeoutMs: 5000, nice: 10, stopGraceMs: 10_000, extraEnv: [], envAllowlist: [...DEFAULT_ENV_ALLOWLIST] });
     expect(s.reaper).toEqual({ idleAfterMs: 30 * 60_000, intervalMs: 60_000, hardIdleAfterMs: 2 * 3_600_000, maxAgeMs: undefined });
-    expect(s.limits).toEqual({ maxConnections: undefined, maxChildren: undefined, maxConcurrentSpawns: os.availableParallelism(), maxFrameBytes: 64 * 1024 * 1024, childHandshakeTimeoutMs: 10_000 });
+    // limits.max_buffered: 1/16 of memory (the cgroup limit when there is one), 64 MiB to 2 GiB.
+    const limit = process.constrainedMemory?.() ?? 0;
+    const memory = limit > 0 && limit < os.totalmem() ? limit : os.totalmem();
+    const maxBufferedBytes = Math.min(2 * 1024 ** 3, Math.max(64 * 1024 ** 2, Math.floor(memory / 16)));
+    expect(s.limits).toEqual({ maxConnections: undefined, maxChildren: undefined, maxConcurrentSpawns: os.availableParallelism(), maxFrameBytes: 64 * 1024 * 1024, maxBufferedBytes, childHandshakeTimeoutMs: 10_000 });
     expect(s.shutdown).toEqual({ budgetMs: 60_000, workspaceBudgetMs: 30_000, concurrency: 16 });
     expect(s.crashLoop).toEqual({ threshold: 3, windowMs: 10_000, backoffMs: 5_000, backoffMaxMs: 300_000 });
     expect(s.admin.token).toBeUndefined();

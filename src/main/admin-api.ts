@@ -4,7 +4,7 @@
  * tools on this host and must not be able to stop other workspaces. Without
  * admin.token the API is off (403).
  *
- *   GET  /admin/workspaces                 every live workspace, and the spool
+ *   GET  /admin/workspaces                 every live workspace, the spool, and the data plane's buffered bytes
  *   GET  /admin/workspaces/:id             one workspace
  *   POST /admin/workspaces/:id/shutdown    stop it and upload its home
  *   POST /admin/drain                      drain the gateway; NDJSON progress
@@ -76,7 +76,18 @@ function describeSpool(e: SpoolStatus): Record<string, unknown> {
 async function listWorkspaces(gw: Gateway): Promise<HttpReply> {
   const stats = await gw.sup.stats();
   const workspaces = await Promise.all(stats.flatMap((s) => s.workspaces).sort((a, b) => a.workspaceId.localeCompare(b.workspaceId)).map(describeWorkspace));
-  return { status: 200, body: { workspaces, spool: stats.flatMap((s) => s.spool).map(describeSpool) } };
+  // The internal listener starts before the front.
+  const front = gw.front as Gateway['front'] | undefined;
+  const m = front?.memory();
+  const dataPlane = m === undefined || front === undefined ? null : {
+    connections: front.connectionCount,
+    buffered_bytes: m.bufferedBytes,
+    max_buffered_bytes: m.maxBufferedBytes,
+    to_clients_buffered_bytes: m.toClientBufferedBytes,
+    slow_child_closes: m.slowChildCloses,
+    overload_closes: m.overloadCloses,
+  };
+  return { status: 200, body: { workspaces, spool: stats.flatMap((s) => s.spool).map(describeSpool), data_plane: dataPlane } };
 }
 
 function parseId(id: string): string | HttpReply {

@@ -9,9 +9,16 @@
  * buffer is above `clientHighWaterBytes` the acks wait for it to drain below
  * `clientLowWaterBytes`, so the shard stops reading that child connection.
  * A client still behind after `slowClientTimeoutMs`, or whose buffer would
- * pass `clientMaxBufferedBytes`, is closed with 1008 GW_SLOW_CLIENT. Toward
- * the shard, bytes not yet acked may not pass `maxUnackedToShardBytes`
- * (1008 GW_SLOW_CHILD).
+ * pass `clientMaxBufferedBytes`, is closed with 1008 GW_SLOW_CLIENT.
+ *
+ * Toward the shard, the shard acks a client's bytes only once the child's
+ * socket has taken them, so what a child does not read stays counted here.
+ * uWS 20.30 cannot stop reading a WebSocket (its WebSocket has no pause()),
+ * so a client past a bound is closed rather than held: past
+ * `maxUnackedToShardBytes` in flight with 1008 GW_SLOW_CHILD; and while the
+ * bytes in flight over all connections would pass `maxBufferedBytes`, a
+ * client with more than OVERLOAD_SHARE in flight with 1013 GW_OVERLOADED.
+ * A client with nothing in flight may always send one frame.
  */
 import type { Logger } from 'pino';
 import { CloseCode } from '../shared/close-codes.js';
@@ -45,14 +52,35 @@ export interface FrontLimits {
   idleTimeoutSeconds?: number;
   /** Client connections open (or being authenticated) at most; unset: no limit. */
   maxConnections?: number;
+  /** Client bytes in flight toward the children (not yet taken by their sockets), over all connections; unset: no cap. */
+  maxBufferedBytes?: number;
 }
+
+/** What the front holds now, for /metrics and the admin API. */
+export interface FrontMemory {
+  /** Client bytes sent toward the children and not yet taken by their sockets. */
+  bufferedBytes: number;
+  maxBufferedBytes: number | null;
+  /** Bytes waiting in the sockets of clients that read slowly (those above the high-water mark). */
+  toClientBufferedBytes: number;
+  /** Clients closed with 1008 GW_SLOW_CHILD (their window full), so far. */
+  slowChildCloses: number;
+  /** Clients closed with 1013 GW_OVERLOADED (the gateway-wide cap), so far. */
+  overloadCloses: number;
+}
+
+/**
+ * In flight per client that the gateway-wide cap never refuses: JSON-RPC
+ * requests of a client whose child reads are far below it.
+ */
+const OVERLOAD_SHARE = 1024 * 1024;
 
 export const DEFAULT_FRONT_LIMITS: Omit<FrontLimits, 'maxFrameBytes'> = {
   clientHighWaterBytes: 1024 * 1024,
   clientLowWaterBytes: 256 * 1024,
   clientMaxBufferedBytes: 16 * 1024 * 1024,
   slowClientTimeoutMs: 30_000,
-  maxUnackedToShardBytes: 80 * 1024 * 1024,
+  maxUnackedToShardBytes: 16 * 1024 * 1024,
 };
 
 export interface FrontOptions {
@@ -118,6 +146,11 @@ export class Front {
   private listenSocket: ListenSocket | undefined;
   private sweep: NodeJS.Timeout | undefined;
   private closedAll: (() => void) | undefined;
+  /** Σ toShard over live connections. */
+  private buffered = 0;
+  private readonly maxBuffered: number;
+  private slowChildCloses = 0;
+  private overloadCloses = 0;
   draining = false;
   port = 0;
 
@@ -127,6 +160,7 @@ export class Front {
   ) {
     const sup = o.sup;
     this.ids = new ConnectionIds(o.firstConnectionId);
+    this.maxBuffered = o.limits.maxBufferedBytes ?? Number.POSITIVE_INFINITY;
     this.acks = Array.from({ length: sup.shardCount }, () => new AckTally());
     this.toShard = Array.from({ length: sup.shardCount }, (_, i) => this.bind(i));
     sup.on('shard-died', (i: number) => this.shardLost(i));
@@ -298,6 +332,7 @@ export class Front {
         out.push(RecordKind.Open, 0, 0, d.id, workspaceId);
         for (const f of pending?.frames ?? []) {
           d.toShard += f.data.byteLength;
+          this.buffered += f.data.byteLength;
           out.push(RecordKind.Frame, f.binary ? FLAG_BINARY : 0, 0, d.id, f.data);
         }
       },
@@ -377,14 +412,52 @@ export class Front {
       pending.bytes += msg.byteLength;
       return;
     }
-    if (d.toShard + msg.byteLength > this.o.limits.maxUnackedToShardBytes) {
-      this.closeBehind(ws, d, CloseCode.PolicyViolation, 'GW_SLOW_CHILD: codex app-server is not reading fast enough', 'shard behind');
-      return;
-    }
+    if (!this.admit(ws, d, msg.byteLength)) return;
     d.toShard += msg.byteLength;
+    this.buffered += msg.byteLength;
     // The batcher copies: uWS reuses `msg` once this callback returns.
     (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Frame, isBinary ? FLAG_BINARY : 0, 0, d.id, new Uint8Array(msg));
     this.o.observer?.frame?.('in', msg.byteLength);
+  }
+
+  /**
+   * Whether a client may add `bytes` in flight; otherwise it is closed. A
+   * client with nothing in flight may always send one frame, and one with
+   * less than OVERLOAD_SHARE in flight is not refused for the cap, so clients
+   * of children that read keep working while others flood.
+   */
+  private admit(ws: Client, d: ClientData, bytes: number): boolean {
+    if (d.toShard === 0) return true;
+    const after = d.toShard + bytes;
+    if (after > this.o.limits.maxUnackedToShardBytes) {
+      this.slowChildCloses++;
+      this.closeBehind(ws, d, CloseCode.PolicyViolation, reasonFor('GW_SLOW_CHILD'), 'child not taking this client\'s frames');
+      return false;
+    }
+    if (this.buffered + bytes > this.maxBuffered && after > OVERLOAD_SHARE) {
+      this.overloadCloses++;
+      this.closeBehind(ws, d, CloseCode.TryAgainLater, reasonFor('GW_OVERLOADED'), 'gateway-wide buffered-bytes cap');
+      return false;
+    }
+    return true;
+  }
+
+  /** A connection's in-flight bytes leave the gateway-wide count (acked, or the client is gone). */
+  private unbuffer(d: ClientData, bytes: number): void {
+    d.toShard -= bytes;
+    this.buffered -= bytes;
+  }
+
+  memory(): FrontMemory {
+    let toClient = 0;
+    for (const ws of this.behind) toClient += ws.getBufferedAmount();
+    return {
+      bufferedBytes: this.buffered,
+      maxBufferedBytes: Number.isFinite(this.maxBuffered) ? this.maxBuffered : null,
+      toClientBufferedBytes: toClient,
+      slowChildCloses: this.slowChildCloses,
+      overloadCloses: this.overloadCloses,
+    };
   }
 
   private clientClosed(ws: Client, code: number, _msg: ArrayBuffer): void {
@@ -392,6 +465,7 @@ export class Front {
     d.closed = true;
     this.conns.delete(d.id);
     this.behind.delete(ws);
+    this.unbuffer(d, d.toShard);
     this.o.observer?.connectionClosed?.();
     // A connection still without a workspace never reached a shard.
     if (d.shard >= 0) (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Close, 0, code, d.id);
@@ -429,7 +503,7 @@ export class Front {
     if (kind === RecordKind.Frame) {
       this.toClient(ws, d, payload, (flags & FLAG_BINARY) !== 0);
     } else if (kind === RecordKind.Ack) {
-      d.toShard = Math.max(0, d.toShard - readAck(payload));
+      this.unbuffer(d, Math.min(d.toShard, readAck(payload)));
     } else if (kind === RecordKind.Close) {
       d.closed = true;
       ws.cork(() => ws.end(code, decodeText(payload)));

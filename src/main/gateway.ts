@@ -12,7 +12,8 @@ import type { StopResult } from '../shared/protocol.js';
 import { adminRoutes } from './admin-api.js';
 import type { Authenticator } from './auth.js';
 import { Front } from './front.js';
-import type { FrontLimits } from './front.js';
+import type { FrontLimits, FrontMemory } from './front.js';
+
 import { checkBearer } from './bearer-check.js';
 import { sendJson, sendText } from './http-util.js';
 import { IdleReaper } from './idle-reaper.js';
@@ -24,6 +25,8 @@ import { DEFAULT_TURN_API } from './turn-request.js';
 import type { TurnApiOptions } from './turn-request.js';
 import type { SupervisorObserver, SupervisorOptions } from './supervisor.js';
 import type { TemplatedApp } from './uws.js';
+
+const EMPTY_MEMORY: FrontMemory = { bufferedBytes: 0, maxBufferedBytes: null, toClientBufferedBytes: 0, slowChildCloses: 0, overloadCloses: 0 };
 
 export interface GatewayOptions {
   supervisor: SupervisorOptions;
@@ -134,6 +137,8 @@ export class Gateway extends EventEmitter {
         observer: gw.metrics.front,
         ...(o.turns === false ? {} : { turns: { options: { ...DEFAULT_TURN_API, ...(o.turns ?? {}) }, observer: gw.metrics } }),
         routes: (app) => {
+          // Read at scrape time; undefined until Front.start has returned.
+          gw.metrics.front.memory = () => (gw.front as Front | undefined)?.memory() ?? EMPTY_MEMORY;
           app.get('/metrics', (res, req) => {
             const refused = o.metricsToken === undefined ? undefined : checkBearer(req.getHeader('authorization'), o.metricsToken);
             if (refused !== undefined) {

@@ -8,7 +8,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { LoopDelayWindow } from '../shared/loop-delay.js';
 import type { ShardStats } from '../shared/protocol.js';
-import type { FrontObserver } from './front.js';
+import type { FrontMemory, FrontObserver } from './front.js';
 import type { SupervisorObserver } from './supervisor.js';
 import type { TurnObserver } from './turn-api.js';
 
@@ -24,6 +24,8 @@ export class FrontCounters implements FrontObserver {
   resumes = 0;
   slowCloses = 0;
   readonly authFailures = new Map<string, number>();
+  /** The front's buffered bytes, read at scrape time. */
+  memory: (() => FrontMemory) | undefined;
 
   connectionOpened(): void {
     this.connected++;
@@ -124,6 +126,20 @@ export class GatewayMetrics implements SupervisorObserver, TurnObserver {
       bp.inc({ event: 'pause' }, front.pauses);
       bp.inc({ event: 'resume' }, front.resumes);
       bp.inc({ event: 'close' }, front.slowCloses);
+    } });
+    const buffered = new Gauge({ name: 'cxg_buffered_bytes', help: 'Bytes the gateway holds for clients now, by direction (to_children: sent by clients, not yet taken by a child\'s socket, bounded by limits.max_buffered; to_clients: waiting in the sockets of clients above the high-water mark).', labelNames: ['direction'], registers, collect() {
+      const m = front.memory?.();
+      buffered.set({ direction: 'to_children' }, m?.bufferedBytes ?? 0);
+      buffered.set({ direction: 'to_clients' }, m?.toClientBufferedBytes ?? 0);
+    } });
+    new Gauge({ name: 'cxg_buffered_bytes_limit', help: 'limits.max_buffered: the most client bytes in flight toward the children (0: no limit).', registers, collect() {
+      this.set(front.memory?.().maxBufferedBytes ?? 0);
+    } });
+    const refused = new Counter({ name: 'cxg_client_buffer_closes_total', help: 'Clients closed for what they had in flight toward their child, by code (GW_SLOW_CHILD: their own window; GW_OVERLOADED: the gateway-wide limits.max_buffered).', labelNames: ['code'], registers, collect() {
+      const m = front.memory?.();
+      refused.reset();
+      refused.inc({ code: 'GW_SLOW_CHILD' }, m?.slowChildCloses ?? 0);
+      refused.inc({ code: 'GW_OVERLOADED' }, m?.overloadCloses ?? 0);
     } });
     const auth = new Counter({ name: 'cxg_auth_failures_total', help: 'Refused upgrades, by error code.', labelNames: ['code'], registers, collect() {
       auth.reset();

@@ -88,6 +88,7 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
     limits: {
       ...DEFAULT_FRONT_LIMITS,
       maxFrameBytes,
+      maxBufferedBytes: settings.limits.maxBufferedBytes,
       ...(settings.limits.maxConnections === undefined ? {} : { maxConnections: settings.limits.maxConnections }),
     },
     reaper: {

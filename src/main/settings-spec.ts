@@ -22,6 +22,8 @@ export interface DefaultInputs {
   dataDir: string;
   listenPort: number;
   cores: number;
+  /** Memory the process may use: the cgroup limit when one is set, else the host's. */
+  memoryBytes: number;
 }
 
 export interface SettingSpec {
@@ -155,6 +157,9 @@ export const SETTINGS = [
     description: 'Most children starting at once; others wait in order (a start is CPU-heavy for a moment).' },
   { key: 'limits.max_frame', kind: { type: 'size', min: KiB, max: 1024 ** 3 }, default: 64 * 1024 * KiB,
     description: 'Largest WebSocket frame accepted from a client or a child.' },
+  { key: 'limits.max_buffered', kind: { type: 'size', min: 1024 * KiB, max: 2 ** 50 },
+    default: (d) => Math.min(2 * 1024 ** 3, Math.max(64 * 1024 ** 2, Math.floor(d.memoryBytes / 16))), defaultText: '1/16 of memory (cgroup limit or host), from 64 MiB to 2 GiB',
+    description: 'Client bytes in flight toward the children (received, not yet taken by a child\'s socket) over all connections; while a frame would pass it, a client with more than 1 MiB in flight is closed with 1013 GW_OVERLOADED.' },
   { key: 'limits.child_handshake_timeout', kind: TIMEOUT, default: 10_000,
     description: 'Time a child has to complete the WebSocket handshake of a client connection; past it the client is closed with 1011 GW_CHILD_CONNECT.' },
   { key: 'crash_loop.threshold', kind: COUNT, default: 3,

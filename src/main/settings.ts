@@ -58,6 +58,7 @@ export async function loadSettings(input: LoadSettingsInput = {}): Promise<Setti
     dataDir: resolved.get('data.dir')?.value as string,
     listenPort: resolved.get('listen.port')?.value as number,
     cores: os.availableParallelism(),
+    memoryBytes: memoryBytes(),
   });
   for (const spec of SPECS) {
     const given = chosen.get(spec.key);
@@ -177,4 +178,11 @@ function defaultText(spec: SettingSpec): string {
   if (spec.defaultText !== undefined) return spec.defaultText;
   if (spec.default === undefined) return 'unset';
   return typeof spec.default === 'function' ? 'computed' : plainValue(spec.kind, spec.default);
+}
+
+/** The cgroup's memory limit when there is one (Node reports 0 or a huge number otherwise), else the host's memory. */
+function memoryBytes(): number {
+  const total = os.totalmem();
+  const limit = process.constrainedMemory?.() ?? 0;
+  return limit > 0 && limit < total ? limit : total;
 }

@@ -43,6 +43,7 @@ export const ERROR_CODES = {
   GW_STOPPED: 'workspace stopped',
   GW_RESTARTING: 'workspace restarting; reconnect',
   GW_TOO_MANY_CONNECTIONS: 'gateway is at its connection limit; retry later',
+  GW_OVERLOADED: 'gateway is at its buffered-bytes limit; retry later',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

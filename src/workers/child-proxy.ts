@@ -8,10 +8,15 @@
  *   front and not yet acked (the front acks what the client socket took
  *   without backing up); past it the child connection is paused, which is
  *   TCP backpressure on the child, until acks bring it under half.
- * - toward the child: frames queued before the child connection opens, plus
- *   what the child has not read yet, may not pass `maxPendingToChildBytes`;
- *   past it the client is closed with 1008 GW_SLOW_CHILD. The front is acked
- *   for every client frame handled here, so its own bound holds too.
+ * - toward the child: a client frame is acked to the front only once the
+ *   child connection's socket has taken it (ws `bufferedAmount` back down,
+ *   seen after each send and in its write callback), never on receipt. So
+ *   what a child does not read stays counted in the front's per-connection
+ *   window and gateway-wide cap, which close the client past them (1008
+ *   GW_SLOW_CHILD, 1013 GW_OVERLOADED): a child that does not read costs
+ *   its clients, not the gateway's memory. `maxPendingToChildBytes` stays
+ *   as a last guard (1008 GW_SLOW_CHILD); the front's window keeps it out
+ *   of reach.
  * Nothing is dropped silently.
  *
  * Approval requests the child pushes go to the client, unless an operator
@@ -22,7 +27,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { toGatewayError } from '../shared/errors.js';
-import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, decodeText, readAck, readBatch } from '../shared/frames.js';
+import { FLAG_BINARY, FrameBatcher, RecordKind, decodeText, readAck, readBatch } from '../shared/frames.js';
 import type { ChildInfo, DataPlaneLimits, WebSocketApprovalPolicy } from '../shared/protocol.js';
 import { approvalReply, isApprovalRequest } from './approval-policy.js';
 import { CloseCode, closeCodeForGone, forwardableCloseCode } from '../shared/close-codes.js';
@@ -43,12 +48,23 @@ interface Conn {
   unacked: number;
   /** The child connection is paused because `unacked` passed the window. */
   paused: boolean;
+  /**
+   * Client bytes received from the front and not yet acked to it: queued
+   * before the child connection opened, or handed to it and not yet taken
+   * by its socket.
+   */
+  held: number;
+  /** Write callback of every send to the child: one function per connection, not per frame. */
+  written: () => void;
 }
+
+/** Send options, shared: no object per frame. */
+const SEND_BINARY = { binary: true } as const;
+const SEND_TEXT = { binary: false } as const;
 
 export class ChildProxy {
   private readonly conns = new Map<number, Conn>();
   private readonly out: FrameBatcher;
-  private readonly acks = new AckTally();
 
   constructor(
     port: MessagePort,
@@ -65,7 +81,6 @@ export class ChildProxy {
       } catch (err) {
         this.log.error({ err: toGatewayError(err).describe() }, 'bad frame batch from front');
       }
-      this.acks.flushTo(this.out);
     });
   }
 
@@ -76,7 +91,6 @@ export class ChildProxy {
   private readonly onRecord = (kind: RecordKind, flags: number, code: number, connId: number, payload: Uint8Array): void => {
     switch (kind) {
       case RecordKind.Frame:
-        this.acks.add(connId, payload.byteLength);
         this.fromClient(connId, payload, (flags & FLAG_BINARY) !== 0);
         return;
       case RecordKind.Open:
@@ -94,7 +108,7 @@ export class ChildProxy {
   };
 
   private open(id: number, workspaceId: string): void {
-    const c: Conn = { id, workspaceId, generation: undefined, ws: undefined, open: false, closed: false, queue: [], queuedBytes: 0, unacked: 0, paused: false };
+    const c: Conn = { id, workspaceId, generation: undefined, ws: undefined, open: false, closed: false, queue: [], queuedBytes: 0, unacked: 0, paused: false, held: 0, written: () => this.settle(c) };
     this.conns.set(id, c);
     this.table.ensure(workspaceId, 0).then(
       (info) => this.connectChild(c, info, 1),
@@ -128,9 +142,10 @@ export class ChildProxy {
     c.ws = ws;
     ws.on('open', () => {
       c.open = true;
-      for (const f of c.queue) ws.send(f.data, { binary: f.binary });
+      for (const f of c.queue) ws.send(f.data, f.binary ? SEND_BINARY : SEND_TEXT, c.written);
       c.queue = [];
       c.queuedBytes = 0;
+      this.settle(c);
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       this.table.touch(c.workspaceId);
@@ -191,11 +206,14 @@ export class ChildProxy {
     const c = this.conns.get(id);
     if (c === undefined || c.closed) return;
     this.table.touch(c.workspaceId);
+    c.held += data.byteLength;
     if (c.open && c.ws !== undefined) {
-      c.ws.send(data, { binary });
+      c.ws.send(data, binary ? SEND_BINARY : SEND_TEXT, c.written);
       if (c.ws.bufferedAmount > this.limits.maxPendingToChildBytes) {
         this.closeClient(c, CloseCode.PolicyViolation, reasonFor('GW_SLOW_CHILD'));
+        return;
       }
+      this.settle(c);
       return;
     }
     c.queuedBytes += data.byteLength;
@@ -206,6 +224,19 @@ export class ChildProxy {
     }
     // The payload is a view into a transferred batch that nothing reuses.
     c.queue.push({ data, binary });
+  }
+
+  /**
+   * Acks what the child connection's socket has taken: everything held but
+   * what it still buffers. Frame headers count in `bufferedAmount`, so this
+   * acks a little late, never early; an empty buffer acks all.
+   */
+  private settle(c: Conn): void {
+    if (c.closed || c.held === 0 || c.ws === undefined || !c.open) return;
+    const taken = c.held - c.ws.bufferedAmount;
+    if (taken <= 0) return;
+    c.held -= taken;
+    this.out.ack(c.id, taken);
   }
 
   private clientClosed(id: number, code: number): void {
@@ -239,11 +270,15 @@ export class ChildProxy {
   private release(c: Conn, code: number): void {
     c.queue = [];
     c.queuedBytes = 0;
+    c.held = 0;
     if (c.generation !== undefined) this.table.detachClient(c.workspaceId, c.generation);
     const ws = c.ws;
     if (ws === undefined) return;
-    if (ws.readyState === WebSocket.OPEN) ws.close(code);
-    else if (ws.readyState === WebSocket.CONNECTING) ws.terminate();
+    // A child that left more than a window unread is not reading: a closing
+    // handshake would keep those bytes for ws's 30 s close timeout, past the
+    // front's accounting (it forgets them when the client goes).
+    if (ws.readyState === WebSocket.OPEN && ws.bufferedAmount <= this.limits.windowBytes) ws.close(code);
+    else if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.terminate();
   }
 
   /** The child of `generation` is going away: its clients learn why. */
