@@ -18,7 +18,7 @@
  * directory is under /var/tmp: the test base lies under /root, which another
  * uid cannot walk through.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -30,6 +30,8 @@ import { DEFAULT_ENV_ALLOWLIST } from '../src/shared/child-env.js';
 import { resolveChildUser } from '../src/shared/spawn-user.js';
 import { childLaunch } from '../src/workers/parent-death.js';
 import { childPids } from '../src/workers/spawn.js';
+import { processStartTicks } from '../src/workers/home.js';
+import { stopLeftoverChild } from '../src/workers/recovery.js';
 import { AppServerClient } from './fixtures/app-server-client.js';
 import { fakeCodexBin, TEST_API_KEY } from './fixtures/codex-home.js';
 import { startResponsesMock } from './fixtures/responses-mock.js';
@@ -120,6 +122,25 @@ describe('data layout', () => {
       await rm(root, { recursive: true, force: true });
     }
   }, 60_000);
+});
+
+describe('recovery and a forged home state', () => {
+  it('a state file naming a process that is no gateway child (a child could write it) gets no signal', async () => {
+    // Started bare: not the environment a child gets.
+    const victim = spawn('/usr/bin/sleep', ['60'], { env: { PATH: '/usr/bin:/bin' }, stdio: 'ignore', detached: true });
+    const pid = victim.pid as number;
+    const gone = new Promise((resolve) => victim.once('exit', resolve));
+    try {
+      await waitFor(async () => (await processStartTicks(pid)) !== null, 5000, 'the process to show in /proc');
+      const startTicks = await processStartTicks(pid);
+      expect(await stopLeftoverChild({ pid, startTicks }, 1000)).toBe('pid-reused');
+      expect(victim.exitCode).toBeNull();
+      expect(victim.signalCode).toBeNull();
+    } finally {
+      process.kill(-pid, 'SIGKILL');
+      await gone;
+    }
+  });
 });
 
 describe('spawn.user settings', () => {
