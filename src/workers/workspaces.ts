@@ -274,6 +274,8 @@ export class WorkspaceTable {
     } catch (err) {
       // spawnAppServer kills and reaps the process before it throws.
       if (e.pid !== undefined) this.host.childExited(e.workspaceId, e.generation, { code: null, signal: null });
+      // A start that failed before any process existed had no exit handler to take the directory back.
+      if (this.init.runAs !== undefined) closeWorkspaceDir(path.dirname(home.dir));
       if (gated) this.host.spawnSettled(e.generation, false);
       const failure = toGatewayError(err);
       if (PROCESS_FAILURES.has(failure.code)) this.crashLoop.failed(e.workspaceId);
