@@ -65,7 +65,7 @@ describe('loadSettings › defaults', () => {
       apiKeyEnv: 'OPENAI_API_KEY',
       reasoningEffort: undefined,
     });
-    expect(s.spawn).toEqual({ envUrl: undefined, readyTimeoutMs: 5000, nice: 10, stopGraceMs: 10_000, extraEnv: [], envAllowlist: [...DEFAULT_ENV_ALLOWLIST] });
+    expect(s.spawn).toEqual({ envUrl: undefined, readyTimeoutMs: 5000, nice: 10, stopGraceMs: 10_000, extraEnv: [], envAllowlist: [...DEFAULT_ENV_ALLOWLIST], user: undefined, sandbox: 'none' });
     expect(s.reaper).toEqual({ idleAfterMs: 30 * 60_000, intervalMs: 60_000, hardIdleAfterMs: 2 * 3_600_000, maxAgeMs: undefined });
     // limits.max_buffered: 1/16 of memory (the cgroup limit when there is one), 64 MiB to 2 GiB.
     const limit = process.constrainedMemory?.() ?? 0;

@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 import { createThreadLogger, flushLogger } from '../shared/logger.js';
 import { toGatewayError } from '../shared/errors.js';
 import { createAuthenticator } from './auth.js';
+import { secureDataDir } from './isolation.js';
 import { checkCodexAcceptsConfig } from './codex-check.js';
 import { defaultCodexBin } from '../shared/codex-bin.js';
 import { renderCodexConfig } from '../shared/codex-config.js';
@@ -50,6 +51,8 @@ export function builderFromSettings(settings: Settings, log: Logger, internalUrl
 export async function gatewayOptions(settings: Settings, log: Logger, internalUrl: () => string | undefined): Promise<GatewayOptions> {
   const maxFrameBytes = settings.limits.maxFrameBytes;
   const builder = builderFromSettings(settings, log, internalUrl);
+  const auth = await createAuthenticator(settings);
+  await secureDataDir({ dataDir: settings.data.dir, homesRoot: settings.homes.root, secretFile: settings.auth.jwt.secretFile, childUser: settings.spawn.user !== undefined });
   return {
     supervisor: {
       ...(settings.codex.bin === undefined ? {} : { codexBin: settings.codex.bin }),
@@ -57,6 +60,8 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
       store: storeSpecFromSettings(settings),
       extraEnv: [...settings.spawn.extraEnv],
       envAllowlist: [...settings.spawn.envAllowlist],
+      ...(settings.spawn.user === undefined ? {} : { spawnUser: settings.spawn.user }),
+      sandbox: settings.spawn.sandbox,
       shards: settings.shards,
       configBuilder: builder,
       readyTimeoutMs: settings.spawn.readyTimeoutMs,
@@ -78,7 +83,7 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
       homeCache: { enabled: settings.homes.cache, maxBytes: settings.homes.cacheMaxBytes },
       approvals: { headless: settings.approvals.headless, websocket: settings.approvals.websocket },
     },
-    auth: await createAuthenticator(settings),
+    auth,
     listen: { host: settings.listen.host, port: settings.listen.port },
     internal: {
       host: settings.internal.host,

@@ -16,6 +16,8 @@ import type { ApprovalPolicies, DataPlaneLimits, ShardInit } from '../shared/pro
 import type { ObjectStore } from '../shared/stores/object-store.js';
 import type { StoreSpec } from '../shared/store-spec.js';
 import type { SpawnLimits } from './spawn-gate.js';
+import type { SandboxMode } from '../shared/sandbox.js';
+import { resolveChildUser } from '../shared/spawn-user.js';
 
 export interface WorkspaceKey {
   workspaceId: string;
@@ -36,8 +38,15 @@ export interface SupervisorOptions {
   store: ObjectStore | StoreSpec;
   /** `K=V` entries given to every child. */
   extraEnv?: string[];
-  /** Gateway environment variables children may inherit. */
+  /** Gateway environment variables children may inherit (never CXG_* or AWS_*). */
   envAllowlist?: string[];
+  /**
+   * spawn.user: a user name or numeric `uid:gid` children run as. Needs the
+   * gateway to run as root (else GW_SPAWN_USER).
+   */
+  spawnUser?: string;
+  /** spawn.sandbox: `bubblewrap` runs each child in a sandbox that shows it only its own home. Default `none`. */
+  sandbox?: SandboxMode;
   /** Shard worker threads. Default: available cores. */
   shards?: number;
   logger?: Logger;
@@ -145,6 +154,8 @@ export function resolveInit(o: SupervisorOptions): ResolvedInit {
     store,
     extraEnv: [...(o.extraEnv ?? [])],
     envAllowlist: [...(o.envAllowlist ?? DEFAULT_ENV_ALLOWLIST)],
+    ...(o.spawnUser === undefined ? {} : { runAs: resolveChildUser(o.spawnUser) }),
+    sandbox: sandboxOf(o.sandbox),
     readyTimeoutMs: positive('readyTimeoutMs', o.readyTimeoutMs, 5000),
     childNice: niceLevel(o.childNice),
     stopGraceMs: positive('stopGraceMs', o.stopGraceMs, 10_000),
@@ -161,6 +172,11 @@ export function resolveInit(o: SupervisorOptions): ResolvedInit {
     homeCacheBytes: o.homeCache?.enabled === false ? 0 : nonNegative('homeCache.maxBytes', o.homeCache?.maxBytes, DEFAULT_HOME_CACHE_BYTES),
     approvals: approvalsOf(o.approvals),
   };
+}
+
+function sandboxOf(m: SandboxMode | undefined): SandboxMode {
+  if (m === undefined || m === 'none' || m === 'bubblewrap') return m ?? 'none';
+  throw new GatewayError('GW_BAD_OPTIONS', `sandbox must be none or bubblewrap, got ${String(m)}`);
 }
 
 function storeSpecOf(store: ObjectStore | StoreSpec | undefined): StoreSpec {

@@ -21,6 +21,7 @@ import { ChildHandle } from './child-handle.js';
 import { stopOrphanedGroups } from './orphans.js';
 import { SpawnGate } from './spawn-gate.js';
 import { describeStore, resolveInit } from './supervisor-options.js';
+import { checkSandbox, secureHomesRoot } from './isolation.js';
 import type { ConfigBuilder, SupervisorOptions, WorkspaceKey } from './supervisor-options.js';
 
 export { DEFAULT_DATA_PLANE, describeStore } from './supervisor-options.js';
@@ -97,6 +98,8 @@ export class Supervisor extends EventEmitter {
     const shards = options.shards ?? Math.max(1, os.availableParallelism());
     if (!Number.isInteger(shards) || shards < 1 || shards > 256) throw new GatewayError('GW_BAD_OPTIONS', `shards must be an integer from 1 to 256, got ${String(shards)}`);
     const concurrency = options.shutdownConcurrency ?? 16;
+    await secureHomesRoot({ homeRoot: init.homeRoot, ...(init.store.kind === 'file' ? { storeDir: init.store.dir } : {}), ...(init.runAs === undefined ? {} : { runAs: init.runAs }) });
+    checkSandbox(init.sandbox ?? 'none', { homeRoot: init.homeRoot, codexBin: init.codexBin });
     const sup = new Supervisor(options, log, new ArchivePool(options.archiveThreads), concurrency);
     const level = (log.level as string | undefined) ?? defaultLogLevel();
     for (let i = 0; i < shards; i++) {
@@ -117,7 +120,7 @@ export class Supervisor extends EventEmitter {
       await sup.destroy();
       throw toGatewayError(err, 'GW_SHARD_FAILED', 'a shard worker failed to start');
     }
-    log.info({ shards, homeRoot: init.homeRoot, store: describeStore(init.store), codexBin: init.codexBin }, 'supervisor started');
+    log.info({ shards, homeRoot: init.homeRoot, store: describeStore(init.store), codexBin: init.codexBin, spawnUser: init.runAs?.uid ?? null, sandbox: init.sandbox ?? 'none' }, 'supervisor started');
     return sup;
   }
 

@@ -15,6 +15,8 @@ export const ERROR_CODES = {
   GW_SPAWN_EXITED: 'codex app-server exited before it was ready',
   GW_SPAWN_TIMEOUT: 'codex app-server did not print a listen URL in time',
   GW_SPAWN_NOT_READY: 'codex app-server did not become ready in time',
+  GW_SPAWN_USER: 'spawn.user cannot be used: the gateway is not root, or the user is unknown',
+  GW_SANDBOX_UNAVAILABLE: 'the child sandbox (bubblewrap) cannot run on this system',
   GW_HOME_UNWRITABLE: 'cannot write the workspace home directory',
   GW_HOME_TOO_LARGE: 'workspace home is past the archive limits; it stays on disk and is not stored',
   /** Logged, not thrown: a home restored under another path than it was packed from. */

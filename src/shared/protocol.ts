@@ -4,6 +4,8 @@
  * MessagePort (rpc.ts); the data plane is batched binary frames over a second
  * port (frames.ts).
  */
+import type { SandboxMode } from './sandbox.js';
+import type { ChildUser } from './spawn-user.js';
 import type { MessagePort } from 'node:worker_threads';
 import type { ArchiveOutcome, ArchiveTask, ArchiveValue, UnpackLimits } from './archive-protocol.js';
 import type { SpawnConfig } from './codex-config.js';
@@ -95,6 +97,10 @@ export interface ShardInit {
   store: StoreSpec;
   extraEnv: string[];
   envAllowlist: string[];
+  /** spawn.user, resolved: children run as this uid/gid (the gateway is root). */
+  runAs?: ChildUser;
+  /** spawn.sandbox (absent: none). */
+  sandbox?: SandboxMode;
   readyTimeoutMs: number;
   /** Nice levels children run below the gateway. */
   childNice: number;

@@ -21,9 +21,21 @@
  * Without setpriv (not Linux, or a system without util-linux) children are
  * started directly, and only the gateway's own exit handler and the next
  * start's recovery stop them.
+ *
+ * The same setpriv also drops to spawn.user (--reuid/--regid/--clear-groups).
+ * Linux clears the parent-death signal when a process changes its uid or
+ * gid; util-linux setpriv sets it after the change, so one setpriv does both
+ * (checked: setpriv 2.38 as root, `--reuid=65534 … --pdeathsig SIGTERM`,
+ * its child ends when its parent is SIGKILLed). Under bubblewrap the outer
+ * setpriv guards bwrap's monitor, and a second one inside the sandbox drops
+ * to spawn.user (see src/shared/sandbox.ts for how the sandbox dies).
  */
 import { accessSync, constants } from 'node:fs';
 import path from 'node:path';
+import { GatewayError } from '../shared/errors.js';
+import { BWRAP_INFO_FD, BWRAP_PATHS, bubblewrapArgs, realCodexBin } from '../shared/sandbox.js';
+import type { SandboxSpec } from '../shared/sandbox.js';
+import type { ChildUser } from '../shared/spawn-user.js';
 
 const SETPRIV_PATHS = ['/usr/bin/setpriv', '/bin/setpriv'];
 const PARENT_DEATH_SIGNAL = 'SIGTERM';
@@ -50,6 +62,58 @@ export interface Launch {
   args: string[];
   /** Whether the child gets the parent-death signal. */
   guarded: boolean;
+  /** Set under bubblewrap: the fd on which it reports codex's pid (the spawned process is its monitor). */
+  infoFd?: number;
+}
+
+export interface LaunchOptions {
+  /** spawn.user: the child drops to this uid/gid, with no supplementary groups. */
+  runAs?: ChildUser;
+  /** spawn.sandbox = bubblewrap. */
+  sandbox?: SandboxSpec;
+}
+
+/**
+ * The uid change: no supplementary groups (root's would stay), and
+ * no_new_privs, so set-user-ID programs (su, mount) cannot take the child
+ * back up. The change from root clears every capability.
+ */
+function userArgs(u: ChildUser | undefined): string[] {
+  return u === undefined ? [] : [`--reuid=${u.uid}`, `--regid=${u.gid}`, '--clear-groups', '--no-new-privs'];
+}
+
+let bwrap: string | null | undefined;
+
+/** The bwrap binary, when this system has one. */
+export function bubblewrapBinary(): string | undefined {
+  bwrap ??= process.platform === 'linux' ? (BWRAP_PATHS.find(executable) ?? null) : null;
+  return bwrap ?? undefined;
+}
+
+/**
+ * The command line of a child: `command args` with the parent-death signal,
+ * as spawn.user, inside the sandbox, as the options ask. Throws when an
+ * option asks for what this system lacks (the start-up checks refuse such
+ * settings earlier).
+ */
+export function childLaunch(command: string, args: readonly string[], o: LaunchOptions = {}): Launch {
+  if (o.runAs === undefined && o.sandbox === undefined) return withParentDeathSignal(command, args);
+  const launcher = parentDeathLauncher();
+  if (launcher === undefined) {
+    throw new GatewayError(o.sandbox !== undefined ? 'GW_SANDBOX_UNAVAILABLE' : 'GW_SPAWN_USER', 'util-linux setpriv is needed to start children as spawn.user or in the sandbox, and this system has none');
+  }
+  if (o.sandbox === undefined) {
+    return { command: launcher, args: [...userArgs(o.runAs), '--pdeathsig', PARENT_DEATH_SIGNAL, '--', command, ...args], guarded: true };
+  }
+  const bin = bubblewrapBinary();
+  if (bin === undefined) throw new GatewayError('GW_SANDBOX_UNAVAILABLE', 'spawn.sandbox is bubblewrap, and this system has no bwrap (Debian: apt-get install bubblewrap)');
+  const inner = [launcher, ...userArgs(o.runAs), '--pdeathsig', PARENT_DEATH_SIGNAL, '--', realCodexBin(command), ...args];
+  return {
+    command: launcher,
+    args: ['--pdeathsig', PARENT_DEATH_SIGNAL, '--', bin, ...bubblewrapArgs(o.sandbox, { userChange: o.runAs !== undefined }), '--', ...inner],
+    guarded: true,
+    infoFd: BWRAP_INFO_FD,
+  };
 }
 
 /** The command line that runs `command args` with the parent-death signal set, when it can be. */

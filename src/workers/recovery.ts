@@ -122,6 +122,16 @@ export async function isRecordedProcess(rec: ProcessRecord): Promise<boolean> {
   return !(await processEnded(rec.pid));
 }
 
+/** Whether a process has the environment every child is started with (child-env.ts). */
+async function isGatewayChild(pid: number): Promise<boolean> {
+  try {
+    const env = (await fs.readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
+    return env.some((e) => e.startsWith('CODEX_HOME=')) && env.some((e) => e.startsWith('CXG_LOOPBACK_TOKEN='));
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Stops the process group a dead gateway left running in a home: SIGTERM,
  * a second SIGTERM at half the grace, SIGKILL at its end. Not our child any
@@ -134,6 +144,9 @@ export async function stopLeftoverChild(rec: ProcessRecord | undefined, graceMs:
   // Without a recorded start time the pid cannot be told apart from a reuse: leave it alone.
   if (rec.startTicks === null || ticks !== rec.startTicks) return 'pid-reused';
   if (await processEnded(rec.pid)) return 'gone';
+  // The record lies in a directory the child could write (spawn.user owns its home):
+  // signal only a process that carries a child's environment, never one a forged record names.
+  if (!(await isGatewayChild(rec.pid))) return 'pid-reused';
   const pid = rec.pid;
   // The recorded process leads its own group (codex children are spawned so);
   // if no such group exists, it is signalled alone, since its home must not be

@@ -12,14 +12,17 @@
  * later build may append a path or query.
  */
 import { spawn } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { GatewayError } from '../shared/errors.js';
-import { findExecutable, withParentDeathSignal } from './parent-death.js';
+import { parseBwrapInfo } from '../shared/sandbox.js';
+import type { SandboxSpec } from '../shared/sandbox.js';
+import type { ChildUser } from '../shared/spawn-user.js';
+import { childLaunch, findExecutable } from './parent-death.js';
 
 export interface ExitInfo {
   code: number | null;
@@ -36,8 +39,14 @@ export interface SpawnRequest {
   readyTimeoutMs: number;
   /** Nice levels the child runs below the gateway (0: the same priority). */
   nice: number;
+  /** spawn.user: run as this uid/gid. */
+  runAs?: ChildUser;
+  /** spawn.sandbox = bubblewrap: what the sandbox shows. */
+  sandbox?: SandboxSpec;
   /** Called once the process exists (it may write to CODEX_HOME from here on). */
   onSpawned: (pid: number) => void;
+  /** Called synchronously when the spawned process has exited, before `exited` resolves. */
+  onExit?: () => void;
   /** Output lines after the banner, and before it while waiting. */
   onOutput: (stream: 'stdout' | 'stderr', line: string) => void;
 }
@@ -79,7 +88,10 @@ export async function spawnAppServer(req: SpawnRequest): Promise<RunningChild> {
   const deadline = Date.now() + req.readyTimeoutMs;
   let child: ChildProcess;
   // The child dies with the gateway (parent-death.ts); a missing binary stays a spawn error.
-  const launch = withParentDeathSignal(req.codexBin, appServerArgs(req.wsToken));
+  const launch = childLaunch(req.codexBin, appServerArgs(req.wsToken), {
+    ...(req.runAs === undefined ? {} : { runAs: req.runAs }),
+    ...(req.sandbox === undefined ? {} : { sandbox: req.sandbox }),
+  });
   if (launch.guarded && findExecutable(req.codexBin, req.env.PATH) === undefined) {
     throw spawnError(req.codexBin, Object.assign(new Error(`${req.codexBin} is not an executable file`), { code: 'ENOENT' }));
   }
@@ -88,7 +100,7 @@ export async function spawnAppServer(req: SpawnRequest): Promise<RunningChild> {
       cwd: req.cwd,
       env: req.env,
       detached: true,
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: launch.infoFd === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', 'pipe'],
     });
   } catch (err) {
     throw spawnError(req.codexBin, err);
@@ -98,7 +110,11 @@ export async function spawnAppServer(req: SpawnRequest): Promise<RunningChild> {
   const exited = new Promise<ExitInfo>((resolve) => {
     child.once('exit', (code, signal) => {
       exit = { code, signal };
-      resolve(exit);
+      try {
+        req.onExit?.();
+      } finally {
+        resolve(exit);
+      }
     });
   });
   const spawned = new Promise<number>((resolve, reject) => {
@@ -108,7 +124,18 @@ export async function spawnAppServer(req: SpawnRequest): Promise<RunningChild> {
   // 'error' can also fire later (e.g. a failed kill); never let it crash the shard.
   child.on('error', () => {});
 
-  const pid = await spawned;
+  const spawnedPid = await spawned;
+  let pid = spawnedPid;
+  if (launch.infoFd !== undefined) {
+    // Under bubblewrap the spawned process is its monitor; codex is the pid it reports (see src/shared/sandbox.ts).
+    try {
+      pid = await sandboxedPid(child, launch.infoFd, exited, deadline);
+    } catch (err) {
+      signalGroup(spawnedPid, 'SIGKILL');
+      await exited;
+      throw err;
+    }
+  }
   if (req.nice > 0) renice(pid, req.nice);
   req.onSpawned(pid);
 
@@ -153,6 +180,25 @@ export async function spawnAppServer(req: SpawnRequest): Promise<RunningChild> {
   }
 }
 
+/** The pid bwrap reports on its info fd, or the reason it never did. */
+async function sandboxedPid(child: ChildProcess, fd: number, exited: Promise<ExitInfo>, deadline: number): Promise<number> {
+  const stream = child.stdio[fd] as NodeJS.ReadableStream | null | undefined;
+  if (stream === null || stream === undefined) throw new GatewayError('GW_SANDBOX_UNAVAILABLE', 'bwrap info pipe missing');
+  let text = '';
+  const reported = new Promise<number>((resolve) => {
+    stream.setEncoding('utf8');
+    stream.on('data', (chunk: string) => {
+      if (text.length > 4096) return;
+      text += chunk;
+      const pid = parseBwrapInfo(text);
+      if (pid !== undefined) resolve(pid);
+    });
+  });
+  // Nothing more is read from it; codex may hold the other end open.
+  stream.on('error', () => {});
+  return raceStartup(reported, exited, deadline, () => new GatewayError('GW_SANDBOX_UNAVAILABLE', 'bwrap did not report the sandboxed pid in time'), []);
+}
+
 /**
  * Lowers the priority of every thread of a process (Linux priorities are per
  * thread; threads started later inherit from their creator). The gateway's
@@ -160,6 +206,31 @@ export async function spawnAppServer(req: SpawnRequest): Promise<RunningChild> {
  * as in a burst of starts.
  */
 export function renice(pid: number, nice: number): void {
+  reniceThreads(pid, nice);
+  // Under bubblewrap `pid` is the sandbox's init; codex is its child.
+  for (const child of childPids(pid)) reniceThreads(child, nice);
+}
+
+/** Direct children of a process (/proc/PID/task/TID/children; none when it cannot be read). */
+export function childPids(pid: number): number[] {
+  const out: number[] = [];
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      for (const c of readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/)) if (c !== '') out.push(Number(c));
+    } catch {
+      // Gone: no children to find.
+    }
+  }
+  return out;
+}
+
+function reniceThreads(pid: number, nice: number): void {
   let tids: string[];
   try {
     tids = readdirSync(`/proc/${pid}/task`);

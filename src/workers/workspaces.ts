@@ -34,6 +34,7 @@ import { ensureWorkDir, homePath, newGeneration, processEnded, processStartTicks
 import type { Home } from './home.js';
 import { findLeftovers } from './recovery.js';
 import { describeExit, reapGroup, spawnAppServer, stopProcessGroup } from './spawn.js';
+import { closeWorkspaceDir, openHomeTo } from './home-owner.js';
 import type { ExitInfo, RunningChild } from './spawn.js';
 
 export interface TableHost {
@@ -216,6 +217,8 @@ export class WorkspaceTable {
       // The new generation is recorded before the process exists: recovery then knows this home may hold unsaved work.
       await writeHomeState(home.dir, { generation: e.generation, stored: false, pid: null, startTicks: null, gatewayPid: process.pid });
       home.generation = e.generation;
+      const runAs = this.init.runAs;
+      if (runAs !== undefined) await openHomeTo(runAs, home.dir);
       const env = buildChildEnv({
         parent: process.env,
         allowlist: this.init.envAllowlist,
@@ -223,7 +226,9 @@ export class WorkspaceTable {
         builderEnv: spawnConfig.env,
         codexHome: home.dir,
         loopbackToken: e.loopbackToken,
+        ...(runAs?.name === undefined ? {} : { userName: runAs.name }),
       });
+      const wsDir = path.dirname(home.dir);
       let pidFile: Promise<void> = Promise.resolve();
       const child = await spawnAppServer({
         codexBin: this.init.codexBin,
@@ -232,6 +237,16 @@ export class WorkspaceTable {
         wsToken: e.wsToken,
         readyTimeoutMs: this.init.readyTimeoutMs,
         nice: this.init.childNice,
+        ...(runAs === undefined ? {} : { runAs }),
+        ...(this.init.sandbox === 'bubblewrap' ? { sandbox: { workspaceDir: wsDir, cwd: home.workDir, codexBin: this.init.codexBin } } : {}),
+        ...(runAs === undefined
+          ? {}
+          : {
+              onExit: () => {
+                const err = closeWorkspaceDir(wsDir);
+                if (err !== undefined) log.error({ err: err.message }, 'could not take the workspace directory back from spawn.user');
+              },
+            }),
         onSpawned: (pid) => {
           home.ran = true;
           e.pid = pid;
@@ -259,6 +274,8 @@ export class WorkspaceTable {
     } catch (err) {
       // spawnAppServer kills and reaps the process before it throws.
       if (e.pid !== undefined) this.host.childExited(e.workspaceId, e.generation, { code: null, signal: null });
+      // A start that failed before any process existed had no exit handler to take the directory back.
+      if (this.init.runAs !== undefined) closeWorkspaceDir(path.dirname(home.dir));
       if (gated) this.host.spawnSettled(e.generation, false);
       const failure = toGatewayError(err);
       if (PROCESS_FAILURES.has(failure.code)) this.crashLoop.failed(e.workspaceId);
