@@ -5,6 +5,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ERROR_CODES } from '../src/shared/errors.js';
 import { AppServerClient } from './fixtures/app-server-client.js';
 import { startTestGateway } from './gateway-helpers.js';
 import { quietLogger } from './helpers.js';
@@ -136,6 +137,8 @@ describe('POST /api/turns: deadlines, failures and clients that go away (fake co
     const r = await postTurn(t.httpUrl, await t.token('turns-broken'), { workspaceId: 'turns-broken', params: { input: textInput('x') } });
     expect(r.status).toBe(502);
     expect(r.body).toMatchObject({ threadId: null, transport: { code: 'GW_SPAWN_EXITED' } });
+    // The code's fixed message, never codex's stderr or a host path (those go to the log).
+    expect((r.body as { transport: { message: string } }).transport.message).toBe(ERROR_CODES.GW_SPAWN_EXITED);
   });
 
   it('a streaming client that goes away does not stop the turn', async () => {

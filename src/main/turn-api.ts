@@ -21,6 +21,7 @@
 import type { Logger } from 'pino';
 import { toGatewayError } from '../shared/errors.js';
 import type { TurnOutcome } from '../shared/protocol.js';
+import { publicError } from '../shared/public-error.js';
 import type { Authenticator } from './auth.js';
 import { bearerToken } from './auth.js';
 import { sendJson, statusLine } from './http-util.js';
@@ -135,8 +136,11 @@ class TurnCall {
       workspaceId = (now ?? (await this.ctx.auth.verify(this.token))).workspaceId;
     } catch (err) {
       const e = toGatewayError(err, 'GW_UNAUTHORIZED');
-      if (e.code === 'GW_AUTH_UNAVAILABLE') this.refuse(503, e.code, e.message);
-      else this.refuse(401, e.code, e.message, { 'www-authenticate': 'Bearer error="invalid_token"' });
+      // Why a token failed goes to the log, as on the WebSocket path.
+      this.ctx.log.info({ err: e.describe() }, 'HTTP turn refused: token');
+      const p = publicError(e);
+      if (e.code === 'GW_AUTH_UNAVAILABLE') this.refuse(503, p.code, p.message);
+      else this.refuse(401, p.code, p.message, { 'www-authenticate': 'Bearer error="invalid_token"' });
       return;
     }
     if (this.aborted) return;
@@ -170,8 +174,8 @@ class TurnCall {
         this.stream ? (method, params) => this.event(method, JSON.stringify(params)) : undefined,
       );
     } catch (err) {
-      const e = toGatewayError(err);
-      this.done({ threadId: body.threadId ?? null, transport: { code: e.code, message: e.message } });
+      ctx.log.error({ workspaceId: body.workspaceId, err: toGatewayError(err).describe() }, 'HTTP turn could not run');
+      this.done({ threadId: body.threadId ?? null, transport: publicError(err) });
       return;
     }
     this.clientGone = (interrupt) => handle.clientGone(interrupt);
@@ -184,8 +188,8 @@ class TurnCall {
     });
     Promise.race([handle.outcome, frontDeadline])
       .catch((err: unknown): TurnOutcome => {
-        const e = toGatewayError(err);
-        return { threadId: body.threadId ?? null, transport: { code: e.code, message: e.message } };
+        ctx.log.error({ workspaceId: body.workspaceId, err: toGatewayError(err).describe() }, 'HTTP turn failed');
+        return { threadId: body.threadId ?? null, transport: publicError(err) };
       })
       .then((outcome) => {
         clearTimeout(timer);

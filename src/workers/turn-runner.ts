@@ -14,6 +14,7 @@
  */
 import type { Logger } from 'pino';
 import { toGatewayError } from '../shared/errors.js';
+import { publicError } from '../shared/public-error.js';
 import type { ApprovalPolicies, ChildInfo, TurnOutcome, TurnRequest, TurnTransportError } from '../shared/protocol.js';
 import { AppServerConnection, AppServerRpcError } from './app-server-connection.js';
 import type { ServerRequestMessage } from './app-server-connection.js';
@@ -253,11 +254,18 @@ export class TurnRunner {
       if (f.kind === 'rpc') return { code: 'codexRPCError', message: err.message, ...(f.rpcCode === undefined ? {} : { rpcCode: f.rpcCode }) };
       if (f.kind === 'timeout') return this.timedOut(run);
       if (run.gone !== undefined) return this.goneError(run.gone);
-      return run.conn === undefined ? { code: 'wsDisconnect', message: `could not connect to codex app-server: ${f.message}` } : this.closedError(run);
+      if (run.conn === undefined) {
+        this.log.error({ workspaceId: run.req.workspaceId, err: f.message }, 'HTTP turn could not connect to codex app-server');
+        return { code: 'wsDisconnect', message: 'could not connect to codex app-server' };
+      }
+      return this.closedError(run);
     }
-    // A start that failed keeps its own code (GW_SPAWN_EXITED, GW_CAPACITY, …).
+    // A start that failed keeps its own code (GW_SPAWN_EXITED, GW_CAPACITY, …)
+    // with the code's fixed message: its own message may carry codex's stderr
+    // or host paths, which only the log gets.
     const e = toGatewayError(err);
-    return { code: e.code, message: e.message };
+    this.log.error({ workspaceId: run.req.workspaceId, err: e.describe() }, 'HTTP turn could not start');
+    return publicError(e);
   }
 
   /** Past the deadline: interrupt a started turn and give it a moment to end. */
