@@ -165,6 +165,8 @@ export const SETTINGS = [
     description: 'First backoff of a crash-looping workspace; doubles up to crash_loop.backoff_max.' },
   { key: 'crash_loop.backoff_max', kind: TIMEOUT, default: 5 * 60_000,
     description: 'Longest backoff of a crash-looping workspace.' },
+  { key: 'warm_restart.max', kind: { type: 'int', min: 0, max: 100_000 }, default: 64,
+    description: 'Workspaces a start brings back before their clients return: those whose children ran at the last drain, most recently active first, from their warm homes where kept (0: off). They yield to every start a client waits for; those no client claims are stopped by the idle reaper.' },
   { key: 'shutdown.budget', kind: TIMEOUT, default: 60_000,
     description: 'Time a drain may take (stop children, save their state) before the gateway exits anyway.' },
   { key: 'shutdown.workspace_budget', kind: TIMEOUT, default: 30_000,
