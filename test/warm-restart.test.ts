@@ -171,13 +171,17 @@ describe('warm restart', () => {
     expect(await live(h)).toEqual([{ workspaceId: 'kept', state: 'running', prestarted: false }]);
   });
 
-  it('warm_restart.max = 0 is off: no record is written, and a start neither uses nor keeps an earlier one', async () => {
+  it('warm_restart.max = 0 is off: a start with it neither uses nor keeps the record; a drain with it still writes one for the next start', async () => {
     const root = await dataDir();
     const file = path.join(root, 'warm-restart.json');
+    // A gateway with it off drains: the next start, with it on, still comes back warm (a deploy that turns it on).
     await liveThenDrain(root, ['a', 'b'], 0);
-    expect(existsSync(file)).toBe(false);
+    expect(existsSync(file)).toBe(true);
+    const on = await startGateway(root, { max: 64 });
+    await on.gw.warm?.done;
+    expect((await live(on)).map((w) => w.workspaceId).sort()).toEqual(['a', 'b']);
+    await stop(on);
 
-    await liveThenDrain(root, ['a', 'b']);
     expect(existsSync(file)).toBe(true);
     const h = await startGateway(root, { max: 0 });
     expect(existsSync(file)).toBe(false);

@@ -262,8 +262,9 @@ export class Gateway extends EventEmitter {
     this.progress.total = total;
     this.warm?.stop();
     const wr = this.o.warmRestart;
-    if (wr !== undefined && wr.max > 0 && stats.length > 0) {
-      // Before the children stop, while their activity is known.
+    if (wr !== undefined && stats.length > 0) {
+      // Before the children stop, while their activity is known. Written whatever this gateway's
+      // warm_restart.max: the next start's own setting decides, so a deploy that turns it on gains at once.
       const live = liveForRecord(stats.flatMap((s) => s.workspaces));
       const wrote = await within(writeWarmRecord(wr.file, live).then(() => true), Math.min(2000, left())).catch((err: unknown) => {
         log.error({ file: wr.file, err: toGatewayError(err).describe() }, 'drain: warm-restart record not written; the next start is cold');

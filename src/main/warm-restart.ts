@@ -30,7 +30,7 @@ export const WARM_RESTART_FILE = 'warm-restart.json';
 export interface WarmRestartOptions {
   /** Where the drain writes the record: `<data.dir>/warm-restart.json`. */
   file: string;
-  /** Workspaces a start pre-starts at most; 0: off (no record is written or used). */
+  /** Workspaces a start pre-starts at most; 0: off (the record is still written at a drain, and removed unused at a start). */
   max: number;
 }
 
@@ -179,7 +179,10 @@ export class WarmRestart {
           },
           (err: unknown) => {
             this.p.failed += 1;
-            this.log.warn({ workspaceId: e.workspaceId, err: toGatewayError(err).describe() }, 'warm restart: pre-start failed');
+            const failure = toGatewayError(err);
+            // No child slot is free (limits.max_children): the rest would fail the same way.
+            if (failure.code === 'GW_CAPACITY') this.stopped = true;
+            this.log.warn({ workspaceId: e.workspaceId, err: failure.describe() }, 'warm restart: pre-start failed');
           },
         ),
       );
