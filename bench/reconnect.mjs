@@ -5,7 +5,9 @@
 // gateway is restarted as on every deploy (SIGTERM: drain; then a new
 // process on the same data dir) while every workspace has its clients
 // connected; once the new process listens, each workspace's clients
-// reconnect at once, the workspaces spread evenly over BENCH_RECONNECT_SPREAD_MS
+// reconnect at once, the workspaces in a shuffled order (another in each
+// storm, so unrelated to their recency, which the previous storm's order set)
+// spread evenly over BENCH_RECONNECT_SPREAD_MS
 // (10 s: clients come back over some seconds, as reconnect back-offs and
 // people do; 0 is every client at the same instant), and each measures the
 // time from its own first connect attempt to the answer to `initialize`,
@@ -43,6 +45,23 @@ const ADMIN = 'bench-reconnect-admin-token-00';
 const CLIENT_DEADLINE_MS = 60_000;
 const TUI_DEADLINE_MS = 10_000;
 const SPREAD_MS = Number(process.env.BENCH_RECONNECT_SPREAD_MS ?? 10_000);
+
+/** A seeded shuffle (mulberry32): arrival order neither follows nor reverses recency. */
+function shuffled(items, seed) {
+  let a = seed;
+  const rnd = () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rnd() * (i + 1));
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
+}
 
 const loadavg = () => os.loadavg().map((l) => round(l, 2));
 
@@ -135,7 +154,7 @@ async function main() {
     // The storm's clients, connected when the deploy comes.
     live = (await mapLimit(ids.flatMap((id) => Array.from({ length: CLIENTS }, () => id)), 8, (id) => reconnect(gw.url, tokens.get(id), performance.now()))).map((r) => r.c);
 
-    for (const storm of STORMS) {
+    for (const [stormIndex, storm] of STORMS.entries()) {
       const [kind, mode] = storm.split('-');
       // Only the storm's workspaces are live at the drain; the turn workspaces start with the storm.
       await mapLimit(turnIds, 4, (id) => fetch(`${gw.internalUrl}/admin/workspaces/${id}/shutdown`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` } }));
@@ -162,7 +181,7 @@ async function main() {
           }).map((p) => p.catch(() => 0))
         : [];
       const clients = await Promise.all(
-        ids.flatMap((id, i) =>
+        shuffled(ids, 15 + stormIndex).flatMap((id, i) =>
           Array.from({ length: CLIENTS }, async () => {
             await sleep((SPREAD_MS * i) / ids.length);
             try {

@@ -87,5 +87,6 @@ describe('warm restart across gateway processes', () => {
     await third.waitForLog((l) => l.msg === 'warm restart: done', 30_000);
     expect((await workspaces(third)).map((w) => w.workspace_id).sort()).toEqual(['newer', 'older', 'third']);
     expect((await third.stop('SIGTERM')).code).toBe(0);
-  });
+    // Three gateway processes one after another: generous for a loaded two-core machine.
+  }, 240_000);
 });

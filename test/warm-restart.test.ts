@@ -25,6 +25,9 @@ interface Harness {
   httpUrl: string;
 }
 
+/** Gateways, drains and fake children one after another: generous for a loaded two-core machine. */
+const TEST_TIMEOUT_MS = 180_000;
+
 const roots: string[] = [];
 const running: Gateway[] = [];
 const sockets: WebSocket[] = [];
@@ -131,7 +134,7 @@ describe('warm restart', () => {
     // A client claims a pre-started child: it is no longer marked pre-started.
     await client(h, 'w3');
     expect((await live(h)).find((w) => w.workspaceId === 'w3')?.prestarted).toBe(false);
-  });
+  }, TEST_TIMEOUT_MS);
 
   it('a client waiting for its workspace starts before the queued pre-starts of others, and one arriving for a queued pre-start moves it ahead of the rest; /readyz answers 200 meanwhile', async () => {
     const root = await dataDir();
@@ -159,7 +162,7 @@ describe('warm restart', () => {
     await h.gw.warm?.done;
     expect(h.admitted.map((a) => `${a.workspaceId}:${a.priority}`)).toEqual(['p0:prestart', 'fresh:client', 'p3:client', 'p1:prestart', 'p2:prestart']);
     expect((await live(h)).length).toBe(5);
-  });
+  }, TEST_TIMEOUT_MS);
 
   it('pre-started children no client claims are stopped by the idle reaper; a claimed one stays', async () => {
     const root = await dataDir();
@@ -169,7 +172,7 @@ describe('warm restart', () => {
     await client(h, 'kept');
     await waitFor(async () => (await live(h)).length === 1, 20_000, 'unclaimed pre-starts reaped');
     expect(await live(h)).toEqual([{ workspaceId: 'kept', state: 'running', prestarted: false }]);
-  });
+  }, TEST_TIMEOUT_MS);
 
   it('warm_restart.max = 0 is off: a start with it neither uses nor keeps the record; a drain with it still writes one for the next start', async () => {
     const root = await dataDir();
@@ -188,7 +191,7 @@ describe('warm restart', () => {
     expect(await live(h)).toEqual([]);
     expect(h.admitted).toEqual([]);
     expect((await readyz(h)).body.warmRestart.state).toBe('off');
-  });
+  }, TEST_TIMEOUT_MS);
 
   it('a malformed record is ignored: the gateway starts cold', async () => {
     const root = await dataDir();
@@ -196,5 +199,5 @@ describe('warm restart', () => {
     const h = await startGateway(root, { max: 64 });
     expect(await live(h)).toEqual([]);
     expect(h.gw.warm?.progress.state).toBe('done');
-  });
+  }, TEST_TIMEOUT_MS);
 });
