@@ -24,6 +24,8 @@ const defaults = {
   loopResolutionMs: 10,
   /** Nice levels of children below the gateway; serve's default is 10. */
   childNice: 10,
+  /** limits.max_concurrent_spawns; serve's default is the core count. */
+  maxConcurrentSpawns: os.availableParallelism(),
 };
 const o = { ...defaults, ...JSON.parse(process.env.CXG_BENCH_GATEWAY ?? '{}') };
 // CXG_BENCH_DIST points at another build (a baseline) of the package.
@@ -58,7 +60,7 @@ const gw = await Gateway.start({
     configBuilder: builder,
     // As `serve` runs by default (spawn.nice, limits.max_concurrent_spawns = cores).
     childNice: o.childNice,
-    limits: { maxConcurrentSpawns: os.availableParallelism() },
+    limits: { maxConcurrentSpawns: o.maxConcurrentSpawns },
   },
   auth: new JwtAuthenticator({ secret: JWT_SECRET }),
   listen: { host: '127.0.0.1', port: 0 },

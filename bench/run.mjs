@@ -14,10 +14,14 @@ import path from 'node:path';
 import { BENCH_DIR, RESULTS_DIR, machineLine, table } from './common.mjs';
 
 const BENCHES = ['dataplane', 'connections', 'spawn', 'spawn-storm', 'archive', 'lookup'];
+/** Run only when named: long (tens of real codex children, several gateway restarts). */
+const BY_NAME = ['reconnect', 'spawn-concurrency'];
+/** Node flags per bench: reconnect imports the TypeScript test fixtures. */
+const EXEC_ARGS = { reconnect: ['--import', 'tsx'] };
 
 function runOne(name) {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [path.join(BENCH_DIR, `${name}.mjs`)], { stdio: 'inherit' });
+    const p = spawn(process.execPath, [...(EXEC_ARGS[name] ?? []), path.join(BENCH_DIR, `${name}.mjs`)], { stdio: 'inherit' });
     const forward = (sig) => p.kill(sig);
     process.on('SIGINT', forward);
     process.on('SIGTERM', forward);
@@ -52,12 +56,12 @@ async function summary(names) {
 async function main() {
   const args = process.argv.slice(2);
   if (args.includes('--summary')) {
-    console.log(await summary(BENCHES));
+    console.log(await summary([...BENCHES, ...BY_NAME]));
     return;
   }
-  const unknown = args.filter((a) => !BENCHES.includes(a));
+  const unknown = args.filter((a) => !BENCHES.includes(a) && !BY_NAME.includes(a));
   if (unknown.length > 0) {
-    console.error(`unknown bench ${unknown.join(', ')}; known: ${BENCHES.join(', ')}`);
+    console.error(`unknown bench ${unknown.join(', ')}; known: ${[...BENCHES, ...BY_NAME].join(', ')}`);
     process.exitCode = 2;
     return;
   }

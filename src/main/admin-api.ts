@@ -58,6 +58,8 @@ async function describeWorkspace(w: WorkspaceStatus): Promise<Record<string, unk
     shard: w.shard,
     generation: w.generation,
     codex_home: w.codexHome,
+    // A warm restart's pre-start no client has claimed yet.
+    prestarted: w.prestarted !== undefined,
   };
 }
 

@@ -98,6 +98,8 @@ export interface FrontOptions {
   turns?: { options: TurnApiOptions; observer?: TurnObserver };
   /** Tests only: the first connection id, to reach the u32 wrap quickly. */
   firstConnectionId?: number;
+  /** More fields for the /readyz body (they do not change the status). */
+  readiness?: () => Record<string, unknown>;
 }
 
 export interface FrontObserver {
@@ -226,7 +228,7 @@ export class Front {
     app.get('/healthz', (res) => sendJson(res, 200, { status: 'ok' }));
     app.get('/readyz', (res) => {
       const ready = !front.draining && o.sup.healthy;
-      sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : front.draining ? 'draining' : 'unhealthy' });
+      sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : front.draining ? 'draining' : 'unhealthy', ...(o.readiness?.() ?? {}) });
     });
     if (o.turns !== undefined) {
       registerTurnApi(app, {

@@ -25,6 +25,8 @@ import { DEFAULT_TURN_API } from './turn-request.js';
 import type { TurnApiOptions } from './turn-request.js';
 import type { SupervisorObserver, SupervisorOptions } from './supervisor.js';
 import type { TemplatedApp } from './uws.js';
+import { WarmRestart, liveForRecord, takeWarmRecord, writeWarmRecord } from './warm-restart.js';
+import type { WarmRestartOptions } from './warm-restart.js';
 
 const EMPTY_MEMORY: FrontMemory = { bufferedBytes: 0, maxBufferedBytes: null, toClientBufferedBytes: 0, slowChildCloses: 0, overloadCloses: 0 };
 
@@ -49,6 +51,8 @@ export interface GatewayOptions {
   internalRoutes?: (app: TemplatedApp, gw: Gateway) => void;
   /** Tests only: the front's first connection id (see ConnectionIds). */
   firstConnectionId?: number;
+  /** Record the live workspaces at a drain and pre-start them at the next start (warm-restart.ts); unset: off. */
+  warmRestart?: WarmRestartOptions;
 }
 
 export interface DrainReport {
@@ -82,6 +86,8 @@ export class Gateway extends EventEmitter {
   front!: Front;
   internal!: InternalApi;
   sup!: Supervisor;
+  /** The pre-starts of this start's warm restart. */
+  warm: WarmRestart | undefined;
 
   private constructor(readonly o: GatewayOptions) {
     super();
@@ -95,6 +101,10 @@ export class Gateway extends EventEmitter {
       startFinished: (e) => {
         gw.metrics.startFinished(e);
         user?.startFinished?.(e);
+      },
+      spawnAdmitted: (e) => {
+        gw.metrics.spawnAdmitted(e);
+        user?.spawnAdmitted?.(e);
       },
       workspaceStopped: (e) => {
         gw.metrics.workspaceStopped(e);
@@ -112,7 +122,7 @@ export class Gateway extends EventEmitter {
     };
     gw.sup = await Supervisor.start({ logger: o.log, ...o.supervisor, observer });
     const sup = gw.sup;
-    gw.metrics.attach({ shardStats: () => sup.stats(), childProcesses: () => sup.childProcessCount });
+    gw.metrics.attach({ shardStats: () => sup.stats(), childProcesses: () => sup.childProcessCount, spawnQueue: () => sup.spawnQueue });
     try {
       // The internal listener first: children may call it as soon as they run.
       gw.internal = await InternalApi.start({
@@ -135,6 +145,8 @@ export class Gateway extends EventEmitter {
         log: o.log,
         ...(o.firstConnectionId === undefined ? {} : { firstConnectionId: o.firstConnectionId }),
         observer: gw.metrics.front,
+        // Ready does not wait for the warm restart: see docs/operations.md#warm-restart.
+        ...(o.warmRestart === undefined ? {} : { readiness: () => ({ warmRestart: gw.warm?.progress ?? { state: 'off' } }) }),
         ...(o.turns === false ? {} : { turns: { options: { ...DEFAULT_TURN_API, ...(o.turns ?? {}) }, observer: gw.metrics } }),
         routes: (app) => {
           // Read at scrape time; undefined until Front.start has returned.
@@ -169,6 +181,10 @@ export class Gateway extends EventEmitter {
       const reaper = new IdleReaper(sup, { ...o.reaper, logger: o.log });
       void reaper.run(gw.reaperAbort.signal);
     }
+    const wr = o.warmRestart;
+    // Taken even when off, so a record from an earlier setting is never used later.
+    const entries = wr === undefined ? [] : await takeWarmRecord(wr.file, o.log);
+    gw.warm = wr === undefined || wr.max === 0 || gw.isDraining ? WarmRestart.off(sup, o.log) : new WarmRestart(sup, entries.slice(0, wr.max), o.log);
     return gw;
   }
 
@@ -249,6 +265,18 @@ export class Gateway extends EventEmitter {
     }
     const total = stats.reduce((n, s) => n + s.workspaces.length, 0);
     this.progress.total = total;
+    this.warm?.stop();
+    const wr = this.o.warmRestart;
+    if (wr !== undefined && stats.length > 0) {
+      // Before the children stop, while their activity is known. Written whatever this gateway's
+      // warm_restart.max: the next start's own setting decides, so a deploy that turns it on gains at once.
+      const live = liveForRecord(stats.flatMap((s) => s.workspaces));
+      const wrote = await within(writeWarmRecord(wr.file, live).then(() => true), Math.min(2000, left())).catch((err: unknown) => {
+        log.error({ file: wr.file, err: toGatewayError(err).describe() }, 'drain: warm-restart record not written; the next start is cold');
+        return false;
+      });
+      if (wrote === true) log.info({ file: wr.file, workspaces: live.length }, 'drain: warm-restart record written');
+    }
     this.emit('drain-start', { ...this.progress });
     const clients = this.front.connectionCount;
     await this.front.closeClients(CloseCode.GoingAway, 'GW_CLOSED: gateway shutting down', Math.min(2000, budgetMs / 4, left()));

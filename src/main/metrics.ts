@@ -62,6 +62,8 @@ export interface MetricsSources {
   shardStats(): Promise<ShardStats[]>;
   /** Child processes alive, as the main thread counts them. */
   childProcesses(): number;
+  /** Starts waiting for a spawn permit now, by priority. */
+  spawnQueue?(): Record<'client' | 'prestart', number>;
 }
 
 const SPAWN_BUCKETS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5, 10, 30];
@@ -76,6 +78,7 @@ export class GatewayMetrics implements SupervisorObserver, TurnObserver {
 
   private readonly spawns: Counter<'result' | 'code'>;
   private readonly spawnDuration: Histogram<'result'>;
+  private readonly spawnQueued: Histogram<'priority'>;
   private readonly stops: Counter<'reason' | 'saved'>;
   private readonly reaped: Counter<string>;
   private readonly transfers: Counter<'op' | 'result' | 'code'>;
@@ -95,6 +98,12 @@ export class GatewayMetrics implements SupervisorObserver, TurnObserver {
 
     this.spawns = new Counter({ name: 'cxg_spawns_total', help: 'Child starts, by result and error code.', labelNames: ['result', 'code'], registers });
     this.spawnDuration = new Histogram({ name: 'cxg_spawn_duration_seconds', help: 'Time from ensure to a ready child (download, spawn, /readyz).', labelNames: ['result'], buckets: SPAWN_BUCKETS, registers });
+    this.spawnQueued = new Histogram({ name: 'cxg_spawn_queue_seconds', help: 'Time a start waited for its spawn permit (limits.max_concurrent_spawns), by priority (client: a client waits for it; prestart: a warm restart\'s).', labelNames: ['priority'], buckets: SPAWN_BUCKETS, registers });
+    const queue = new Gauge({ name: 'cxg_spawn_queue_length', help: 'Starts waiting for a spawn permit now, by priority.', labelNames: ['priority'], registers, collect: () => {
+      const q = this.sources?.spawnQueue?.() ?? { client: 0, prestart: 0 };
+      queue.set({ priority: 'client' }, q.client);
+      queue.set({ priority: 'prestart' }, q.prestart);
+    } });
     this.stops = new Counter({ name: 'cxg_workspace_stops_total', help: 'Children stopped, by reason (shutdown, idle, drain, evict, crash, failed-start) and whether the home was stored.', labelNames: ['reason', 'saved'], registers });
     this.reaped = new Counter({ name: 'cxg_reaped_total', help: 'Children stopped by the idle reaper.', registers });
     this.transfers = new Counter({ name: 'cxg_archive_transfers_total', help: 'Uploads and downloads of workspace state, by result and error code.', labelNames: ['op', 'result', 'code'], registers });
@@ -199,6 +208,10 @@ export class GatewayMetrics implements SupervisorObserver, TurnObserver {
     const result = e.errorCode === null ? 'ok' : 'failed';
     this.spawns.inc({ result, code: e.errorCode ?? '' });
     this.spawnDuration.observe({ result }, e.ms / 1000);
+  }
+
+  spawnAdmitted(e: { priority: 'client' | 'prestart'; queuedMs: number }): void {
+    this.spawnQueued.observe({ priority: e.priority }, e.queuedMs / 1000);
   }
 
   workspaceStopped(e: { workspaceId: string; reason: string; saved: boolean }): void {

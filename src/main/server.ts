@@ -8,6 +8,7 @@
  * unstored.
  */
 import os from 'node:os';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import { createThreadLogger, flushLogger } from '../shared/logger.js';
 import { toGatewayError } from '../shared/errors.js';
@@ -24,6 +25,7 @@ import type { Settings } from './settings.js';
 import type { ConfigBuilder } from './supervisor.js';
 import { storeSpecFromSettings } from './settings.js';
 import { DEFAULT_DATA_PLANE } from './supervisor.js';
+import { WARM_RESTART_FILE } from './warm-restart.js';
 
 export function createLogger(settings: Settings): Logger {
   return createThreadLogger({ level: settings.log.level, pretty: process.stdout.isTTY === true, base: { thread: 'main', pid: process.pid, host: os.hostname() } });
@@ -104,6 +106,7 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
     },
     turns: { defaultTimeoutMs: settings.turns.timeoutMs, maxTimeoutMs: settings.turns.maxTimeoutMs, maxBodyBytes: settings.turns.maxBodyBytes },
     shutdownBudgetMs: settings.shutdown.budgetMs,
+    warmRestart: { file: path.join(settings.data.dir, WARM_RESTART_FILE), max: settings.warmRestart.max },
     ...(settings.admin.token === undefined ? {} : { adminToken: settings.admin.token }),
     ...(settings.metrics.token === undefined ? {} : { metricsToken: settings.metrics.token }),
     log,

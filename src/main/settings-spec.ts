@@ -157,6 +157,9 @@ export const SETTINGS = [
     description: 'Most children running at once (default: no limit).' },
   { key: 'limits.max_connections', kind: COUNT,
     description: 'Most client connections open at once; upgrades past it get HTTP 503 GW_TOO_MANY_CONNECTIONS (default: no limit).' },
+  // The core count: a start is CPU-bound on the gateway's own cores. Measured on the 2-core VM
+  // (bench/README.md, spawn-concurrency): 24 starts took 36 s with 1, 13.9 s with 2, 10.0 s with 4
+  // and 9.7 s with 8, on a machine shared with other work, where extra permits take others' CPU.
   { key: 'limits.max_concurrent_spawns', kind: COUNT, default: (d) => d.cores, defaultText: 'available cores',
     description: 'Most children starting at once; others wait in order (a start is CPU-heavy for a moment).' },
   { key: 'limits.max_frame', kind: { type: 'size', min: KiB, max: 1024 ** 3 }, default: 64 * 1024 * KiB,
@@ -174,6 +177,8 @@ export const SETTINGS = [
     description: 'First backoff of a crash-looping workspace; doubles up to crash_loop.backoff_max.' },
   { key: 'crash_loop.backoff_max', kind: TIMEOUT, default: 5 * 60_000,
     description: 'Longest backoff of a crash-looping workspace.' },
+  { key: 'warm_restart.max', kind: { type: 'int', min: 0, max: 100_000 }, default: 64,
+    description: 'Workspaces a start brings back before their clients return: those whose children ran at the last drain, most recently active first, from their warm homes where kept (0: off). They yield to every start a client waits for; those no client claims are stopped by the idle reaper.' },
   { key: 'shutdown.budget', kind: TIMEOUT, default: 60_000,
     description: 'Time a drain may take (stop children, save their state) before the gateway exits anyway.' },
   { key: 'shutdown.workspace_budget', kind: TIMEOUT, default: 30_000,

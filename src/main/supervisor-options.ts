@@ -97,6 +97,8 @@ export interface SupervisorOptions {
 
 export interface SupervisorObserver {
   startFinished?(e: { workspaceId: string; ms: number; errorCode: string | null }): void;
+  /** A start got its spawn permit after `queuedMs` in the queue (only when spawns are gated). */
+  spawnAdmitted?(e: { workspaceId: string; priority: 'client' | 'prestart'; queuedMs: number }): void;
   workspaceStopped?(e: { workspaceId: string; reason: string; saved: boolean }): void;
   archiveFinished?(e: { op: 'upload' | 'download'; ok: boolean; bytes: number; ms: number; code: string | null; found: boolean }): void;
   approvalAnswered?(e: { workspaceId: string; path: 'http' | 'websocket'; method: string; decision: string }): void;

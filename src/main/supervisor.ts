@@ -13,7 +13,7 @@ import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../shared/archiv
 import type { SpawnConfig } from '../shared/codex-config.js';
 import { GatewayError, toGatewayError } from '../shared/errors.js';
 import { createThreadLogger, defaultLogLevel } from '../shared/logger.js';
-import type { HostMethods, HostNotices, ReapOptions, ShardInit, ShardMethods, ShardNotices, ShardStats, StopResult, TurnOutcome, TurnRequest, WorkspaceStatus } from '../shared/protocol.js';
+import type { ChildInfo, HostMethods, HostNotices, PrestartTicket, ReapOptions, ShardInit, ShardMethods, ShardNotices, ShardStats, SpawnPriority, StopResult, TurnOutcome, TurnRequest, WorkspaceStatus } from '../shared/protocol.js';
 import { RpcPeer } from '../shared/rpc.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
 import { ArchivePool } from './archive-pool.js';
@@ -80,6 +80,8 @@ export class Supervisor extends EventEmitter {
   private nextTurnRequestId = 1;
   private closing: Promise<StopResult[]> | undefined;
   private readonly shardRefs: ShardRef[] = [];
+  /** Pre-starts not yet at the gate, by workspace: told when their start asks for its permit. */
+  private readonly prestartsArriving = new Map<string, () => void>();
   private readonly gate: SpawnGate;
 
   private constructor(
@@ -157,11 +159,15 @@ export class Supervisor extends EventEmitter {
           return run;
         },
         enterSpawn: async (p) => {
-          await this.gate.enter(p.generation);
+          // The queue entry exists once enter() returns its promise: a promotion sent after this call finds it.
+          const entering = this.gate.enter(p.generation, { priority: p.priority, rank: p.rank });
+          this.prestartsArriving.get(p.workspaceId)?.();
+          const admission = await entering;
           // A slot granted to a worker that has died since would never be given back.
           if (current()) ref.gated.add(p.generation);
           else this.gate.settled(p.generation, false);
-          return null;
+          this.opts.observer?.spawnAdmitted?.({ workspaceId: p.workspaceId, priority: admission.priority, queuedMs: admission.queuedMs });
+          return admission;
         },
       },
       {
@@ -169,6 +175,9 @@ export class Supervisor extends EventEmitter {
         spawnSettled: (p) => {
           ref.gated.delete(p.generation);
           this.gate.settled(p.generation, p.ok);
+        },
+        promoteSpawn: (p) => {
+          this.gate.promote(p.generation);
         },
         workspaceStopped: (p) => {
           this.opts.onWorkspaceStopped?.(p);
@@ -358,6 +367,35 @@ export class Supervisor extends EventEmitter {
         ref.rpc.notify('turnClientGone', { turnRequestId, interrupt });
       },
     };
+  }
+
+  /**
+   * Starts the workspace speculatively (a warm restart): its start yields to
+   * every start a client waits for, and is promoted when a client asks for
+   * the workspace meanwhile. `atGate` resolves once the start has asked for
+   * its spawn permit (its home is prepared) or has ended without asking (a
+   * child was running already, or it failed): pre-starts issued one after
+   * another on that signal reach the gate in rank order, while the next
+   * one's download overlaps this one's wait. `started` is the start itself.
+   */
+  prestart(workspaceId: string, ticket: PrestartTicket): { atGate: Promise<void>; started: Promise<ChildInfo> } {
+    validateWorkspaceId(workspaceId);
+    const ref = this.shard(workspaceId);
+    let arrived!: () => void;
+    const atGate = new Promise<void>((resolve) => (arrived = resolve));
+    const done = (): void => {
+      if (this.prestartsArriving.get(workspaceId) === done) this.prestartsArriving.delete(workspaceId);
+      arrived();
+    };
+    this.prestartsArriving.set(workspaceId, done);
+    const started = ref.rpc.call('prestart', { workspaceId, ...ticket });
+    started.then(done, done);
+    return { atGate, started };
+  }
+
+  /** Starts waiting at the spawn gate now, by priority. */
+  get spawnQueue(): Record<SpawnPriority, number> {
+    return this.gate.queued;
   }
 
   /** Bumps the workspace's last activity, for the idle reaper. */

@@ -29,6 +29,21 @@ export interface ChildInfo {
 
 export type WorkspaceState = 'starting' | 'running' | 'stopping';
 
+/**
+ * Why a start happens: a client waits for it, or it is speculative (a warm
+ * restart's pre-start of a workspace that was live at the last drain).
+ * Client starts go first at the spawn gate.
+ */
+export type SpawnPriority = 'client' | 'prestart';
+
+/** A pre-start: its place among pre-starts and the activity recorded for it at the drain. */
+export interface PrestartTicket {
+  /** 0 for the most recently active workspace. */
+  rank: number;
+  /** Last activity recorded at the drain (epoch ms); kept for the next drain's record until a client comes. */
+  lastActivity: number;
+}
+
 export interface WorkspaceStatus {
   workspaceId: string;
   state: WorkspaceState;
@@ -39,6 +54,8 @@ export interface WorkspaceStatus {
   lastActivity: number;
   startedAt: number;
   codexHome: string;
+  /** Set while a pre-started child has not been claimed by a client: the activity recorded for it at the drain. */
+  prestarted?: { lastActivity: number };
 }
 
 export interface SpoolStatus {
@@ -202,6 +219,8 @@ export type ShardMethods = {
   close: { params: Record<string, never>; result: StopResult[] };
   /** Runs one turn over the shard's own connection to the child; never rejects for turn failures (TurnOutcome). */
   runTurn: { params: TurnRequest; result: TurnOutcome };
+  /** Starts the workspace speculatively (warm restart); its start yields to client starts. */
+  prestart: { params: { workspaceId: string } & PrestartTicket; result: ChildInfo };
 };
 
 /** Calls a shard makes into the main thread. */
@@ -209,7 +228,7 @@ export type HostMethods = {
   buildConfig: { params: { builderId: number; workspaceId: string; loopbackToken: string }; result: SpawnConfig };
   archive: { params: ArchiveTask; result: ArchiveOutcome<ArchiveValue> };
   /** Waits for a spawn permit and a child slot (limits); GW_CAPACITY when none can be made. */
-  enterSpawn: { params: { workspaceId: string; generation: string }; result: null };
+  enterSpawn: { params: { workspaceId: string; generation: string; priority: SpawnPriority; rank: number }; result: { queuedMs: number; priority: SpawnPriority } };
 };
 
 /** One-way notices. */
@@ -223,6 +242,8 @@ export type HostNotices = {
   childStarted: { workspaceId: string; generation: string; pid: number };
   /** The start of `generation` finished (ready or failed): its spawn permit is free; on failure, its slot too. */
   spawnSettled: { generation: string; ok: boolean };
+  /** A client now waits for the pre-start of `generation`: it goes before other pre-starts at the gate. */
+  promoteSpawn: { generation: string };
   /** A workspace's child stopped and its home was handled (for drain progress and metrics). */
   workspaceStopped: { workspaceId: string; reason: string; saved: boolean };
   /** A start finished: ready (errorCode null) or failed. */

@@ -42,6 +42,7 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
     evictCandidate: () => table.evictCandidate(),
     evict: (p) => table.evict(p.workspaceId, p.lastActivity),
     runTurn: (p) => turns.run(p),
+    prestart: (p) => table.ensure(p.workspaceId, 0, { rank: p.rank, lastActivity: p.lastActivity }),
     close: async () => {
       proxy.closeAll(1001, 'GW_CLOSED: gateway shutting down');
       const results = await table.close(Math.max(1, Math.ceil(init.shutdownConcurrency)));
@@ -64,10 +65,9 @@ const table: WorkspaceTable = new WorkspaceTable(
     archive: (task) => peer.call('archive', task),
     childStarted: (workspaceId, generation, pid) => peer.notify('childStarted', { workspaceId, generation, pid }),
     childExited: (workspaceId, generation, exit) => peer.notify('childExited', { workspaceId, generation, code: exit.code, signal: exit.signal }),
-    enterSpawn: async (workspaceId, generation) => {
-      await peer.call('enterSpawn', { workspaceId, generation });
-    },
+    enterSpawn: (workspaceId, generation, priority, rank) => peer.call('enterSpawn', { workspaceId, generation, priority, rank }),
     spawnSettled: (generation, ok) => peer.notify('spawnSettled', { generation, ok }),
+    promoteSpawn: (generation) => peer.notify('promoteSpawn', { generation }),
     workspaceStopped: (workspaceId, reason, saved) => peer.notify('workspaceStopped', { workspaceId, reason, saved }),
     startFinished: (workspaceId, ms, errorCode) => peer.notify('startFinished', { workspaceId, ms, errorCode }),
   },

@@ -26,7 +26,7 @@ import { mapLimit, withTimeout } from '../shared/concurrency.js';
 import { CrashLoopGuard } from '../shared/crash-loop.js';
 import { GatewayError, toGatewayError } from '../shared/errors.js';
 import { stripAnsi } from '../shared/logger.js';
-import type { ChildInfo, ReapOptions, ShardInit, StopReason, StopResult, WorkspaceState, WorkspaceStatus } from '../shared/protocol.js';
+import type { ChildInfo, PrestartTicket, ReapOptions, ShardInit, SpawnPriority, StopReason, StopResult, WorkspaceState, WorkspaceStatus } from '../shared/protocol.js';
 import { shouldReap } from '../shared/reap-policy.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
 import { HomeStore } from './home-store.js';
@@ -42,9 +42,11 @@ export interface TableHost {
   archive(task: ArchiveTask): Promise<ArchiveOutcome<ArchiveValue>>;
   childStarted(workspaceId: string, generation: string, pid: number): void;
   childExited(workspaceId: string, generation: string, exit: ExitInfo): void;
-  /** Resolves when limits allow a spawn (only called when spawns are gated). */
-  enterSpawn(workspaceId: string, generation: string): Promise<void>;
+  /** Resolves when limits allow a spawn (only called when spawns are gated), with the time it was queued. */
+  enterSpawn(workspaceId: string, generation: string, priority: SpawnPriority, rank: number): Promise<{ queuedMs: number; priority: SpawnPriority }>;
   spawnSettled(generation: string, ok: boolean): void;
+  /** A client now waits for the queued pre-start of `generation`. */
+  promoteSpawn(generation: string): void;
   workspaceStopped(workspaceId: string, reason: string, saved: boolean): void;
   /** A start finished: ready (errorCode null) or failed with that code. */
   startFinished(workspaceId: string, ms: number, errorCode: string | null): void;
@@ -78,6 +80,11 @@ interface Entry {
   readyAt: number;
   clients: number;
   exitHandled: boolean;
+  /** `prestart` until a client asks for it (then `client`: it is promoted at the gate). */
+  priority: SpawnPriority;
+  rank: number;
+  /** A pre-start no client has claimed yet: the activity its drain record gave it. */
+  prestarted: { lastActivity: number } | undefined;
 }
 
 function tokenKey(token: string): string {
@@ -108,15 +115,24 @@ export class WorkspaceTable {
 
   // ---- ensure --------------------------------------------------------------
 
-  /** A live child for the workspace, starting one if needed. */
-  async ensure(workspaceId: string, builderId: number): Promise<ChildInfo> {
+  /**
+   * A live child for the workspace, starting one if needed. Without
+   * `prestart` a client waits for it; with it, it is a warm restart's
+   * speculative start: it yields to client starts at the gate, leaves an
+   * existing child's activity alone, and is promoted when a client asks for
+   * the workspace while it is still queued.
+   */
+  async ensure(workspaceId: string, builderId: number, prestart?: PrestartTicket): Promise<ChildInfo> {
     validateWorkspaceId(workspaceId);
     if (this.scanning !== undefined) await this.scanning;
     for (;;) {
       if (this.closed) throw new GatewayError('GW_CLOSED', 'supervisor is shutting down');
       const e = this.live.get(workspaceId);
       if (e !== undefined) {
-        if (e.state === 'starting') return await e.ready;
+        if (e.state === 'starting') {
+          if (prestart === undefined) this.claim(e);
+          return await e.ready;
+        }
         if (e.state === 'running' && e.child !== undefined && e.child.exitInfo() === undefined && e.info !== undefined) {
           // A dying child's sockets close before its exit is reported (it is a
           // zombie until reaped), so a client that reconnects at once would be
@@ -128,7 +144,10 @@ export class WorkspaceTable {
             continue;
           }
           if (this.live.get(workspaceId) !== e || e.state !== 'running') continue;
-          e.lastActivity = Date.now();
+          if (prestart === undefined) {
+            e.lastActivity = Date.now();
+            e.prestarted = undefined;
+          }
           return e.info;
         }
         // Its process died and the exit is not processed yet: evict now.
@@ -141,11 +160,21 @@ export class WorkspaceTable {
         continue;
       }
       this.crashLoop.check(workspaceId);
-      return await this.begin(workspaceId, builderId).ready;
+      return await this.begin(workspaceId, builderId, prestart).ready;
     }
   }
 
-  private begin(workspaceId: string, builderId: number): Entry {
+  /** A client waits for this start from now on: a queued pre-start moves ahead of the others. */
+  private claim(e: Entry): void {
+    e.prestarted = undefined;
+    if (e.priority === 'client') return;
+    e.priority = 'client';
+    // Sent after the entry's enterSpawn (if any) on the same port, so the gate has it queued or admitted;
+    // a start that has not asked yet asks with the new priority.
+    if (this.init.gatedSpawns) this.host.promoteSpawn(e.generation);
+  }
+
+  private begin(workspaceId: string, builderId: number, prestart: PrestartTicket | undefined): Entry {
     const loopbackToken = randomBytes(32).toString('hex');
     const now = Date.now();
     const e: Entry = {
@@ -165,6 +194,9 @@ export class WorkspaceTable {
       readyAt: 0,
       clients: 0,
       exitHandled: false,
+      priority: prestart === undefined ? 'client' : 'prestart',
+      rank: prestart?.rank ?? 0,
+      prestarted: prestart === undefined ? undefined : { lastActivity: prestart.lastActivity },
     };
     this.live.set(workspaceId, e);
     e.ready = this.start(e, builderId).then(
@@ -207,11 +239,13 @@ export class WorkspaceTable {
     // What the home holds before this run, for a start that fails before any process ran in it.
     const before = { generation: home.generation, stored: home.origin !== 'spool' };
     let gated = false;
+    let queuedMs = 0;
     try {
       await writePrivateFile(path.join(home.dir, 'config.toml'), toml);
       await ensureWorkDir(home);
       if (this.init.gatedSpawns) {
-        await this.host.enterSpawn(e.workspaceId, e.generation);
+        const admitted = await this.host.enterSpawn(e.workspaceId, e.generation, e.priority, e.rank);
+        queuedMs = Math.round(admitted.queuedMs);
         gated = true;
       }
       // The new generation is recorded before the process exists: recovery then knows this home may hold unsaved work.
@@ -259,7 +293,7 @@ export class WorkspaceTable {
       e.child = child;
       if (gated) this.host.spawnSettled(e.generation, true);
       void child.exited.then((exit) => this.onExit(e, exit));
-      log.info({ pid: child.pid, wsUrl: child.wsUrl, origin: home.origin, ms: Date.now() - t0 }, 'codex app-server ready');
+      log.info({ pid: child.pid, wsUrl: child.wsUrl, origin: home.origin, priority: e.priority, queuedMs, ms: Date.now() - t0 }, 'codex app-server ready');
       return {
         workspaceId: e.workspaceId,
         generation: e.generation,
@@ -494,13 +528,16 @@ export class WorkspaceTable {
 
   touch(workspaceId: string): void {
     const e = this.live.get(workspaceId);
-    if (e !== undefined) e.lastActivity = Date.now();
+    if (e === undefined) return;
+    e.lastActivity = Date.now();
+    e.prestarted = undefined;
   }
 
   /** Counts a data-plane client of the current child (for the reaper). */
   attachClient(workspaceId: string, generation: string): boolean {
     const e = this.live.get(workspaceId);
     if (e === undefined || e.generation !== generation || e.state !== 'running') return false;
+    e.prestarted = undefined;
     e.clients += 1;
     e.lastActivity = Date.now();
     return true;
@@ -542,6 +579,7 @@ export class WorkspaceTable {
       lastActivity: e.lastActivity,
       startedAt: e.startedAt,
       codexHome: e.home?.dir ?? homePath(this.init.homeRoot, e.workspaceId),
+      ...(e.prestarted === undefined ? {} : { prestarted: { ...e.prestarted } }),
     };
   }
 

@@ -7,7 +7,7 @@ import { SpawnGate } from '../../src/main/spawn-gate.js';
 import type { Evictor } from '../../src/main/spawn-gate.js';
 
 /** Settles in the order the promises settle; `pending()` lists those still waiting. */
-function track(p: Promise<void>, name: string, log: string[]): { done: () => boolean; error: () => unknown } {
+function track(p: Promise<unknown>, name: string, log: string[]): { done: () => boolean; error: () => unknown } {
   let done = false;
   let error: unknown;
   p.then(
@@ -180,5 +180,73 @@ describe('SpawnGate', () => {
     await gate.enter('new');
     expect(evicted).toEqual(['stuck', 'ok']);
     expect(gate.children).toBe(2);
+  });
+  it('fair queue › client starts go before queued pre-starts; pre-starts follow by rank, not arrival', async () => {
+    const gate = new SpawnGate({ maxConcurrentSpawns: 1 }, { evictOne: () => Promise.resolve(false) });
+    const order: string[] = [];
+    track(gate.enter('busy'), 'busy', order);
+    track(gate.enter('p2', { priority: 'prestart', rank: 2 }), 'p2', order);
+    track(gate.enter('p0', { priority: 'prestart', rank: 0 }), 'p0', order);
+    track(gate.enter('c1'), 'c1', order);
+    track(gate.enter('p1', { priority: 'prestart', rank: 1 }), 'p1', order);
+    track(gate.enter('c2'), 'c2', order);
+    expect(gate.queued).toEqual({ client: 2, prestart: 3 });
+    for (const g of ['busy', 'c1', 'c2', 'p0', 'p1']) {
+      await tick();
+      gate.settled(g, true);
+    }
+    await tick();
+    expect(order).toEqual(['busy', 'c1', 'c2', 'p0', 'p1', 'p2']);
+    expect(gate.queued).toEqual({ client: 0, prestart: 0 });
+  });
+
+  it('fair queue › a client arriving for a queued pre-start moves it before every pre-start, behind earlier clients', async () => {
+    const gate = new SpawnGate({ maxConcurrentSpawns: 1 }, { evictOne: () => Promise.resolve(false) });
+    const order: string[] = [];
+    const admitted = new Map<string, Promise<{ priority: string }>>();
+    const enter = (g: string, t?: { priority: 'prestart'; rank: number }): void => {
+      const p = gate.enter(g, t);
+      admitted.set(g, p);
+      track(p, g, order);
+    };
+    enter('busy');
+    for (let r = 0; r < 4; r++) enter(`p${r}`, { priority: 'prestart', rank: r });
+    enter('c1');
+    expect(gate.promote('p3')).toBe(true);
+    // Not queued (admitted already) or a client start: nothing to promote.
+    expect(gate.promote('busy')).toBe(false);
+    expect(gate.promote('c1')).toBe(false);
+    expect(gate.promote('p3')).toBe(false);
+    for (const g of ['busy', 'c1', 'p3', 'p0', 'p1']) {
+      await tick();
+      gate.settled(g, true);
+    }
+    await tick();
+    expect(order).toEqual(['busy', 'c1', 'p3', 'p0', 'p1', 'p2']);
+    await expect(admitted.get('p3')).resolves.toMatchObject({ priority: 'client' });
+    await expect(admitted.get('p0')).resolves.toMatchObject({ priority: 'prestart' });
+  });
+
+  it('fair queue › the admission reports the time spent queued', async () => {
+    const gate = new SpawnGate({ maxConcurrentSpawns: 1 }, { evictOne: () => Promise.resolve(false) });
+    const first = await gate.enter('a');
+    expect(first.queuedMs).toBeLessThan(1000);
+    const second = gate.enter('b');
+    await tick(30);
+    gate.settled('a', true);
+    expect((await second).queuedMs).toBeGreaterThanOrEqual(25);
+  });
+
+  it('fair queue › a pre-start into a full gate fails with GW_CAPACITY without evicting anything', async () => {
+    const ev = { calls: 0, evictOne: () => (ev.calls++, Promise.resolve(true)) };
+    const gate = new SpawnGate({ maxChildren: 1 }, ev);
+    await gate.enter('running');
+    gate.settled('running', true);
+    const order: string[] = [];
+    track(gate.enter('pre', { priority: 'prestart', rank: 0 }), 'pre', order);
+    await tick();
+    expect(order).toEqual(['pre:GW_CAPACITY']);
+    expect(ev.calls).toBe(0);
+    expect(gate.children).toBe(1);
   });
 });

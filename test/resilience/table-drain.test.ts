@@ -89,8 +89,9 @@ async function harness(drainBudgetMs: number): Promise<Harness> {
     archive: (task) => h.archive(task),
     childStarted: (_id, _gen, pid) => h.pids.add(pid),
     childExited: () => {},
-    enterSpawn: () => Promise.resolve(),
+    enterSpawn: () => Promise.resolve({ queuedMs: 0, priority: 'client' }),
     spawnSettled: () => {},
+    promoteSpawn: () => {},
     workspaceStopped: () => {},
     startFinished: () => {},
   };
