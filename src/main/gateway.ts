@@ -109,7 +109,8 @@ export class Gateway extends EventEmitter {
     };
     gw.sup = await Supervisor.start({ logger: o.log, ...o.supervisor, observer });
     const sup = gw.sup;
-    gw.metrics.attach({ shardStats: () => sup.stats(), childProcesses: () => sup.childProcessCount });
+    const cluster = o.supervisor.cluster;
+    gw.metrics.attach({ shardStats: () => sup.stats(), childProcesses: () => sup.childProcessCount, ...(cluster === undefined ? {} : { cluster: () => cluster.stats() }) });
     try {
       // The internal listener first: children may call it as soon as they run.
       gw.internal = await InternalApi.start({

@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 import { createThreadLogger, flushLogger } from '../shared/logger.js';
 import { toGatewayError } from '../shared/errors.js';
 import { createAuthenticator } from './auth.js';
+import { clusterFromSettings } from './cluster/from-settings.js';
 import { checkCodexAcceptsConfig } from './codex-check.js';
 import { defaultCodexBin } from '../shared/codex-bin.js';
 import { renderCodexConfig } from '../shared/codex-config.js';
@@ -50,8 +51,10 @@ export function builderFromSettings(settings: Settings, log: Logger, internalUrl
 export async function gatewayOptions(settings: Settings, log: Logger, internalUrl: () => string | undefined): Promise<GatewayOptions> {
   const maxFrameBytes = settings.limits.maxFrameBytes;
   const builder = builderFromSettings(settings, log, internalUrl);
+  const cluster = await clusterFromSettings(settings, log);
   return {
     supervisor: {
+      ...(cluster === undefined ? {} : { cluster }),
       ...(settings.codex.bin === undefined ? {} : { codexBin: settings.codex.bin }),
       homeRoot: settings.homes.root,
       store: storeSpecFromSettings(settings),
