@@ -44,6 +44,16 @@ async function attempt(gw: GatewayProcess, workspaceId: string): Promise<Session
   }
 }
 
+/** `p`, or a failure naming `what` once `ms` have passed: no step of these tests waits unbounded. */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function closeText(c: { code: number; reason: string }): string {
   return `${c.code} ${c.reason}`;
 }
@@ -191,26 +201,32 @@ describe('cluster: two gateways, one store, one etcd (fake codex)', () => {
     expect(snapshots.some((f) => f.startsWith('e000000000002-'))).toBe(true);
     // Without [cluster] a workspace's object is <ws>.tar.gz: the cluster never writes it.
     expect(existsSync(path.join(dir, 'store', `${id}.tar.gz`))).toBe(false);
+    await Promise.all([a.stop(), b.stop()]);
   }, 180_000);
 
   it('etcd stopped and restarted: the owner stops its child while it cannot prove its lease; nothing stored is lost', async () => {
     const id = 'ws-outage';
     const a = await gateway('a', '/outage/');
-    const s = await session(a, id);
-    await rpc(s.ws, 'fake/writeFile', { path: 'marker.txt', content: 'kept' });
+    try {
+      const s = await session(a, id);
+      await rpc(s.ws, 'fake/writeFile', { path: 'marker.txt', content: 'kept' });
 
-    await etcd.stop();
-    expect(closeText(await s.closed)).toMatch(/^1013 GW_OWNERSHIP_LOST/);
-    await waitFor(async () => !(await isRunning(s.info.pid)), 20_000, 'the child to stop');
-    // No start while the lease cannot be proven.
-    const meanwhile = await attempt(a, id);
-    expect('ws' in meanwhile ? 'served' : closeText(meanwhile)).toMatch(/^1013 GW_CLUSTER_UNAVAILABLE/);
+      await etcd.stop();
+      expect(closeText(await within(s.closed, 30_000, 'the client to be closed'))).toMatch(/^1013 GW_OWNERSHIP_LOST/);
+      await waitFor(async () => !(await isRunning(s.info.pid)), 20_000, 'the child to stop');
+      // No start while the lease cannot be proven.
+      const meanwhile = await within(attempt(a, id), 30_000, 'a start to be refused');
+      expect('ws' in meanwhile ? 'served' : closeText(meanwhile)).toMatch(/^1013 GW_CLUSTER_UNAVAILABLE/);
 
-    await etcd.start();
-    await a.waitForLog((l) => l.msg === 'home uploaded and made current' && l.workspaceId === id, 90_000);
-    const back = await session(a, id);
-    expect(await readMarker(back)).toBe('kept');
-    back.ws.close();
-    await back.closed;
+      await etcd.start();
+      await a.waitForLog((l) => l.msg === 'home uploaded and made current' && l.workspaceId === id, 90_000);
+      const back = await within(session(a, id), 30_000, 'the workspace to start again');
+      expect(await readMarker(back)).toBe('kept');
+      back.ws.close();
+      await back.closed;
+    } catch (err) {
+      // What the gateway did, for the failure message.
+      throw new Error(`${(err as Error).message}\n${a.logs.slice(-25).map((l) => JSON.stringify(l)).join('\n')}`, { cause: err });
+    }
   }, 180_000);
 });

@@ -117,6 +117,7 @@ export class NodeLease extends EventEmitter {
       this.schedule(every);
     } catch (err) {
       this.o.log.warn({ lease: this.leaseId, err: (err as Error).message, remainingMs: this.remainingMs() }, 'cluster: lease keep-alive failed');
+      this.check();
       this.schedule(Math.min(every, 500));
     }
   }
@@ -133,9 +134,20 @@ export class NodeLease extends EventEmitter {
     }
   }
 
-  /** Called when the proof runs out; also after a freeze, when timers fire late. */
+  /**
+   * Called when the proof runs out; also after a freeze, when timers fire
+   * late. A timer may also fire a little early by `performance.now()`
+   * (timers count whole milliseconds of the loop's cached clock): then it
+   * is set again, never dropped, or the loss would go unnoticed.
+   */
   private check(): void {
-    if (this.lost || performance.now() < this.validUntil) return;
+    if (this.lost) return;
+    const left = this.validUntil - performance.now();
+    if (left > 0) {
+      clearTimeout(this.deadline);
+      this.deadline = setTimeout(() => this.check(), Math.ceil(left) + 1);
+      return;
+    }
     this.markLost(this.leaseId, 'no keep-alive proven within the lease TTL minus the margin');
   }
 
