@@ -130,7 +130,8 @@ describe('cluster: two gateways, one store, one etcd (fake codex)', () => {
         '',
       ].join('\n'),
     );
-    const gw = await startGatewayProcess(config, { CXG_LOG_LEVEL: 'info' });
+    // Generous: on a loaded machine a start (two shard workers, the first lease) can take a while.
+    const gw = await startGatewayProcess(config, { CXG_LOG_LEVEL: 'info' }, 60_000);
     gateways.push(gw);
     return gw;
   }

@@ -95,7 +95,8 @@ export class NodeLease extends EventEmitter {
   private async renew(): Promise<void> {
     const every = Math.max(200, Math.floor((this.ttlSeconds * 1000) / 3));
     const sentAt = performance.now();
-    const callDeadline = { deadline: Date.now() + Math.max(500, every) };
+    // A late answer still proves the lease from when it was sent, so the wait may outlast the schedule.
+    const callDeadline = { deadline: Date.now() + Math.max(2000, every) };
     try {
       if (this.leaseId === undefined) {
         const res = await this.client.leaseClient.leaseGrant({ TTL: this.ttlSeconds, ID: 0 }, callDeadline);
