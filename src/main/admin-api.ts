@@ -8,6 +8,7 @@
  *   GET  /admin/workspaces/:id             one workspace
  *   POST /admin/workspaces/:id/shutdown    stop it and upload its home
  *   POST /admin/drain                      drain the gateway; NDJSON progress
+ *   GET  /admin/cluster                    [cluster]: this node's lease and ownership
  */
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
@@ -28,6 +29,7 @@ export function adminRoutes(app: TemplatedApp, gw: Gateway, token: string | unde
   app.get('/admin/workspaces/:id', route(1, (req) => oneWorkspace(gw, req.params[0] ?? '')));
   app.post('/admin/workspaces/:id/shutdown', route(1, (req) => shutdownWorkspace(gw, req.params[0] ?? '')));
   app.post('/admin/drain', (res, req) => drainStream(res, req, gw, token));
+  app.get('/admin/cluster', route(0, () => Promise.resolve(clusterStatus(gw))));
   app.any('/admin/*', route(0, () => Promise.resolve(errorReply(404, 'GW_NOT_FOUND', 'no such admin route'))));
 }
 
@@ -170,4 +172,24 @@ function drainStream(res: HttpResponse, req: HttpRequest, gw: Gateway, token: st
   const current = gw.drainProgress;
   if (current !== undefined) write({ event: 'start', total: current.total, stopped: current.stopped, saved: current.saved });
   void gw.drain();
+}
+
+/** This node's lease and ownership counts; 404 without [cluster]. */
+function clusterStatus(gw: Gateway): HttpReply {
+  const cluster = gw.o.supervisor.cluster;
+  if (cluster === undefined) return errorReply(404, 'GW_NOT_FOUND', 'no [cluster] is configured');
+  const s = cluster.stats();
+  return {
+    status: 200,
+    body: {
+      node_id: s.nodeId,
+      lease: s.lease,
+      lease_alive: s.leaseAlive,
+      lease_remaining_ms: s.leaseRemainingMs,
+      workspaces_held: s.held,
+      takeovers: s.takeovers,
+      fenced_uploads: s.fencedCommits,
+      lease_losses: s.leaseLosses,
+    },
+  };
 }

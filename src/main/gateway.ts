@@ -122,7 +122,13 @@ export class Gateway extends EventEmitter {
     };
     gw.sup = await Supervisor.start({ logger: o.log, ...o.supervisor, observer });
     const sup = gw.sup;
-    gw.metrics.attach({ shardStats: () => sup.stats(), childProcesses: () => sup.childProcessCount, spawnQueue: () => sup.spawnQueue });
+    const cluster = o.supervisor.cluster;
+    gw.metrics.attach({
+      shardStats: () => sup.stats(),
+      childProcesses: () => sup.childProcessCount,
+      spawnQueue: () => sup.spawnQueue,
+      ...(cluster === undefined ? {} : { cluster: () => cluster.stats() }),
+    });
     try {
       // The internal listener first: children may call it as soon as they run.
       gw.internal = await InternalApi.start({

@@ -5,6 +5,7 @@
  * scrape time from every shard's stats and from the front's counters, so
  * nothing on the frame path touches prom-client.
  */
+import type { ClusterStats } from './cluster/ownership.js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { LoopDelayWindow } from '../shared/loop-delay.js';
 import type { ShardStats } from '../shared/protocol.js';
@@ -64,6 +65,8 @@ export interface MetricsSources {
   childProcesses(): number;
   /** Starts waiting for a spawn permit now, by priority. */
   spawnQueue?(): Record<'client' | 'prestart', number>;
+  /** With [cluster]: this node's lease and ownership counts. */
+  cluster?(): ClusterStats;
 }
 
 const SPAWN_BUCKETS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5, 10, 30];
@@ -177,6 +180,24 @@ export class GatewayMetrics implements SupervisorObserver, TurnObserver {
       delay.set({ thread: 'main' }, this.loopDelay.p99Ms() / 1000);
       for (const s of await this.stats()) delay.set({ thread: `shard-${s.shard}` }, s.eventLoopDelayP99Ms / 1000);
     } });
+    // Cluster figures read from the ClusterNode at scrape time; 0 without [cluster].
+    const cluster = (): ClusterStats | undefined => this.sources?.cluster?.();
+    const leaseAlive: Gauge = new Gauge({ name: 'cxg_cluster_lease_alive', help: 'With [cluster]: 1 while this gateway can prove its etcd lease alive, else 0.', registers, collect: () => {
+      leaseAlive.set(cluster()?.leaseAlive === true ? 1 : 0);
+    } });
+    const held: Gauge = new Gauge({ name: 'cxg_cluster_workspaces_held', help: 'With [cluster]: workspaces this gateway owns in etcd now.', registers, collect: () => {
+      held.set(cluster()?.held ?? 0);
+    } });
+    const counted = (name: string, help: string, value: (s: ClusterStats) => number): void => {
+      const c: Counter = new Counter({ name, help, registers, collect: () => {
+        const s = cluster();
+        c.reset();
+        c.inc(s === undefined ? 0 : value(s));
+      } });
+    };
+    counted('cxg_cluster_takeovers_total', 'With [cluster]: workspaces this gateway took over (a new epoch).', (s) => s.takeovers);
+    counted('cxg_cluster_fenced_uploads_total', 'With [cluster]: uploads refused as current because this gateway no longer held the workspace or a later owner stored state.', (s) => s.fencedCommits);
+    counted('cxg_cluster_lease_losses_total', 'With [cluster]: times this gateway could not prove its lease alive and stopped its children.', (s) => s.leaseLosses);
     const processes: Gauge = new Gauge({
       name: 'cxg_child_processes',
       help: 'codex app-server processes alive now.',

@@ -14,6 +14,7 @@ import { createThreadLogger, flushLogger } from '../shared/logger.js';
 import { toGatewayError } from '../shared/errors.js';
 import { createAuthenticator } from './auth.js';
 import { secureDataDir } from './isolation.js';
+import { clusterFromSettings } from './cluster/from-settings.js';
 import { checkCodexAcceptsConfig } from './codex-check.js';
 import { defaultCodexBin } from '../shared/codex-bin.js';
 import { renderCodexConfig } from '../shared/codex-config.js';
@@ -55,8 +56,10 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
   const builder = builderFromSettings(settings, log, internalUrl);
   const auth = await createAuthenticator(settings);
   await secureDataDir({ dataDir: settings.data.dir, homesRoot: settings.homes.root, secretFile: settings.auth.jwt.secretFile, childUser: settings.spawn.user !== undefined });
+  const cluster = await clusterFromSettings(settings, log);
   return {
     supervisor: {
+      ...(cluster === undefined ? {} : { cluster }),
       ...(settings.codex.bin === undefined ? {} : { codexBin: settings.codex.bin }),
       homeRoot: settings.homes.root,
       store: storeSpecFromSettings(settings),

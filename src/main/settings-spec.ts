@@ -8,6 +8,7 @@
  * force_path_style`, and its field is `settings.store.s3.forcePathStyle`.
  * Durations become `…Ms` fields (milliseconds) and sizes `…Bytes` fields.
  */
+import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { DEFAULT_ENV_ALLOWLIST } from '../shared/child-env.js';
@@ -201,6 +202,28 @@ export const SETTINGS = [
     description: 'When set, GET /metrics needs `Authorization: Bearer <token>` (unset: /metrics is open).' },
   { key: 'log.level', kind: { type: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }, default: 'info', flag: '--log-level',
     description: 'Log level.' },
+  { key: 'cluster.etcd.endpoints', kind: { type: 'list', item: /^https?:\/\/[^\s/]+\/?$/, itemExpected: 'etcd client URLs like http://10.0.0.2:2379' }, default: [],
+    description: 'etcd client URLs of the cluster. Set: this gateway is one of several sharing one store, each workspace owned by one of them at a time through etcd leases, and stored state switched by the fencing token (docs/operations.md, "Cluster"). Empty: a single gateway, no etcd.' },
+  { key: 'cluster.etcd.prefix', kind: { type: 'string', pattern: /^\/(?:[A-Za-z0-9._-]+\/)*$/, expected: 'a key prefix that starts and ends with /, like /cxg/' }, default: '/cxg/',
+    description: 'Prefix of this cluster\'s keys in etcd (owner/, epoch/ and state/ of each workspace).' },
+  { key: 'cluster.etcd.ca_file', kind: { type: 'path' },
+    description: 'CA certificate (PEM) that signs etcd\'s server certificate; set it to reach etcd over TLS (https:// endpoints).' },
+  { key: 'cluster.etcd.cert_file', kind: { type: 'path' },
+    description: 'Client certificate (PEM) for etcd\'s client-certificate auth; needs cluster.etcd.key_file and cluster.etcd.ca_file.' },
+  { key: 'cluster.etcd.key_file', kind: { type: 'path' },
+    description: 'Private key (PEM) of cluster.etcd.cert_file.' },
+  { key: 'cluster.etcd.username', kind: { type: 'string' },
+    description: 'etcd user (etcd\'s own auth), with cluster.etcd.password.' },
+  { key: 'cluster.etcd.password', kind: { type: 'string' }, secret: true,
+    description: 'Password of cluster.etcd.username.' },
+  { key: 'cluster.node_id', kind: { type: 'string', pattern: /^[A-Za-z0-9._-]{1,128}$/, expected: '1-128 characters of [A-Za-z0-9._-]' }, default: () => os.hostname(), defaultText: 'the host name',
+    description: 'This gateway\'s name in the cluster (owner records, logs); unique per replica, stable across its restarts (a StatefulSet pod name).' },
+  { key: 'cluster.advertise_url', kind: { type: 'url', protocols: ['ws:', 'wss:'] },
+    description: 'How peers and operators reach this gateway (e.g. ws://10.0.0.5:8080); written into the owner records of its workspaces.' },
+  { key: 'cluster.lease_ttl', kind: { type: 'duration', min: 2000, max: 3_600_000 }, default: 15_000,
+    description: 'TTL of this gateway\'s etcd lease: a gateway that cannot prove its lease alive for this long, less a margin, stops its children, and peers may take its workspaces over once etcd expires the lease.' },
+  { key: 'cluster.keep_snapshots', kind: { type: 'int', min: 0, max: 1000 }, default: 2,
+    description: 'Stored snapshots kept per workspace besides the current one; older ones are removed from the store when a newer one becomes current. Fenced uploads are never removed.' },
   { key: 'shards', kind: COUNT, default: (d) => d.cores, defaultText: 'available cores', flag: '--shards',
     description: 'Shard worker threads.' },
 ] as const satisfies readonly SettingSpec[];

@@ -15,6 +15,7 @@ import { GatewayError } from '../shared/errors.js';
 import type { ApprovalPolicies, DataPlaneLimits, ShardInit } from '../shared/protocol.js';
 import type { ObjectStore } from '../shared/stores/object-store.js';
 import type { StoreSpec } from '../shared/store-spec.js';
+import type { ClusterOwnership } from './cluster/ownership.js';
 import type { SpawnLimits } from './spawn-gate.js';
 import type { SandboxMode } from '../shared/sandbox.js';
 import { resolveChildUser } from '../shared/spawn-user.js';
@@ -93,6 +94,13 @@ export interface SupervisorOptions {
    * (`client`, the default) unless this says `accept` or `decline`.
    */
   approvals?: Partial<ApprovalPolicies>;
+  /**
+   * With [cluster]: this node's membership (src/main/cluster). Starts then
+   * claim the workspace in etcd before anything runs, and stored state is
+   * switched by the fencing token; when the lease cannot be proven alive,
+   * every child is stopped.
+   */
+  cluster?: ClusterOwnership;
 }
 
 export interface SupervisorObserver {
@@ -173,6 +181,7 @@ export function resolveInit(o: SupervisorOptions): ResolvedInit {
     drainBudgetMs: positive('drainBudgetMs', o.drainBudgetMs, 30_000),
     homeCacheBytes: o.homeCache?.enabled === false ? 0 : nonNegative('homeCache.maxBytes', o.homeCache?.maxBytes, DEFAULT_HOME_CACHE_BYTES),
     approvals: approvalsOf(o.approvals),
+    cluster: o.cluster !== undefined,
   };
 }
 

@@ -17,6 +17,7 @@ import type { ChildInfo, HostMethods, HostNotices, PrestartTicket, ReapOptions, 
 import { RpcPeer } from '../shared/rpc.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
 import { ArchivePool } from './archive-pool.js';
+import type { ClusterOwnership } from './cluster/ownership.js';
 import { ChildHandle } from './child-handle.js';
 import { stopOrphanedGroups } from './orphans.js';
 import { SpawnGate } from './spawn-gate.js';
@@ -103,6 +104,12 @@ export class Supervisor extends EventEmitter {
     await secureHomesRoot({ homeRoot: init.homeRoot, ...(init.store.kind === 'file' ? { storeDir: init.store.dir } : {}), ...(init.runAs === undefined ? {} : { runAs: init.runAs }) });
     checkSandbox(init.sandbox ?? 'none', { homeRoot: init.homeRoot, codexBin: init.codexBin });
     const sup = new Supervisor(options, log, new ArchivePool(options.archiveThreads), concurrency);
+    // The lease first: shards start recovering leftover homes at once, and storing them needs ownership.
+    if (options.cluster !== undefined) {
+      const cluster = options.cluster;
+      cluster.on('lost', () => sup.fence());
+      await cluster.start();
+    }
     const level = (log.level as string | undefined) ?? defaultLogLevel();
     for (let i = 0; i < shards; i++) {
       sup.startShard({
@@ -169,6 +176,13 @@ export class Supervisor extends EventEmitter {
           this.opts.observer?.spawnAdmitted?.({ workspaceId: p.workspaceId, priority: admission.priority, queuedMs: admission.queuedMs });
           return admission;
         },
+        clusterClaim: (p) => this.cluster().claim(p.workspaceId),
+        clusterCurrent: (p) => this.cluster().current(p.workspaceId),
+        clusterCommit: (p) => this.cluster().commit(p.workspaceId, p.runEpoch, p.ref, p.homePath),
+        clusterRelease: async (p) => {
+          await this.cluster().release(p.workspaceId);
+          return null;
+        },
       },
       {
         childStarted: (p) => this.pids.set(p.generation, { pid: p.pid, shard: init.shard }),
@@ -197,6 +211,23 @@ export class Supervisor extends EventEmitter {
     worker.on('exit', (code) => {
       if (current()) this.shardDied(ref, `exited with code ${code}`);
     });
+  }
+
+  private cluster(): ClusterOwnership {
+    if (this.opts.cluster === undefined) throw new GatewayError('GW_INTERNAL', 'a shard asked for the cluster, but no [cluster] is configured');
+    return this.opts.cluster;
+  }
+
+  /**
+   * The lease can no longer be proven alive: a peer may own these
+   * workspaces before long, so every child stops now. Their homes are
+   * uploaded, but a snapshot becomes current only if etcd still names this
+   * node the owner (ownership.ts); the rest is kept, never current.
+   */
+  private fence(): void {
+    for (const s of this.liveShards()) {
+      s.rpc.call('shutdownAll', { reason: 'fenced', concurrency: this.shutdownConcurrency }).catch((err: unknown) => this.log.error({ shard: s.index, err: toGatewayError(err).describe() }, 'cluster: could not stop the children of a shard'));
+    }
   }
 
   private childGone(generation: string, exit: { code: number | null; signal: string | null }): void {
@@ -328,10 +359,10 @@ export class Supervisor extends EventEmitter {
     const t0 = performance.now();
     const out = await this.pool.run(task);
     const observer = this.opts.observer;
-    if (observer?.archiveFinished !== undefined && task.op !== 'head') {
+    if (observer?.archiveFinished !== undefined && (task.op === 'pack' || task.op === 'unpack')) {
       const op = task.op === 'pack' ? 'upload' : 'download';
       const ms = performance.now() - t0;
-      if (out.ok) observer.archiveFinished({ op, ok: true, bytes: out.value.bytes, ms, code: null, found: 'found' in out.value ? out.value.found : true });
+      if (out.ok) observer.archiveFinished({ op, ok: true, bytes: 'bytes' in out.value ? out.value.bytes : 0, ms, code: null, found: 'found' in out.value ? out.value.found : true });
       else observer.archiveFinished({ op, ok: false, bytes: 0, ms, code: out.error.code, found: false });
     }
     return out;
@@ -498,6 +529,7 @@ export class Supervisor extends EventEmitter {
     // Uploads are atomic and its home stays on disk for the next start, so it
     // is abandoned rather than waited for.
     await this.pool.close({ graceMs: 1000 });
+    await this.opts.cluster?.close().catch((err: unknown) => this.log.warn({ err: toGatewayError(err).describe() }, 'cluster: close failed'));
     this.killAllOnExit();
     process.removeListener('exit', this.killAllOnExit);
   }

@@ -26,6 +26,7 @@ import type { Authenticator } from './auth.js';
 import { bearerToken } from './auth.js';
 import { sendJson, statusLine } from './http-util.js';
 import type { Supervisor } from './supervisor.js';
+import { RETRY_LATER_CODES } from '../shared/close-codes.js';
 import { isTurnBodyError, parseTurnBody } from './turn-request.js';
 import type { TurnApiOptions, TurnBody } from './turn-request.js';
 import type { HttpResponse, TemplatedApp } from './uws.js';
@@ -56,7 +57,7 @@ const KEEPALIVE_MS = 15_000;
 /** Events buffered for a client that does not read before its stream is cut (the turn runs on). */
 const MAX_STREAM_BACKLOG = 16 * 1024 * 1024;
 
-const RETRY_LATER = new Set(['GW_CAPACITY', 'GW_CRASH_LOOP', 'GW_CLOSED', 'GW_SHARD_FAILED']);
+const RETRY_LATER = new Set<string>([...RETRY_LATER_CODES, 'GW_SHARD_FAILED']);
 
 /** HTTP status of an outcome. */
 export function turnStatus(outcome: TurnOutcome): number {

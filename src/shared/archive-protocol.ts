@@ -47,6 +47,8 @@ export interface PackTask {
    * (GW_HOME_TOO_LARGE), since its object could not be restored.
    */
   limits?: UnpackLimits;
+  /** With [cluster]: the immutable snapshot to write, `<ws>/<snapshot>.tar.gz` (cluster.ts); else the workspace's one object. */
+  snapshot?: string;
 }
 
 /** What the store holds for a workspace, without downloading it. */
@@ -54,6 +56,15 @@ export interface HeadTask {
   op: 'head';
   store: StoreSpec;
   workspaceId: string;
+  snapshot?: string;
+}
+
+/** With [cluster]: removes snapshots of a workspace that are no longer kept (cluster.ts). */
+export interface DropTask {
+  op: 'drop';
+  store: StoreSpec;
+  workspaceId: string;
+  snapshots: string[];
 }
 
 export interface UnpackTask {
@@ -64,9 +75,11 @@ export interface UnpackTask {
   home: string;
   exclude: readonly string[];
   limits: UnpackLimits;
+  /** With [cluster]: the snapshot to read (the one etcd names current); else the workspace's one object. */
+  snapshot?: string;
 }
 
-export type ArchiveTask = PackTask | UnpackTask | HeadTask;
+export type ArchiveTask = PackTask | UnpackTask | HeadTask | DropTask;
 
 export interface PackResult {
   /** Object key (or file name) written. */
@@ -103,6 +116,10 @@ export interface HeadResult {
   durationMs: number;
 }
 
-export type ArchiveValue = PackResult | UnpackResult | HeadResult;
+export interface DropResult {
+  dropped: number;
+}
+
+export type ArchiveValue = PackResult | UnpackResult | HeadResult | DropResult;
 
 export type ArchiveOutcome<T> = { ok: true; value: T } | { ok: false; error: SerializedError };

@@ -13,11 +13,18 @@ export const CloseCode = {
   InternalError: 1011,
   /** The gateway is restarting the workspace's child: reconnect. */
   ServiceRestart: 1012,
-  /** Crash-loop backoff, capacity, or shutdown in progress: retry later. */
+  /** Crash-loop backoff, capacity, shutdown in progress, or (cluster) the workspace runs on another gateway: retry later. */
   TryAgainLater: 1013,
 } as const;
 
-export type GoneReasonName = 'shutdown' | 'idle' | 'restart' | 'drain' | 'evict' | 'crash';
+/**
+ * Start failures a client should retry later (1013, HTTP 503): waiting
+ * helps. GW_OWNED_ELSEWHERE: another gateway of the cluster runs the
+ * workspace; a later try may land there, or find it free.
+ */
+export const RETRY_LATER_CODES: ReadonlySet<string> = new Set(['GW_CRASH_LOOP', 'GW_CAPACITY', 'GW_CLOSED', 'GW_OWNED_ELSEWHERE', 'GW_CLUSTER_UNAVAILABLE']);
+
+export type GoneReasonName = 'shutdown' | 'idle' | 'restart' | 'drain' | 'evict' | 'fenced' | 'crash';
 
 /** Every reason starts with a stable `GW_…` code; the words after it are for people. */
 export function closeCodeForGone(reason: GoneReasonName): { code: number; text: string } {
@@ -34,6 +41,8 @@ export function closeCodeForGone(reason: GoneReasonName): { code: number; text: 
       return { code: CloseCode.GoingAway, text: 'GW_STOPPED: workspace stopped to make room' };
     case 'shutdown':
       return { code: CloseCode.GoingAway, text: 'GW_STOPPED: workspace stopped' };
+    case 'fenced':
+      return { code: CloseCode.TryAgainLater, text: 'GW_OWNERSHIP_LOST: gateway could not prove it still owns the workspace; reconnect' };
   }
 }
 

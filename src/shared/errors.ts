@@ -46,6 +46,9 @@ export const ERROR_CODES = {
   GW_RESTARTING: 'workspace restarting; reconnect',
   GW_TOO_MANY_CONNECTIONS: 'gateway is at its connection limit; retry later',
   GW_OVERLOADED: 'gateway is at its buffered-bytes limit; retry later',
+  GW_OWNED_ELSEWHERE: 'workspace is running on another gateway of the cluster; retry later',
+  GW_CLUSTER_UNAVAILABLE: 'cluster coordination (etcd) unavailable; retry later',
+  GW_OWNERSHIP_LOST: 'gateway could not prove it still owns the workspace; reconnect',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -6,6 +6,7 @@
  */
 import type { SandboxMode } from './sandbox.js';
 import type { ChildUser } from './spawn-user.js';
+import type { ClusterClaim, CommitOutcome, SnapshotRef } from './cluster.js';
 import type { MessagePort } from 'node:worker_threads';
 import type { ArchiveOutcome, ArchiveTask, ArchiveValue, UnpackLimits } from './archive-protocol.js';
 import type { SpawnConfig } from './codex-config.js';
@@ -84,7 +85,8 @@ export interface ShardStats {
 }
 
 /** Why a child is being stopped; decides the close code its clients see. */
-export type StopReason = 'shutdown' | 'idle' | 'restart' | 'drain' | 'evict';
+/** `fenced`: the node could not prove its cluster lease alive, so it may no longer own the workspace. */
+export type StopReason = 'shutdown' | 'idle' | 'restart' | 'drain' | 'evict' | 'fenced';
 
 export interface StopResult {
   workspaceId: string;
@@ -140,6 +142,8 @@ export interface ShardInit {
   logPretty: boolean;
   dataPlane: DataPlaneLimits;
   approvals: ApprovalPolicies;
+  /** With [cluster]: starts claim the workspace first, and stored state goes to fenced snapshots (cluster.ts). Absent: off. */
+  cluster?: boolean;
 }
 
 /**
@@ -229,6 +233,11 @@ export type HostMethods = {
   archive: { params: ArchiveTask; result: ArchiveOutcome<ArchiveValue> };
   /** Waits for a spawn permit and a child slot (limits); GW_CAPACITY when none can be made. */
   enterSpawn: { params: { workspaceId: string; generation: string; priority: SpawnPriority; rank: number }; result: { queuedMs: number; priority: SpawnPriority } };
+  /** With [cluster] (src/main/cluster): ownership and the current-state pointer, kept in etcd. */
+  clusterClaim: { params: { workspaceId: string }; result: ClusterClaim };
+  clusterCurrent: { params: { workspaceId: string }; result: SnapshotRef | null };
+  clusterCommit: { params: { workspaceId: string; runEpoch: number; ref: SnapshotRef; homePath?: string }; result: CommitOutcome };
+  clusterRelease: { params: { workspaceId: string }; result: null };
 };
 
 /** One-way notices. */

@@ -6,6 +6,7 @@
  */
 import os from 'node:os';
 import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../shared/archive-protocol.js';
+import { snapshotScope } from '../shared/cluster.js';
 import { GatewayError, serializeError } from '../shared/errors.js';
 import type { StoreSpec } from '../shared/store-spec.js';
 import type { ObjectStore } from '../shared/stores/object-store.js';
@@ -44,6 +45,14 @@ function storeFor(spec: StoreSpec): ObjectStore {
 export default async function run(task: ArchiveTask): Promise<ArchiveOutcome<ArchiveValue>> {
   try {
     validateWorkspaceId(task.workspaceId);
+    if (task.op === 'drop') {
+      // Snapshot names pass the workspace-id check (snapshotName), so they never escape the workspace's scope.
+      const scoped = storeFor(snapshotScope(task.store, task.workspaceId));
+      for (const s of task.snapshots) await scoped.delete(validateWorkspaceId(s));
+      return { ok: true, value: { dropped: task.snapshots.length } };
+    }
+    // A cluster snapshot is an object of the workspace's own scope, named by the snapshot.
+    if (task.snapshot !== undefined) task = { ...task, workspaceId: validateWorkspaceId(task.snapshot), store: snapshotScope(task.store, task.workspaceId) };
     const store = storeFor(task.store);
     switch (task.op) {
       case 'pack':

@@ -30,7 +30,7 @@ import { toGatewayError } from '../shared/errors.js';
 import { FLAG_BINARY, FrameBatcher, RecordKind, decodeText, readAck, readBatch } from '../shared/frames.js';
 import type { ChildInfo, DataPlaneLimits, WebSocketApprovalPolicy } from '../shared/protocol.js';
 import { approvalReply, isApprovalRequest } from './approval-policy.js';
-import { CloseCode, closeCodeForGone, forwardableCloseCode } from '../shared/close-codes.js';
+import { CloseCode, RETRY_LATER_CODES, closeCodeForGone, forwardableCloseCode } from '../shared/close-codes.js';
 import { publicReason, reasonFor, truncateReason } from '../shared/public-error.js';
 import type { GoneReason, WorkspaceTable } from './workspaces.js';
 
@@ -197,7 +197,7 @@ export class ChildProxy {
    */
   private startFailed(c: Conn, err: unknown): void {
     const e = toGatewayError(err);
-    const code = e.code === 'GW_CRASH_LOOP' || e.code === 'GW_CAPACITY' || e.code === 'GW_CLOSED' ? CloseCode.TryAgainLater : CloseCode.InternalError;
+    const code = RETRY_LATER_CODES.has(e.code) ? CloseCode.TryAgainLater : CloseCode.InternalError;
     this.log.warn({ workspaceId: c.workspaceId, connId: c.id, closeCode: code, err: e.describe() }, 'client closed: workspace did not start');
     this.closeClient(c, code, publicReason(e));
   }

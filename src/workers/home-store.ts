@@ -14,7 +14,9 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { HeadResult, PackResult, UnpackResult } from '../shared/archive-protocol.js';
-import { deserializeError, toGatewayError } from '../shared/errors.js';
+import { snapshotName } from '../shared/cluster.js';
+import type { SnapshotRef } from '../shared/cluster.js';
+import { GatewayError, deserializeError, toGatewayError } from '../shared/errors.js';
 import type { ShardInit, StopResult } from '../shared/protocol.js';
 import { HomeCache } from './home-cache.js';
 import { Home, createEmptyHome, createIncomingDir, deleteHome, dirBytes, homePath, installHome, newGeneration, readHomeState, removeDir, writeHomeState } from './home.js';
@@ -23,6 +25,7 @@ import { LEGACY_MARKER, clearLegacyNotes, quarantine, stopLeftoverChild } from '
 import type { LeftoverWorkspace } from './recovery.js';
 import { Spool, unretryable } from './spool.js';
 import type { TableHost } from './workspaces.js';
+import { ClusterHomes } from './cluster-homes.js';
 
 export interface HomeStoreHooks {
   /** A stored home was kept warm: the cache may be over its budget now. */
@@ -37,18 +40,23 @@ function storedState(generation: string | null): HomeState {
 export class HomeStore {
   readonly spool: Spool;
   readonly cache: HomeCache;
+  /** With [cluster]: ownership and fenced snapshots (cluster-homes.ts); undefined keeps the single-gateway layout. */
+  private readonly cluster: ClusterHomes | undefined;
 
   constructor(
     private readonly init: ShardInit,
-    private readonly host: Pick<TableHost, 'archive' | 'workspaceStopped'>,
+    private readonly host: Pick<TableHost, 'archive' | 'workspaceStopped' | 'cluster'>,
     private readonly log: Logger,
     private readonly hooks: HomeStoreHooks,
   ) {
+    this.cluster = host.cluster === undefined ? undefined : new ClusterHomes(host.cluster);
     this.spool = new Spool({
       baseMs: init.spoolRetryBaseMs,
       maxMs: init.spoolRetryMaxMs,
       logger: log,
-      save: (home) => this.save(home),
+      save: async (home) => {
+        await this.save(home);
+      },
     });
     this.cache = new HomeCache(init.homeCacheBytes);
   }
@@ -59,6 +67,29 @@ export class HomeStore {
    * generation, else a download of the stored object, else an empty home.
    */
   async prepare(workspaceId: string): Promise<Home> {
+    if (this.cluster === undefined) return await this.prepareOwned(workspaceId);
+    // Nothing is read or run before this node holds the workspace.
+    const { claim, earlier } = await this.cluster.claimForStart(workspaceId);
+    try {
+      if (earlier !== undefined && claim.current !== null && claim.current.epoch > earlier && this.spool.has(workspaceId)) {
+        // Unsaved work of a run here that a later owner's stored state has
+        // superseded (this node was fenced meanwhile): never started from.
+        const stale = await this.spool.claim(workspaceId);
+        if (stale !== undefined) {
+          const to = await quarantine(this.init.homeRoot, workspaceId, stale.dir, stale.generation ?? `unknown-${Date.now()}`);
+          this.log.warn({ workspaceId, dir: to, ranUnder: earlier, current: claim.current.snapshot }, 'cluster: unsaved home of a fenced run set aside; a later owner stored newer state');
+        }
+      }
+      return await this.prepareOwned(workspaceId);
+    } catch (err) {
+      // No process ran: the workspace is given up, unless unsaved work of it is spooled here.
+      this.cluster.runEnded(workspaceId);
+      if (!this.spool.has(workspaceId)) await this.cluster.done(workspaceId);
+      throw err;
+    }
+  }
+
+  private async prepareOwned(workspaceId: string): Promise<Home> {
     const spooled = await this.claimSpooled(workspaceId);
     if (spooled !== undefined) return spooled;
     this.cache.take(workspaceId);
@@ -127,6 +158,7 @@ export class HomeStore {
    */
   private async download(workspaceId: string, stale: Home | undefined): Promise<Home> {
     const dir = homePath(this.init.homeRoot, workspaceId);
+    const current = await this.currentSnapshot(workspaceId);
     const incoming = await createIncomingDir(this.init.homeRoot, workspaceId);
     const outcome = await this.host.archive({
       op: 'unpack',
@@ -135,6 +167,7 @@ export class HomeStore {
       home: incoming,
       exclude: this.init.archiveExclude,
       limits: this.init.unpackLimits,
+      ...(current === null ? {} : { snapshot: current.snapshot }),
     });
     if (!outcome.ok) {
       // The download's code is the answer; a cleanup that fails too is only logged.
@@ -162,12 +195,13 @@ export class HomeStore {
 
   /** Uploads a stopped home, then keeps it warm or removes it; on failure keeps it in the spool. */
   async persist(home: Home, reason: string): Promise<StopResult> {
+    this.cluster?.runEnded(home.workspaceId);
     // Rewritten at every start; it holds the run's tokens.
     await fs.rm(path.join(home.dir, 'config.toml'), { force: true }).catch(() => {});
     let result: StopResult;
     try {
-      await this.save(home);
-      result = { workspaceId: home.workspaceId, stopped: true, saved: true };
+      const fenced = await this.save(home);
+      result = fenced === undefined ? { workspaceId: home.workspaceId, stopped: true, saved: true } : { workspaceId: home.workspaceId, stopped: true, saved: false, error: fenced };
     } catch (err) {
       const failure = toGatewayError(err, 'GW_STORE_UPLOAD');
       const msg = failure.describe();
@@ -184,14 +218,20 @@ export class HomeStore {
    */
   async release(home: Home, generation: string | null, stored: boolean): Promise<StopResult | undefined> {
     home.generation = generation;
+    this.cluster?.runEnded(home.workspaceId);
     if (!stored) return await this.persist(home, 'failed-start');
     await writeHomeState(home.dir, storedState(generation));
     await this.keepOrDelete(home);
+    await this.cluster?.done(home.workspaceId);
     return undefined;
   }
 
-  /** Upload, then keep warm or delete; throws only when the upload failed. */
-  private async save(home: Home): Promise<void> {
+  /**
+   * Upload, then keep warm or delete; throws only when the upload failed.
+   * With [cluster], answers why when the upload was fenced (stored, never current).
+   */
+  private async save(home: Home): Promise<string | undefined> {
+    if (this.cluster !== undefined) return await this.saveClustered(home, this.cluster);
     const t0 = Date.now();
     if (home.recovered) {
       if (await this.settleIfStored(home, await this.storedGeneration(home.workspaceId))) return;
@@ -213,6 +253,65 @@ export class HomeStore {
     const r = outcome.value as PackResult;
     this.log.info({ workspaceId: home.workspaceId, key: r.key, bytes: r.bytes, files: r.files, generation: home.generation, ms: Date.now() - t0 }, 'home uploaded');
     await this.markStored(home, r.fileBytes);
+    return undefined;
+  }
+
+  /**
+   * The cluster's save (cluster-homes.ts): under ownership, to an immutable
+   * snapshot, made current only through etcd. Fenced for good: the home is
+   * removed (its snapshot stays in the store for inspection) and the answer
+   * says why. Not held now: throws, and the spool tries again.
+   */
+  private async saveClustered(home: Home, cluster: ClusterHomes): Promise<string | undefined> {
+    const t0 = Date.now();
+    const ws = home.workspaceId;
+    const claim = await cluster.host.claim(ws);
+    const runEpoch = cluster.runEpoch(ws, claim);
+    if (home.recovered) {
+      if (await this.settleIfStored(home, claim.current?.generation ?? (await this.storedGeneration(ws)))) {
+        await cluster.done(ws);
+        return undefined;
+      }
+      home.recovered = false;
+    }
+    home.generation ??= newGeneration();
+    const snapshot = snapshotName(runEpoch, home.generation);
+    const outcome = await this.host.archive({
+      op: 'pack',
+      store: this.init.store,
+      workspaceId: ws,
+      home: home.dir,
+      exclude: this.init.archiveExclude,
+      generation: home.generation,
+      limits: this.init.unpackLimits,
+      snapshot,
+    });
+    if (!outcome.ok) throw deserializeError(outcome.error);
+    const r = outcome.value as PackResult;
+    const commit = await cluster.host.commit(ws, runEpoch, { snapshot, epoch: runEpoch, generation: home.generation }, home.dir);
+    if (!commit.current) {
+      if (!commit.final) throw new GatewayError('GW_OWNERSHIP_LOST', `snapshot ${snapshot} stored but not made current: ${commit.reason}`);
+      home.uploaded = true;
+      const why = `GW_OWNERSHIP_LOST: snapshot ${snapshot} was fenced (${commit.reason}); it stays in the store, never current`;
+      this.log.warn({ workspaceId: ws, snapshot, runEpoch, generation: home.generation }, 'home uploaded but fenced: a later owner stored newer state; the local copy is removed');
+      await deleteHome(home).catch((err: unknown) => this.log.error({ workspaceId: ws, dir: home.dir, err: toGatewayError(err).describe() }, 'could not remove a fenced home'));
+      await cluster.done(ws);
+      return why;
+    }
+    home.uploaded = true;
+    this.log.info({ workspaceId: ws, key: r.key, snapshot, bytes: r.bytes, files: r.files, generation: home.generation, epoch: runEpoch, ms: Date.now() - t0 }, 'home uploaded and made current');
+    await this.markStored(home, r.fileBytes);
+    await cluster.done(ws);
+    if (commit.drop.length > 0) {
+      const dropped = await this.host.archive({ op: 'drop', store: this.init.store, workspaceId: ws, snapshots: commit.drop });
+      if (!dropped.ok) this.log.warn({ workspaceId: ws, snapshots: commit.drop, err: deserializeError(dropped.error).describe() }, 'could not remove old snapshots; they stay in the store');
+    }
+    return undefined;
+  }
+
+  /** With [cluster]: the snapshot etcd names current (null: none, the single-gateway object is read if any). */
+  private async currentSnapshot(workspaceId: string): Promise<SnapshotRef | null> {
+    return this.cluster === undefined ? null : await this.cluster.host.current(workspaceId);
   }
 
   /** Records that the home's contents are stored, then keeps it warm or removes it. */
@@ -275,6 +374,8 @@ export class HomeStore {
 
   /** The generation the stored object was packed from (undefined: none stored, or stored without one). */
   private async storedGeneration(workspaceId: string): Promise<string | undefined> {
+    const current = await this.currentSnapshot(workspaceId);
+    if (current !== null) return current.generation;
     const outcome = await this.host.archive({ op: 'head', store: this.init.store, workspaceId });
     if (!outcome.ok) throw deserializeError(outcome.error);
     return (outcome.value as HeadResult).generation;

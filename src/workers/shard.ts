@@ -4,6 +4,7 @@
  * Supervisor with a control port (RPC) and a data port (frames).
  */
 import { workerData } from 'node:worker_threads';
+import type { SnapshotRef } from '../shared/cluster.js';
 import { createThreadLogger, flushLogger } from '../shared/logger.js';
 import { LoopDelayWindow } from '../shared/loop-delay.js';
 import type { HostMethods, HostNotices, ShardMethods, ShardNotices, ShardStats, ShardWorkerData } from '../shared/protocol.js';
@@ -70,6 +71,18 @@ const table: WorkspaceTable = new WorkspaceTable(
     promoteSpawn: (generation) => peer.notify('promoteSpawn', { generation }),
     workspaceStopped: (workspaceId, reason, saved) => peer.notify('workspaceStopped', { workspaceId, reason, saved }),
     startFinished: (workspaceId, ms, errorCode) => peer.notify('startFinished', { workspaceId, ms, errorCode }),
+    ...(init.cluster
+      ? {
+          cluster: {
+            claim: (workspaceId: string) => peer.call('clusterClaim', { workspaceId }),
+            current: (workspaceId: string) => peer.call('clusterCurrent', { workspaceId }),
+            commit: (workspaceId: string, runEpoch: number, ref: SnapshotRef, homePath?: string) => peer.call('clusterCommit', { workspaceId, runEpoch, ref, ...(homePath === undefined ? {} : { homePath }) }),
+            release: async (workspaceId: string) => {
+              await peer.call('clusterRelease', { workspaceId });
+            },
+          },
+        }
+      : {}),
   },
   {
     childGone: (workspaceId, generation, reason) => {

@@ -29,6 +29,7 @@ import { stripAnsi } from '../shared/logger.js';
 import type { ChildInfo, PrestartTicket, ReapOptions, ShardInit, SpawnPriority, StopReason, StopResult, WorkspaceState, WorkspaceStatus } from '../shared/protocol.js';
 import { shouldReap } from '../shared/reap-policy.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
+import type { ClusterHost } from './cluster-homes.js';
 import { HomeStore } from './home-store.js';
 import { ensureWorkDir, homePath, newGeneration, processEnded, processStartTicks, writeHomeState, writePrivateFile } from './home.js';
 import type { Home } from './home.js';
@@ -50,6 +51,8 @@ export interface TableHost {
   workspaceStopped(workspaceId: string, reason: string, saved: boolean): void;
   /** A start finished: ready (errorCode null) or failed with that code. */
   startFinished(workspaceId: string, ms: number, errorCode: string | null): void;
+  /** With [cluster] only: ownership through the main thread (cluster-homes.ts, used by HomeStore). */
+  cluster?: ClusterHost;
 }
 
 /** Start failures that mean the process itself is broken (they feed crash-loop protection). */
