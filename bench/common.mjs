@@ -105,6 +105,20 @@ export async function checkQuiet(what = 'the bench') {
   return busy;
 }
 
+/** Runs `fn` over `items` with at most `limit` at once; results in order. */
+export async function mapLimit(items, limit, fn) {
+  const out = new Array(items.length);
+  let next = 0;
+  const run = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i], i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
+  return out;
+}
+
 export function summarize(values) {
   const sorted = (values instanceof Samples ? values.values() : Float64Array.from(values)).slice().sort();
   let sum = 0;

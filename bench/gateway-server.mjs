@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { pino } from 'pino';
-import { BENCH_SPAWN_CONFIG, ECHO_CHILD, JWT_SECRET, removeDir, rssBytes, scratchDir, serveIpc, summarize } from './common.mjs';
+import { BENCH_SPAWN_CONFIG, ECHO_CHILD, JWT_SECRET, mapLimit, removeDir, rssBytes, scratchDir, serveIpc, summarize } from './common.mjs';
 
 const defaults = {
   /** 'echo' (bench/echo-child.mjs), 'real' (the codex binary) or a path. */
@@ -106,19 +106,6 @@ function loopStats() {
     frontCpuMs: now.runMs - sched0.runMs,
     frontRunQueueWaitMs: now.waitMs - sched0.waitMs,
   };
-}
-
-async function mapLimit(items, limit, fn) {
-  const out = new Array(items.length);
-  let next = 0;
-  const run = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i], i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
-  return out;
 }
 
 let closing = false;

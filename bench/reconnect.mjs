@@ -34,7 +34,7 @@ import { AppServerClient } from '../test/fixtures/app-server-client.ts';
 import { TEST_API_KEY } from '../test/fixtures/codex-home.ts';
 import { startResponsesMock } from '../test/fixtures/responses-mock.ts';
 import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess } from '../test/gateway-process.ts';
-import { checkQuiet, machine, machineLine, removeDir, round, scratchDir, summarize, table, verdict, writeResult } from './common.mjs';
+import { checkQuiet, machine, machineLine, mapLimit, removeDir, round, scratchDir, summarize, table, verdict, writeResult } from './common.mjs';
 
 const WORKSPACES = Number(process.env.BENCH_RECONNECT_WORKSPACES ?? 60);
 const CLIENTS = Number(process.env.BENCH_RECONNECT_CLIENTS ?? 2);
@@ -64,19 +64,6 @@ function shuffled(items, seed) {
 }
 
 const loadavg = () => os.loadavg().map((l) => round(l, 2));
-
-async function mapLimit(items, limit, fn) {
-  const out = new Array(items.length);
-  let next = 0;
-  const run = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i], i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
-  return out;
-}
 
 /** Connects (retrying while the gateway refuses) and initializes; times from `t0`. */
 async function reconnect(url, token, t0) {
