@@ -63,10 +63,14 @@ export async function secureDataDir(o: { dataDir: string; homesRoot: string; sec
 export async function secureHomesRoot(o: { homeRoot: string; storeDir?: string; runAs?: ChildUser }): Promise<void> {
   try {
     await mkdirMode(o.homeRoot, o.runAs === undefined ? 0o700 : 0o711);
-    if (o.storeDir !== undefined) await mkdirMode(o.storeDir, 0o700);
   } catch (err) {
     throw new GatewayError('GW_HOME_UNWRITABLE', `cannot create or restrict homes.root ${o.homeRoot}`, { cause: err });
   }
+  // The file store may be down at start-up (an unmounted volume, a dangling
+  // link): the gateway still starts and spools, as with any store outage, so
+  // the store is made private when it is there and left to its own errors
+  // when it is not.
+  if (o.storeDir !== undefined) await mkdirMode(o.storeDir, 0o700).catch(() => undefined);
   if (o.runAs === undefined) return;
   for (const d of await fs.readdir(o.homeRoot, { withFileTypes: true })) {
     if (!d.isDirectory()) continue;

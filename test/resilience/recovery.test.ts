@@ -115,12 +115,21 @@ afterEach(async () => {
   await rm(e.root, { recursive: true, force: true });
 });
 
+/**
+ * The environment a dead gateway's child had: recovery signals a recorded pid
+ * only when the process carries it (a home's state file is writable by the
+ * child, so a bare pid there proves nothing).
+ */
+function deadChildEnv(e: Env, workspaceId: string): NodeJS.ProcessEnv {
+  return { ...process.env, CODEX_HOME: homeOf(e.homeRoot, workspaceId), CXG_LOOPBACK_TOKEN: 'from-the-dead-gateway' };
+}
+
 describe('start-up recovery', () => {
   it('a home whose state records a live process › the process group is stopped, the home uploaded and kept; the next ensure sees its state', async () => {
     const e = await setup();
     // A leader and a second process in its group, like codex and a tool it started.
     const pidFile = path.join(e.root, 'bg.pid');
-    const leader = spawn('sh', ['-c', `sleep 1000 & echo $! > ${pidFile}; exec sleep 1000`], { detached: true, stdio: 'ignore' });
+    const leader = spawn('sh', ['-c', `sleep 1000 & echo $! > ${pidFile}; exec sleep 1000`], { detached: true, stdio: 'ignore', env: deadChildEnv(e, 'rec-live') });
     e.cleanups.push(() => {
       try {
         process.kill(-(leader.pid as number), 'SIGKILL');
@@ -149,7 +158,7 @@ describe('start-up recovery', () => {
   it('a recorded live process that is not a process-group leader › it is stopped too before its home is uploaded', async () => {
     const e = await setup();
     // In this test process's group, not its own: only a signal to the pid reaches it.
-    const child = spawn('sleep', ['1000'], { stdio: 'ignore' });
+    const child = spawn('sleep', ['1000'], { stdio: 'ignore', env: deadChildEnv(e, 'rec-nonleader') });
     const pid = child.pid as number;
     const exited = new Promise<void>((r) => child.once('exit', () => r()));
     e.cleanups.push(async () => {
@@ -288,7 +297,7 @@ describe('start-up recovery', () => {
     const e = await setup();
     await stored(e, { 'rec-wait': 'stored-old' });
     // A leftover process that ignores SIGTERM keeps recovery busy for the whole grace.
-    const leader = spawn('sh', ['-c', "trap '' TERM; exec sleep 1000"], { detached: true, stdio: 'ignore' });
+    const leader = spawn('sh', ['-c', "trap '' TERM; exec sleep 1000"], { detached: true, stdio: 'ignore', env: deadChildEnv(e, 'rec-wait') });
     const pid = leader.pid as number;
     e.cleanups.push(() => {
       try {
