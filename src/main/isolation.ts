@@ -68,8 +68,8 @@ export async function secureHomesRoot(o: { homeRoot: string; storeDir?: string; 
   }
   // The file store may be down at start-up (an unmounted volume, a dangling
   // link): the gateway still starts and spools, as with any store outage, so
-  // the store is made private when it is there and left to its own errors
-  // when it is not.
+  // the store is made private when it can be and left to its own errors
+  // when it cannot.
   if (o.storeDir !== undefined) await mkdirMode(o.storeDir, 0o700).catch(() => undefined);
   if (o.runAs === undefined) return;
   for (const d of await fs.readdir(o.homeRoot, { withFileTypes: true })) {

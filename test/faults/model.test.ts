@@ -19,7 +19,7 @@
  * steps); replay it with CXG_FAULTS_MODEL_SEED=<seed>. CXG_FAULTS_MODEL_RUNS=250 (with a
  * larger --testTimeout) searches longer; the run stops after 90 s anyway.
  */
-import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -80,6 +80,8 @@ describe('fault: random interleavings against the invariants', () => {
     // The store directory is a symbolic link, so an outage is one atomic
     // rename that points it at a file (see storeDown): no upload running at
     // that moment can recreate the directory halfway through.
+    // The supervisor made the (empty) directory at start; it becomes the link.
+    await rmdir(t.storeDir);
     await mkdir(`${t.storeDir}.real`, { recursive: true });
     await writeFile(`${t.storeDir}.down`, 'the object store is down');
     await symlink(`${t.storeDir}.real`, t.storeDir);
