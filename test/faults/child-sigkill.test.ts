@@ -15,6 +15,7 @@ import { startTestGateway } from '../gateway-helpers.js';
 import type { TestGateway } from '../gateway-helpers.js';
 import { spawnConfig, waitFor } from '../helpers.js';
 import { countLosses, explained, groupsUnder, isRunning, killGroups, killLeftovers, recordedChildPid } from './markers.js';
+import { MARKER_FILE, whatComesBack } from './what-comes-back.js';
 
 describe('fault: the codex child is SIGKILLed mid-session (real codex)', () => {
   let mock: ResponsesMock;
@@ -53,18 +54,12 @@ describe('fault: the codex child is SIGKILLed mid-session (real codex)', () => {
     expect(turn.status).toBe('completed');
     expect(turn.text).toBe('State survives a crash.');
     const marker = `${id} marker ${Date.now()}`;
-    await writeFile(path.join(home, 'fault-marker.txt'), marker);
+    await writeFile(path.join(home, MARKER_FILE), marker);
     // What the reconnect below saw, or, when the test broke before it, what a new client sees.
     let seen: { marker: string | undefined; threads: string[]; continued?: boolean } | undefined;
     losses.countWith(async () => {
       if (seen === undefined) {
-        const c3 = await AppServerClient.connect(g.url, { token });
-        try {
-          const { codexHome } = await c3.initialize();
-          seen = { marker: await readFile(path.join(codexHome, 'fault-marker.txt'), 'utf8').catch(() => undefined), threads: (await c3.listThreads()).map((th) => th.id) };
-        } finally {
-          await c3.close();
-        }
+        seen = await whatComesBack(g.url, token);
       }
       return (seen.marker === marker ? 0 : 1) + (seen.threads.includes(threadId) ? 0 : 1) + (seen.continued === false ? 1 : 0);
     });
@@ -94,7 +89,7 @@ describe('fault: the codex child is SIGKILLed mid-session (real codex)', () => {
     pids.add(pid2);
     expect(pid2).not.toBe(pid);
     expect(await groupsUnder(path.join(g.homeRoot, id))).toEqual([pid2]);
-    const markerBack = await readFile(path.join(init2.codexHome, 'fault-marker.txt'), 'utf8').catch(() => undefined);
+    const markerBack = await readFile(path.join(init2.codexHome, MARKER_FILE), 'utf8').catch(() => undefined);
     const threads = await explained('thread/list after the reconnect', c2, c2.listThreads());
     // Listed is not enough: the thread resumes and takes a new turn.
     release();

@@ -10,7 +10,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3ObjectStore, signWorkspaceToken } from 'codex-app-gateway';
@@ -26,6 +26,7 @@ import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess, writeConfig } from
 import type { GatewayProcess } from '../gateway-process.js';
 import { readObject, tempDir, waitFor } from '../helpers.js';
 import { killGroups, killLeftovers, processesUnder, recordLost, recordedChildPid, withDeadline } from './markers.js';
+import { MARKER_FILE, whatComesBack } from './what-comes-back.js';
 
 const SECRET = 'faults-secret-faults-secret-faults-secret-00';
 const BUDGET_MS = 8000;
@@ -88,7 +89,7 @@ describe('fault: the store is a blackhole during a drain (real codex, S3)', () =
     const threadId = await client.startThread();
     expect((await client.runTurn(threadId, 'keep this through a blackhole')).status).toBe('completed');
     const marker = `${id} ${Date.now()}`;
-    await writeFile(path.join(init.codexHome, 'fault-marker.txt'), marker);
+    await writeFile(path.join(init.codexHome, MARKER_FILE), marker);
     pids.add((await recordedChildPid(init.codexHome)) as number);
     return { client, home: init.codexHome, threadId, marker };
   }
@@ -125,14 +126,10 @@ describe('fault: the store is a blackhole during a drain (real codex, S3)', () =
       await waitFor(async () => (await readObject(direct, 'blackhole-held')) !== undefined && (await readObject(direct, 'blackhole-idle')) !== undefined, 40_000, 'both homes to be stored by the next start');
       lost = 0;
       for (const [id, s] of [['blackhole-held', held], ['blackhole-idle', idle]] as const) {
-        const c = await AppServerClient.connect(second.url, { token: await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '10m' }) });
-        const init = await c.initialize();
-        pids.add((await recordedChildPid(init.codexHome)) as number);
-        const marker = await readFile(path.join(init.codexHome, 'fault-marker.txt'), 'utf8').catch(() => undefined);
-        const threads = await c.listThreads();
-        await c.close();
-        if (marker !== s.marker) lost += 1;
-        if (!threads.some((th) => th.id === s.threadId)) lost += 1;
+        const back = await whatComesBack(second.url, await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '10m' }));
+        pids.add((await recordedChildPid(back.codexHome)) as number);
+        if (back.marker !== s.marker) lost += 1;
+        if (!back.threads.includes(s.threadId)) lost += 1;
       }
 
       expect(tookMs, `exit ${tookMs} ms after SIGTERM, budget ${BUDGET_MS} ms`).toBeLessThanOrEqual(BUDGET_MS + 1000);

@@ -21,6 +21,7 @@ import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess, writeConfig } from
 import type { GatewayProcess } from '../gateway-process.js';
 import { tempDir, waitFor } from '../helpers.js';
 import { countLosses, groupsUnder, isRunning, killGroups, killLeftovers, processesUnder, recordedChildPid } from './markers.js';
+import { MARKER_FILE, whatComesBack } from './what-comes-back.js';
 
 const SECRET = 'faults-secret-faults-secret-faults-secret-00';
 
@@ -64,20 +65,14 @@ describe('fault: the gateway process is SIGKILLed mid-session (real codex)', () 
     const threadId = await c.startThread();
     expect((await c.runTurn(threadId, 'survive a gateway SIGKILL')).status).toBe('completed');
     const marker = `${id} marker ${Date.now()}`;
-    await writeFile(path.join(home, 'fault-marker.txt'), marker);
+    await writeFile(path.join(home, MARKER_FILE), marker);
     // What the reconnect below saw, or, when the test broke before it, what a new client of the running gateway sees.
     let seen: { marker: string | undefined; threads: string[]; continued?: boolean } | undefined;
     losses.countWith(async () => {
       if (seen === undefined) {
         const running = gateways.find((gw) => gw.proc.exitCode === null && gw.proc.signalCode === null);
         if (running === undefined) throw new Error('no gateway is running to ask');
-        const c3 = await AppServerClient.connect(running.url, { token });
-        try {
-          const { codexHome } = await c3.initialize();
-          seen = { marker: await readFile(path.join(codexHome, 'fault-marker.txt'), 'utf8').catch(() => undefined), threads: (await c3.listThreads()).map((th) => th.id) };
-        } finally {
-          await c3.close();
-        }
+        seen = await whatComesBack(running.url, token);
       }
       return (seen.marker === marker ? 0 : 1) + (seen.threads.includes(threadId) ? 0 : 1) + (seen.continued === false ? 1 : 0);
     });
@@ -127,7 +122,7 @@ describe('fault: the gateway process is SIGKILLed mid-session (real codex)', () 
     const pid2 = (await recordedChildPid(init2.codexHome)) as number;
     pids.add(pid2);
     expect(await groupsUnder(path.join(homeRoot, id))).toEqual([pid2]);
-    const markerBack = await readFile(path.join(init2.codexHome, 'fault-marker.txt'), 'utf8').catch(() => undefined);
+    const markerBack = await readFile(path.join(init2.codexHome, MARKER_FILE), 'utf8').catch(() => undefined);
     const threads = await c2.listThreads();
     // Listed is not enough: the thread goes on.
     const resumed = await c2.request('thread/resume', { threadId }).then(

@@ -7,7 +7,7 @@
  * Real codex, the gateway as a real process.
  */
 import { existsSync } from 'node:fs';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,6 +21,7 @@ import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess, writeConfig } from
 import type { GatewayProcess } from '../gateway-process.js';
 import { tempDir, waitFor } from '../helpers.js';
 import { isRunning, killGroups, killLeftovers, processesUnder, recordLost, recordedChildPid } from './markers.js';
+import { MARKER_FILE, whatComesBack } from './what-comes-back.js';
 
 const SECRET = 'faults-secret-faults-secret-faults-secret-00';
 /** The promise: no child of a killed gateway is left after this long. */
@@ -67,7 +68,7 @@ describe('fault: the gateway is SIGKILLed and leaves no orphans (real codex)', (
       const threadId = await c.startThread();
       expect((await c.runTurn(threadId, 'outlive nothing')).status).toBe('completed');
       const marker = `${id} ${Date.now()}`;
-      await writeFile(path.join(init.codexHome, 'fault-marker.txt'), marker);
+      await writeFile(path.join(init.codexHome, MARKER_FILE), marker);
       const pid = (await recordedChildPid(init.codexHome)) as number;
       pids.add(pid);
       state.set(id, { threadId, marker, pid });
@@ -96,14 +97,10 @@ describe('fault: the gateway is SIGKILLed and leaves no orphans (real codex)', (
       lost = 0;
       for (const id of ids) {
         const s = state.get(id) as { threadId: string; marker: string };
-        const c = await AppServerClient.connect(second.url, { token: await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '10m' }) });
-        const init = await c.initialize();
-        pids.add((await recordedChildPid(init.codexHome)) as number);
-        const marker = await readFile(path.join(init.codexHome, 'fault-marker.txt'), 'utf8').catch(() => undefined);
-        const threads = await c.listThreads();
-        await c.close();
-        if (marker !== s.marker) lost += 1;
-        if (!threads.some((th) => th.id === s.threadId)) lost += 1;
+        const back = await whatComesBack(second.url, await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '10m' }));
+        pids.add((await recordedChildPid(back.codexHome)) as number);
+        if (back.marker !== s.marker) lost += 1;
+        if (!back.threads.includes(s.threadId)) lost += 1;
       }
       expect(lost).toBe(0);
       expect(left, `codex processes of the killed gateway still running after ${goneAfterMs} ms`).toEqual([]);
