@@ -8,53 +8,34 @@
  * real process (bin/codex-app-gateway.mjs).
  */
 import { existsSync } from 'node:fs';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
 import { AppServerClient } from '../fixtures/app-server-client.js';
-import { TEST_API_KEY } from '../fixtures/codex-home.js';
-import { startResponsesMock } from '../fixtures/responses-mock.js';
-import type { ResponsesMock } from '../fixtures/responses-mock.js';
-import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess, writeConfig } from '../gateway-process.js';
-import type { GatewayProcess } from '../gateway-process.js';
-import { tempDir, waitFor } from '../helpers.js';
-import { countLosses, groupsUnder, isRunning, killGroups, killLeftovers, processesUnder, recordedChildPid } from './markers.js';
+import { startGatewayProcess } from '../gateway-process.js';
+import { waitFor } from '../helpers.js';
+import { countLosses, groupsUnder, isRunning, processesUnder, recordedChildPid } from './markers.js';
 import { MARKER_FILE, whatComesBack } from './what-comes-back.js';
+import { FAULT_SECRET, useFaultGateways } from './fault-gateways.js';
 
-const SECRET = 'faults-secret-faults-secret-faults-secret-00';
 
 describe('fault: the gateway process is SIGKILLed mid-session (real codex)', () => {
-  let mock: ResponsesMock;
-  let dir: string;
+  const fx = useFaultGateways('cxg-faults-gw-kill-', ['Back', ' after', ' a', ' SIGKILL.']);
+  const { gateways, pids, env } = fx;
   let config: string;
-  const gateways: GatewayProcess[] = [];
-  const pids = new Set<number>();
-  const env = { [GATEWAY_KEY_ENV]: TEST_API_KEY, CXG_LOG_LEVEL: 'info' };
 
   beforeAll(async () => {
-    mock = await startResponsesMock({ deltas: ['Back', ' after', ' a', ' SIGKILL.'] });
-    dir = await tempDir('cxg-faults-gw-kill-');
-    config = await writeConfig(
-      path.join(dir, 'gateway.toml'),
-      realCodexToml({ dir, secret: SECRET, mockBaseUrl: mock.baseUrl, extra: ['[spawn]', 'stop_grace = "3s"', 'ready_timeout = "15s"', '[shutdown]', 'budget = "30s"'] }),
-    );
-  });
-  afterAll(async () => {
-    for (const gw of gateways) await gw.stop('SIGKILL');
-    killGroups(pids);
-    if (dir !== undefined) await killLeftovers(dir);
-    await mock?.close();
-    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+    ({ config } = await fx.configIn());
   });
 
   it('scenario 2: gateway SIGKILLed mid-session, started again, the client reconnects at once → its child follows it, recovery uploads the home before it is used again; marker and thread back, the thread goes on', async (ctx) => {
     const losses = countLosses(ctx);
     const id = 'gateway-sigkill';
-    const token = await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '10m' });
-    const homeRoot = path.join(dir, 'homes');
-    const object = path.join(dir, 'store', `${id}.tar.gz`);
+    const token = await signWorkspaceToken({ secret: FAULT_SECRET, workspaceId: id, expiresIn: '10m' });
+    const homeRoot = path.join(fx.dir, 'homes');
+    const object = path.join(fx.dir, 'store', `${id}.tar.gz`);
 
     const first = await startGatewayProcess(config, env);
     gateways.push(first);

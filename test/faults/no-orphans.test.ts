@@ -7,52 +7,33 @@
  * Real codex, the gateway as a real process.
  */
 import { existsSync } from 'node:fs';
-import { rm, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
 import { shardOf } from '../../src/shared/workspace-id.js';
 import { AppServerClient } from '../fixtures/app-server-client.js';
-import { TEST_API_KEY } from '../fixtures/codex-home.js';
-import { startResponsesMock } from '../fixtures/responses-mock.js';
-import type { ResponsesMock } from '../fixtures/responses-mock.js';
-import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess, writeConfig } from '../gateway-process.js';
-import type { GatewayProcess } from '../gateway-process.js';
-import { tempDir, waitFor } from '../helpers.js';
-import { isRunning, killGroups, killLeftovers, processesUnder, recordLost, recordedChildPid } from './markers.js';
+import { startGatewayProcess } from '../gateway-process.js';
+import { waitFor } from '../helpers.js';
+import { isRunning, processesUnder, recordLost, recordedChildPid } from './markers.js';
 import { MARKER_FILE, whatComesBack } from './what-comes-back.js';
+import { FAULT_SECRET, useFaultGateways } from './fault-gateways.js';
 
-const SECRET = 'faults-secret-faults-secret-faults-secret-00';
 /** The promise: no child of a killed gateway is left after this long. */
 const ORPHAN_DEADLINE_MS = 2000;
 
 describe('fault: the gateway is SIGKILLed and leaves no orphans (real codex)', () => {
-  let mock: ResponsesMock;
-  let dir: string;
+  const fx = useFaultGateways('cxg-faults-orphans-', ['No', ' orphans.']);
+  const { gateways, pids, env } = fx;
   let config: string;
-  const gateways: GatewayProcess[] = [];
-  const pids = new Set<number>();
-  const env = { [GATEWAY_KEY_ENV]: TEST_API_KEY, CXG_LOG_LEVEL: 'info' };
 
   beforeAll(async () => {
-    mock = await startResponsesMock({ deltas: ['No', ' orphans.'] });
-    dir = await tempDir('cxg-faults-orphans-');
-    config = await writeConfig(
-      path.join(dir, 'gateway.toml'),
-      realCodexToml({ dir, secret: SECRET, mockBaseUrl: mock.baseUrl, extra: ['[spawn]', 'stop_grace = "3s"', 'ready_timeout = "15s"', '[shutdown]', 'budget = "30s"'] }),
-    );
-  });
-  afterAll(async () => {
-    for (const gw of gateways) await gw.stop('SIGKILL');
-    killGroups(pids);
-    if (dir !== undefined) await killLeftovers(dir);
-    await mock?.close();
-    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
+    ({ config } = await fx.configIn());
   });
 
   it('scenario 11: gateway SIGKILLed with a child on each shard → none is left within 2 s; the next start stores both homes and the threads come back', async ({ task }) => {
-    const homeRoot = path.join(dir, 'homes');
+    const homeRoot = path.join(fx.dir, 'homes');
     // One workspace per shard (shards = 2): both shard threads forked a child.
     const ids: string[] = [];
     for (let i = 0; ids.length < 2; i++) {
@@ -63,7 +44,7 @@ describe('fault: the gateway is SIGKILLed and leaves no orphans (real codex)', (
     gateways.push(first);
     const state = new Map<string, { threadId: string; marker: string; pid: number }>();
     for (const id of ids) {
-      const c = await AppServerClient.connect(first.url, { token: await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '10m' }) });
+      const c = await AppServerClient.connect(first.url, { token: await signWorkspaceToken({ secret: FAULT_SECRET, workspaceId: id, expiresIn: '10m' }) });
       const init = await c.initialize();
       const threadId = await c.startThread();
       expect((await c.runTurn(threadId, 'outlive nothing')).status).toBe('completed');
@@ -93,11 +74,11 @@ describe('fault: the gateway is SIGKILLed and leaves no orphans (real codex)', (
       // The next start's recovery stores what the children left.
       const second = await startGatewayProcess(config, env);
       gateways.push(second);
-      await waitFor(() => ids.every((id) => existsSync(path.join(dir, 'store', `${id}.tar.gz`))), 30_000, 'both homes to be stored by recovery');
+      await waitFor(() => ids.every((id) => existsSync(path.join(fx.dir, 'store', `${id}.tar.gz`))), 30_000, 'both homes to be stored by recovery');
       lost = 0;
       for (const id of ids) {
         const s = state.get(id) as { threadId: string; marker: string };
-        const back = await whatComesBack(second.url, await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '10m' }));
+        const back = await whatComesBack(second.url, await signWorkspaceToken({ secret: FAULT_SECRET, workspaceId: id, expiresIn: '10m' }));
         pids.add((await recordedChildPid(back.codexHome)) as number);
         if (back.marker !== s.marker) lost += 1;
         if (!back.threads.includes(s.threadId)) lost += 1;

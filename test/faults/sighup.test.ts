@@ -9,52 +9,24 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, realpathSync } from 'node:fs';
-import { readFile, readlink, rm, writeFile } from 'node:fs/promises';
+import { readFile, readlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
 import { AppServerClient } from '../fixtures/app-server-client.js';
-import { TEST_API_KEY } from '../fixtures/codex-home.js';
-import { startResponsesMock } from '../fixtures/responses-mock.js';
-import type { ResponsesMock } from '../fixtures/responses-mock.js';
-import { BIN, GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess, writeConfig } from '../gateway-process.js';
-import type { GatewayProcess } from '../gateway-process.js';
-import { tempDir, waitFor } from '../helpers.js';
-import { descendantsOf, isRunning, killGroups, killLeftovers, processesUnder, recordLost, recordedChildPid } from './markers.js';
+import { BIN, startGatewayProcess } from '../gateway-process.js';
+import { waitFor } from '../helpers.js';
+import { descendantsOf, isRunning, killGroups, processesUnder, recordLost, recordedChildPid } from './markers.js';
+import { FAULT_SECRET, useFaultGateways } from './fault-gateways.js';
 
-const SECRET = 'faults-secret-faults-secret-faults-secret-00';
 
 describe('fault: the gateway gets SIGHUP (real codex)', () => {
-  let mock: ResponsesMock;
-  let dir: string;
-  const gateways: GatewayProcess[] = [];
-  const pids = new Set<number>();
-  const env = { [GATEWAY_KEY_ENV]: TEST_API_KEY, CXG_LOG_LEVEL: 'info' };
-
-  beforeAll(async () => {
-    mock = await startResponsesMock({ deltas: ['Stored', ' on', ' hang-up.'] });
-    dir = await tempDir('cxg-faults-sighup-');
-  });
-  afterAll(async () => {
-    for (const gw of gateways) await gw.stop('SIGKILL');
-    killGroups(pids);
-    if (dir !== undefined) await killLeftovers(dir);
-    await mock?.close();
-    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
-  });
-
-  async function configIn(name: string): Promise<{ config: string; root: string }> {
-    const root = path.join(dir, name);
-    const config = await writeConfig(
-      `${root}.toml`,
-      realCodexToml({ dir: root, secret: SECRET, mockBaseUrl: mock.baseUrl, extra: ['[spawn]', 'stop_grace = "3s"', 'ready_timeout = "15s"', '[shutdown]', 'budget = "30s"'] }),
-    );
-    return { config, root };
-  }
+  const fx = useFaultGateways('cxg-faults-sighup-', ['Stored', ' on', ' hang-up.']);
+  const { gateways, pids, env } = fx;
 
   /** A finished turn and a marker in the workspace's home; returns what must come back. */
   async function work(url: string, id: string): Promise<{ home: string; threadId: string; childPid: number }> {
-    const token = await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '10m' });
+    const token = await signWorkspaceToken({ secret: FAULT_SECRET, workspaceId: id, expiresIn: '10m' });
     const c = await AppServerClient.connect(url, { token });
     const init = await c.initialize();
     const threadId = await c.startThread();
@@ -67,7 +39,7 @@ describe('fault: the gateway gets SIGHUP (real codex)', () => {
   }
 
   it('scenario 10: SIGHUP drains like SIGTERM → the child is stopped, the home stored, exit 0', async ({ task }) => {
-    const { config, root } = await configIn('kill-hup');
+    const { config, root } = await fx.configIn('kill-hup');
     const gw = await startGatewayProcess(config, env);
     gateways.push(gw);
     const id = 'sighup-kill';
@@ -90,7 +62,7 @@ describe('fault: the gateway gets SIGHUP (real codex)', () => {
   }, 90_000);
 
   it('scenario 10: the terminal the gateway runs in is closed → it drains although the terminal is gone', async ({ task }) => {
-    const { config, root } = await configIn('terminal');
+    const { config, root } = await fx.configIn('terminal');
     // `script` gives the gateway a pseudo-terminal as its controlling terminal
     // and stdout; killing `script` closes the terminal's master side, as closing
     // a terminal window does: the kernel sends SIGHUP, and writes fail with EIO.
@@ -98,7 +70,7 @@ describe('fault: the gateway gets SIGHUP (real codex)', () => {
     // when SHELL is unset or /bin/sh) would otherwise stay as the parent.
     const command = `exec ${[process.execPath, BIN, 'serve', '--config', config].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ')}`;
     const term = spawn('script', ['-qfec', command, '/dev/null'], {
-      cwd: dir,
+      cwd: fx.dir,
       env: { ...process.env, ...env, TERM: 'dumb', SHELL: '/bin/sh' },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
