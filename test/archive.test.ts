@@ -13,7 +13,7 @@ import { DEFAULT_ARCHIVE_EXCLUDES, DEFAULT_UNPACK_LIMITS } from '../src/shared/a
 import { GatewayError } from '../src/shared/errors.js';
 import { FileObjectStore } from '../src/shared/stores/file-store.js';
 import type { ObjectStore } from '../src/shared/stores/object-store.js';
-import { storeFromSpec } from '../src/shared/stores/object-store.js';
+import { storeFromSpec } from '../src/shared/stores/from-spec.js';
 import { S3ObjectStore } from '../src/shared/stores/s3-store.js';
 import run from '../src/workers/archive-worker.js';
 import { pack } from '../src/workers/archive-pack.js';

@@ -10,7 +10,7 @@ import { snapshotScope } from '../shared/cluster.js';
 import { GatewayError, serializeError } from '../shared/errors.js';
 import type { StoreSpec } from '../shared/store-spec.js';
 import type { ObjectStore } from '../shared/stores/object-store.js';
-import { storeFromSpec } from '../shared/stores/object-store.js';
+import { storeFromSpec } from '../shared/stores/from-spec.js';
 import { validateWorkspaceId } from '../shared/workspace-id.js';
 import { pack } from './archive-pack.js';
 import { unpack } from './archive-unpack.js';
