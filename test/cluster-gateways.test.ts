@@ -20,10 +20,10 @@ import { closeOf, openWs, rpc } from './gateway-helpers.js';
 import { startGatewayProcess, writeConfig } from './gateway-process.js';
 import type { GatewayProcess } from './gateway-process.js';
 import { tempDir, waitFor } from './helpers.js';
+import { admin, closeText, clusterLines, within } from './cluster-helpers.js';
 import { isRunning, killLeftovers } from './faults/markers.js';
 
 const SECRET = 'cluster-secret-cluster-secret-cluster-0001';
-const ADMIN = 'admin-token-admin-token-0123456789';
 
 interface Session {
   ws: WebSocket;
@@ -44,20 +44,6 @@ async function attempt(gw: GatewayProcess, workspaceId: string): Promise<Session
   }
 }
 
-/** `p`, or a failure naming `what` once `ms` have passed: no step of these tests waits unbounded. */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function closeText(c: { code: number; reason: string }): string {
-  return `${c.code} ${c.reason}`;
-}
-
 async function session(gw: GatewayProcess, workspaceId: string): Promise<Session> {
   const s = await attempt(gw, workspaceId);
   if (!('ws' in s)) throw new Error(`not served: ${s.code} ${s.reason}`);
@@ -69,11 +55,6 @@ async function readMarker(s: Session): Promise<string | undefined> {
     (r) => r.content,
     () => undefined,
   );
-}
-
-async function admin(gw: GatewayProcess, route: string, method = 'GET'): Promise<{ status: number; body: Record<string, unknown> }> {
-  const res = await fetch(`${gw.internalUrl}${route}`, { method, headers: { authorization: `Bearer ${ADMIN}` } });
-  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
 }
 
 describe('cluster: two gateways, one store, one etcd (fake codex)', () => {
@@ -117,16 +98,9 @@ describe('cluster: two gateways, one store, one etcd (fake codex)', () => {
         `url = ${JSON.stringify(pathToFileURL(path.join(dir, 'store')).href)}`,
         '[auth.jwt]',
         `secret = ${JSON.stringify(SECRET)}`,
-        '[admin]',
-        `token = ${JSON.stringify(ADMIN)}`,
         '[spawn]',
         'stop_grace = "2s"',
-        '[cluster]',
-        `node_id = ${JSON.stringify(name)}`,
-        'lease_ttl = "3s"',
-        '[cluster.etcd]',
-        `endpoints = [${JSON.stringify(etcd.endpoint)}]`,
-        `prefix = ${JSON.stringify(prefix)}`,
+        ...clusterLines({ nodeId: name, endpoint: etcd.endpoint, prefix }),
         '',
       ].join('\n'),
     );

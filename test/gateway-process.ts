@@ -68,8 +68,18 @@ export async function writeConfig(file: string, toml: string): Promise<string> {
   return file;
 }
 
-export async function startGatewayProcess(configFile: string, env: NodeJS.ProcessEnv = {}, timeoutMs = 20_000): Promise<GatewayProcess> {
-  const proc = spawn(process.execPath, [BIN, 'serve', '--config', configFile], {
+/**
+ * How the gateway's command line is run: as it is, or wrapped (a pod's
+ * mount namespace, test/fixtures/pod.ts). The wrapper must exec the
+ * command, so that the spawned pid is the gateway's own.
+ */
+export type Launcher = (argv: string[]) => { file: string; args: string[] };
+
+const direct: Launcher = (argv) => ({ file: argv[0] as string, args: argv.slice(1) });
+
+export async function startGatewayProcess(configFile: string, env: NodeJS.ProcessEnv = {}, timeoutMs = 20_000, launch: Launcher = direct): Promise<GatewayProcess> {
+  const { file, args } = launch([process.execPath, BIN, 'serve', '--config', configFile]);
+  const proc = spawn(file, args, {
     cwd: path.dirname(configFile),
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
