@@ -217,6 +217,7 @@ describe('cluster failover: a node SIGKILLed (real codex, three pods, S3 store)'
 
       // B takes X over once etcd has expired A's lease, from what A stored.
       const { client: onB, ms } = await takenOverBy(b, X, killedAt);
+      console.info(`takeover after SIGKILL: ${ms} ms (lease_ttl ${LEASE_TTL_MS} ms)`);
       expect(ms).toBeLessThan(TAKEOVER_BOUND_MS);
       expect(await runningOn(b)).toEqual([X]);
       expect(await runningOn(c)).toEqual([]);
@@ -267,6 +268,7 @@ describe('cluster failover: a node frozen past its lease (real codex, two pods, 
       process.kill(aPid, 'SIGSTOP');
       const frozenAt = Date.now();
       const { client: onB, ms } = await takenOverBy(b, X, frozenAt);
+      console.info(`takeover after SIGSTOP: ${ms} ms (lease_ttl ${LEASE_TTL_MS} ms)`);
       expect(ms).toBeLessThan(TAKEOVER_BOUND_MS);
       await resumeAndGoOn(onB, threadId, [P[0]], P[2], P);
       await onB.close();

@@ -547,18 +547,25 @@ describe('deploy/kubernetes: several replicas (StatefulSet, headless Service, HA
     expect(Object.entries(svc.spec.selector).every(([k, v]) => theirs[k] === v)).toBe(false);
   });
 
-  it('HAProxy runs deploy/haproxy/haproxy.cfg as it is, and lists every replica by its stable DNS name', async () => {
-    const cm = one(variant(), 'ConfigMap', 'codex-app-gateway-haproxy').doc as { data: Record<string, string>; metadata: { name: string } };
+  it('HAProxy runs deploy/haproxy/haproxy.cfg from the ConfigMap the documented command makes, and that file lists every replica by its stable DNS name', async () => {
     const file = await readFile(path.join(DEPLOY, 'haproxy', 'haproxy.cfg'), 'utf8');
-    expect(cm.data['haproxy.cfg'], `${VARIANT}/haproxy.yaml embeds a copy of deploy/haproxy/haproxy.cfg: copy it again`).toBe(file);
     const servers = [...file.matchAll(/^\s*server\s+\S+\s+(\S+):(\d+)/gm)].map((m) => `${m[1]}:${m[2]}`);
     const { spec } = gateways();
     expect(servers).toEqual(Array.from({ length: spec.replicas }, (_, n) => `codex-app-gateway-${n}.${spec.serviceName}:${wiring.settings.listen.port}`));
-    const haproxy = one(variant(), 'Deployment', 'codex-app-gateway-haproxy').doc as unknown as Sts;
-    const c = haproxy.spec.template.spec.containers[0];
-    const vol = haproxy.spec.template.spec.volumes?.find((v) => v.configMap?.name === cm.metadata?.name);
+    // The ConfigMap is made from the file itself (`kubectl create configmap NAME --from-file=deploy/haproxy/haproxy.cfg`), never a copy that could drift.
+    const haproxy = one(variant(), 'Deployment', 'codex-app-gateway-haproxy');
+    const text = await readFile(path.join(REPO_ROOT, haproxy.file), 'utf8');
+    const made = /kubectl create configmap (\S+) --from-file=(\S+)/.exec(text);
+    expect(made?.[2]).toBe('deploy/haproxy/haproxy.cfg');
+    const pod = (haproxy.doc as unknown as Sts).spec.template.spec;
+    const vol = pod.volumes?.find((v) => v.configMap?.name === made?.[1]);
+    const c = pod.containers[0];
     const mounted = c?.volumeMounts?.find((m) => m.name === vol?.name)?.mountPath;
+    expect(mounted).toBeDefined();
     expect(c?.args).toContain(`${mounted}/haproxy.cfg`);
+    // HAProxy listens where the file binds.
+    const bind = /^\s*bind\s+:(\d+)/m.exec(file);
+    expect(c?.ports?.[0]?.containerPort).toBe(Number(bind?.[1]));
   });
 
   it('the etcd StatefulSet is an odd number of members, each in the initial cluster, and the gateways list each of them', async () => {
