@@ -10,17 +10,15 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
 import type WebSocket from 'ws';
-import { fakeCodexBin } from './fixtures/codex-home.js';
 import { TestEtcd } from './fixtures/etcd.js';
 import { closeOf, openWs, rpc } from './gateway-helpers.js';
 import { startGatewayProcess, writeConfig } from './gateway-process.js';
 import type { GatewayProcess } from './gateway-process.js';
 import { tempDir, waitFor } from './helpers.js';
-import { admin, closeText, clusterLines, within } from './cluster-helpers.js';
+import { admin, closeText, clusterLines, fakeCodexToml, within } from './cluster-helpers.js';
 import { isRunning, killLeftovers } from './faults/markers.js';
 
 const SECRET = 'cluster-secret-cluster-secret-cluster-0001';
@@ -86,23 +84,12 @@ describe('cluster: two gateways, one store, one etcd (fake codex)', () => {
     await mkdir(path.dirname(own), { recursive: true });
     const config = await writeConfig(
       `${own}.toml`,
-      [
-        'shards = 2',
-        '[data]',
-        `dir = ${JSON.stringify(own)}`,
-        '[listen]',
-        'port = 0',
-        '[codex]',
-        `bin = ${JSON.stringify(fakeCodexBin())}`,
-        '[store]',
-        `url = ${JSON.stringify(pathToFileURL(path.join(dir, 'store')).href)}`,
-        '[auth.jwt]',
-        `secret = ${JSON.stringify(SECRET)}`,
-        '[spawn]',
-        'stop_grace = "2s"',
-        ...clusterLines({ nodeId: name, endpoint: etcd.endpoint, prefix }),
-        '',
-      ].join('\n'),
+      fakeCodexToml({
+        dir: own,
+        store: path.join(dir, 'store'),
+        jwtSecret: SECRET,
+        extra: ['[spawn]', 'stop_grace = "2s"', ...clusterLines({ nodeId: name, endpoint: etcd.endpoint, prefix })],
+      }),
     );
     // Generous: on a loaded machine a start (two shard workers, the first lease) can take a while.
     const gw = await startGatewayProcess(config, { CXG_LOG_LEVEL: 'info' }, 60_000);

@@ -4,7 +4,11 @@
  * on (the owner key and the current-state pointer), read straight from etcd
  * as an operator would with etcdctl.
  */
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Etcd3 } from 'etcd3';
+import { fakeCodexBin } from './fixtures/codex-home.js';
+import { gatewayToml } from './gateway-process.js';
 import type { GatewayProcess } from './gateway-process.js';
 
 export const CLUSTER_ADMIN_TOKEN = 'admin-token-admin-token-0123456789';
@@ -21,6 +25,11 @@ export function clusterLines(o: { nodeId: string; endpoint: string; prefix: stri
     `endpoints = [${JSON.stringify(o.endpoint)}]`,
     `prefix = ${JSON.stringify(o.prefix)}`,
   ];
+}
+
+/** A gateway.toml with the fake codex: data under `dir`, port 0, the file store at `store` (a directory), HS256 with `jwtSecret`, plus `extra` lines. */
+export function fakeCodexToml(o: { dir: string; store: string; jwtSecret: string; extra: string[] }): string {
+  return gatewayToml({ dir: o.dir, secret: o.jwtSecret, extra: ['[codex]', `bin = ${JSON.stringify(fakeCodexBin())}`, '[store]', `url = ${JSON.stringify(pathToFileURL(path.resolve(o.store)).href)}`, ...o.extra] });
 }
 
 /** `p`, or a failure naming `what` once `ms` have passed: no step of the cluster tests waits unbounded. */
