@@ -29,9 +29,9 @@ import { parse as parseToml } from 'smol-toml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { GatewayMetrics } from '../src/main/metrics.js';
-import { loadSettings } from '../src/main/settings.js';
-import { SETTINGS, envName } from '../src/main/settings-spec.js';
-import type { Settings } from '../src/main/settings.js';
+import { loadSettings } from '../src/main/settings/load.js';
+import { SETTINGS, envName } from '../src/main/settings/spec.js';
+import type { Settings } from '../src/main/settings/load.js';
 import { REPO_ROOT, typecheckSnippets } from '../scripts/typecheck-snippets.js';
 import { testTempRoot } from './temp-root.js';
 
