@@ -62,6 +62,11 @@ interface Conn {
 const SEND_BINARY = { binary: true } as const;
 const SEND_TEXT = { binary: false } as const;
 
+/** ws's mask buffer is shared by every client socket of the thread: it is filled, not left as it is. */
+function zeroMask(mask: Buffer): void {
+  mask.fill(0);
+}
+
 export class ChildProxy {
   private readonly conns = new Map<number, Conn>();
   private readonly out: FrameBatcher;
@@ -136,6 +141,10 @@ export class ChildProxy {
       perMessageDeflate: false,
       maxPayload: this.limits.maxFrameBytes,
       skipUTF8Validation: true,
+      // A zero mask, which ws then skips applying: no copy of every frame
+      // toward the child. Masking guards intermediaries that cache; this
+      // socket is loopback to a child only the gateway can reach.
+      generateMask: zeroMask,
       // Past it ws emits 'error' ("Opening handshake has timed out"): the client gets 1011 GW_CHILD_CONNECT.
       handshakeTimeout: this.limits.childHandshakeTimeoutMs ?? 10_000,
     });
