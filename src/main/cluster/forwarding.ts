@@ -83,6 +83,11 @@ export class ClusterForwarding {
    * hint too: an owner that is gone or not reachable is settled by the
    * claim (local) or by the client's retry (forwarded, then refused).
    */
+  /** True when route() answers 'local' without waiting: this node holds the workspace. */
+  localAtOnce(workspaceId: string): boolean {
+    return this.o.cluster.holds(workspaceId);
+  }
+
   route(workspaceId: string): Route | Promise<Route> {
     if (this.o.cluster.holds(workspaceId)) return 'local';
     return this.o.cluster.owner(workspaceId).then(
@@ -98,10 +103,7 @@ export class ClusterForwarding {
    */
   acceptForwarded(proof: string, peer: string): ForwardClaim {
     try {
-      const claim = this.verifier.verify(proof);
-      this.counts.inOpen += 1;
-      this.counts.inTotal += 1;
-      return claim;
+      return this.verifier.verify(proof);
     } catch (err) {
       this.counts.inRefused += 1;
       this.o.log.warn({ peer, err: toGatewayError(err).describe() }, 'cluster: forwarded connection refused');
@@ -109,7 +111,13 @@ export class ClusterForwarding {
     }
   }
 
-  /** A connection accepted by acceptForwarded has closed. */
+  /** A connection accepted by acceptForwarded is open (upgraded). */
+  forwardedOpened(): void {
+    this.counts.inOpen += 1;
+    this.counts.inTotal += 1;
+  }
+
+  /** A connection counted by forwardedOpened has closed. */
   forwardedClosed(): void {
     this.counts.inOpen -= 1;
   }

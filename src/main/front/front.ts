@@ -34,6 +34,11 @@ import type { Supervisor } from '../supervisor/supervisor.js';
 import { registerTurnApi } from '../http/turn-api.js';
 import type { TurnObserver } from '../http/turn-api.js';
 import type { TurnApiOptions } from '../http/turn-request.js';
+import type { ForwardLink } from '../cluster/forward-link.js';
+import { FORWARD_PATH } from '../cluster/forward-link.js';
+import { FORWARD_HEADER } from '../cluster/forward-token.js';
+import type { ForwardClaim } from '../cluster/forward-token.js';
+import type { ClusterForwarding, Route } from '../cluster/forwarding.js';
 import { closeApp, listen, uws } from '../http/uws.js';
 import type { HttpRequest, HttpResponse, ListenSocket, SocketContext, TemplatedApp, UwsSocket } from '../http/uws.js';
 
@@ -100,6 +105,8 @@ export interface FrontOptions {
   firstConnectionId?: number;
   /** More fields for the /readyz body (they do not change the status). */
   readiness?: () => Record<string, unknown>;
+  /** With [cluster] and cluster.secret: clients of workspaces a live peer owns go to it, and peers' forwarded clients come in on FORWARD_PATH. */
+  forwarding?: ClusterForwarding;
 }
 
 export interface FrontObserver {
@@ -128,6 +135,12 @@ interface ClientData {
    * and its frames wait here, in order, up to PENDING_AUTH_BYTES.
    */
   pendingAuth: { token: string; frames: Array<{ data: Uint8Array; binary: boolean }>; bytes: number } | undefined;
+  /** The client's address (logs, and the proof of a forwarded connection). */
+  address: string;
+  /** Forwarded to the workspace's owner: frames, drains and the close go to the link, never to a shard. */
+  link: ForwardLink | undefined;
+  /** Arrived from a peer on FORWARD_PATH: served here or refused, never forwarded again. */
+  forwardedIn: boolean;
 }
 
 /** Frames a client may send before its token is verified (codex sends one `initialize`). */
@@ -225,6 +238,7 @@ export class Front {
       close: (ws: Client, code: number, msg: ArrayBuffer) => front.clientClosed(ws, code, msg),
     };
     for (const p of WS_PATHS) app.ws<ClientData>(p, behavior);
+    if (o.forwarding !== undefined) app.ws<ClientData>(FORWARD_PATH, behavior);
     app.get('/healthz', (res) => sendJson(res, 200, { status: 'ok' }));
     app.get('/readyz', (res) => {
       const ready = !front.draining && o.sup.healthy;
@@ -267,6 +281,7 @@ export class Front {
     const extensions = req.getHeader('sec-websocket-extensions');
     const token = bearerToken(req.getHeader('authorization'));
     const peer = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
+    const proof = req.getUrl() === FORWARD_PATH ? req.getHeader(FORWARD_HEADER) : undefined;
     if (this.draining) {
       sendJson(res, 503, { error: { code: 'GW_CLOSED', message: 'gateway is shutting down' } });
       return;
@@ -278,13 +293,17 @@ export class Front {
       sendJson(res, 503, { error: publicError(new GatewayError('GW_TOO_MANY_CONNECTIONS')) }, { 'retry-after': '5' });
       return;
     }
+    const upgrade = (data: ClientData): void => void res.upgrade(data, key, protocol, extensions, ctx);
+    if (proof !== undefined) {
+      this.acceptForwarded(res, proof, peer, upgrade);
+      return;
+    }
     if (token === undefined) {
       this.o.observer?.authFailed?.('GW_UNAUTHORIZED');
       sendJson(res, 401, { error: { code: 'GW_UNAUTHORIZED', message: 'missing bearer token' } }, { 'www-authenticate': 'Bearer' });
       return;
     }
     // Every upgrade happens inside this callback (see below).
-    const upgrade = (data: ClientData): void => void res.upgrade(data, key, protocol, extensions, ctx);
     let now: { workspaceId: string } | undefined;
     try {
       now = this.o.auth.verifyNow?.(token);
@@ -292,8 +311,15 @@ export class Front {
       this.refuse(res, err, (f) => f(), peer);
       return;
     }
+    if (now !== undefined && this.o.forwarding?.localAtOnce(now.workspaceId) === false) {
+      // Where it is served needs an etcd read: upgrade now, route once open (attach).
+      const data = this.newClient(now.workspaceId, -1, peer);
+      data.pendingAuth = { token: '', frames: [], bytes: 0 };
+      upgrade(data);
+      return;
+    }
     if (now !== undefined) {
-      this.accept(res, now.workspaceId, (f) => f(), upgrade);
+      this.accept(res, now.workspaceId, (f) => f(), upgrade, peer);
       return;
     }
     // No answer yet (a remote verifier's cache miss): upgrade now, inside
@@ -304,15 +330,82 @@ export class Front {
     // now a WebSocket and may close it (uNetworking/uWebSockets#1928, fixed
     // upstream by #1929); an uncorked upgrade prints a warning per call.
     // The price: a refused token sees a close (1008) after its 101, not a 401.
-    const data = this.newClient('', -1);
+    const data = this.newClient('', -1, peer);
     data.pendingAuth = { token, frames: [], bytes: 0 };
     upgrade(data);
   }
 
-  private newClient(workspaceId: string, shard: number): ClientData {
+  private newClient(workspaceId: string, shard: number, address: string): ClientData {
     // The id joins `conns` in opened(), which uWS calls from within upgrade(),
     // so no other id is taken in between.
-    return { id: this.ids.take((id) => this.conns.has(id)), workspaceId, shard, closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0, pendingAuth: undefined };
+    return { id: this.ids.take((id) => this.conns.has(id)), workspaceId, shard, closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0, pendingAuth: undefined, address, link: undefined, forwardedIn: false };
+  }
+
+  /** A peer's forwarded connection: its proof names the workspace; it is served here (never forwarded again) or refused with 401. */
+  private acceptForwarded(res: HttpResponse, proof: string, peer: string, upgrade: (data: ClientData) => void): void {
+    let claim: ForwardClaim;
+    try {
+      claim = (this.o.forwarding as ClusterForwarding).acceptForwarded(proof, peer);
+    } catch {
+      sendJson(res, 401, { error: publicError(new GatewayError('GW_UNAUTHORIZED')) });
+      return;
+    }
+    this.accept(res, claim.workspaceId, (f) => f(), (data) => upgrade({ ...data, forwardedIn: true }), `${claim.client} via ${claim.from}#${claim.conn}`);
+  }
+
+  /**
+   * Serves a connection whose workspace is known: here (its shard), or, with
+   * forwarding, at the live peer that owns the workspace. Its frames so far
+   * wait in pendingAuth and follow in order.
+   */
+  private attach(ws: Client, d: ClientData, workspaceId: string): void {
+    const f = this.o.forwarding;
+    const route = f === undefined || d.forwardedIn ? 'local' : f.route(workspaceId);
+    if (route instanceof Promise) {
+      void route.then((r) => !d.closed && this.attachTo(ws, d, workspaceId, r));
+      return;
+    }
+    this.attachTo(ws, d, workspaceId, route);
+  }
+
+  private attachTo(ws: Client, d: ClientData, workspaceId: string, route: Route): void {
+    const pending = d.pendingAuth;
+    if (route !== 'local') {
+      d.pendingAuth = undefined;
+      d.workspaceId = workspaceId;
+      const end = {
+        send: (data: Uint8Array, binary: boolean): void => {
+          if (d.closed) return;
+          ws.cork(() => ws.send(data, binary));
+          this.o.observer?.frame?.('out', data.byteLength);
+        },
+        bufferedAmount: (): number => (d.closed ? 0 : ws.getBufferedAmount()),
+        end: (code: number, reason: string): void => {
+          if (d.closed) return;
+          d.closed = true;
+          ws.cork(() => ws.end(code, reason));
+        },
+      };
+      d.link = (this.o.forwarding as ClusterForwarding).forward(route, { workspaceId, address: d.address, connId: d.id, end });
+      for (const fr of pending?.frames ?? []) d.link.fromClient(fr.data, fr.binary);
+      return;
+    }
+    const shard = this.o.sup.shardFor(workspaceId);
+    if (this.draining || this.downShards.has(shard)) {
+      const code = this.draining ? 'GW_CLOSED' : 'GW_SHARD_FAILED';
+      this.closePending(ws, d, this.draining ? CloseCode.TryAgainLater : CloseCode.InternalError, code);
+      return;
+    }
+    d.pendingAuth = undefined;
+    d.workspaceId = workspaceId;
+    d.shard = shard;
+    const out = this.toShard[shard] as FrameBatcher;
+    out.push(RecordKind.Open, 0, 0, d.id, workspaceId);
+    for (const fr of pending?.frames ?? []) {
+      d.toShard += fr.data.byteLength;
+      this.buffered += fr.data.byteLength;
+      out.push(RecordKind.Frame, fr.binary ? FLAG_BINARY : 0, 0, d.id, fr.data);
+    }
   }
 
   /** Verifies the token of a connection upgraded before its answer was known. */
@@ -320,23 +413,7 @@ export class Front {
     this.o.auth.verify(token).then(
       ({ workspaceId }) => {
         if (d.closed) return;
-        const shard = this.o.sup.shardFor(workspaceId);
-        if (this.draining || this.downShards.has(shard)) {
-          const code = this.draining ? 'GW_CLOSED' : 'GW_SHARD_FAILED';
-          this.closePending(ws, d, this.draining ? CloseCode.TryAgainLater : CloseCode.InternalError, code);
-          return;
-        }
-        const pending = d.pendingAuth;
-        d.pendingAuth = undefined;
-        d.workspaceId = workspaceId;
-        d.shard = shard;
-        const out = this.toShard[shard] as FrameBatcher;
-        out.push(RecordKind.Open, 0, 0, d.id, workspaceId);
-        for (const f of pending?.frames ?? []) {
-          d.toShard += f.data.byteLength;
-          this.buffered += f.data.byteLength;
-          out.push(RecordKind.Frame, f.binary ? FLAG_BINARY : 0, 0, d.id, f.data);
-        }
+        this.attach(ws, d, workspaceId);
       },
       (err: unknown) => {
         const e = toGatewayError(err, 'GW_UNAUTHORIZED');
@@ -355,7 +432,7 @@ export class Front {
   }
 
   /** Upgrades an authenticated request, unless the gateway drains or the workspace's shard is down. */
-  private accept(res: HttpResponse, workspaceId: string, write: (f: () => void) => void, upgrade: (data: ClientData) => void): void {
+  private accept(res: HttpResponse, workspaceId: string, write: (f: () => void) => void, upgrade: (data: ClientData) => void, address: string): void {
     if (this.draining) {
       write(() => sendJson(res, 503, { error: { code: 'GW_CLOSED', message: 'gateway is shutting down' } }));
       return;
@@ -365,7 +442,7 @@ export class Front {
       write(() => sendJson(res, 503, { error: { code: 'GW_SHARD_FAILED', message: 'the shard serving this workspace is down' } }));
       return;
     }
-    const data = this.newClient(workspaceId, shard);
+    const data = this.newClient(workspaceId, shard, address);
     write(() => upgrade(data));
   }
 
@@ -387,8 +464,10 @@ export class Front {
     const d = ws.getUserData();
     this.conns.set(d.id, ws);
     this.o.observer?.connectionOpened?.();
+    if (d.forwardedIn) this.o.forwarding?.forwardedOpened();
     if (d.pendingAuth !== undefined) {
-      this.verifyPending(ws, d, d.pendingAuth.token);
+      if (d.pendingAuth.token === '') this.attach(ws, d, d.workspaceId);
+      else this.verifyPending(ws, d, d.pendingAuth.token);
       d.pendingAuth.token = '';
       return;
     }
@@ -412,6 +491,12 @@ export class Front {
       // A copy: uWS reuses `msg` once this callback returns.
       pending.frames.push({ data: new Uint8Array(msg.slice(0)), binary: isBinary });
       pending.bytes += msg.byteLength;
+      return;
+    }
+    if (d.link !== undefined) {
+      // A copy: uWS reuses `msg` once this callback returns.
+      d.link.fromClient(new Uint8Array(msg.slice(0)), isBinary);
+      this.o.observer?.frame?.('in', msg.byteLength);
       return;
     }
     if (!this.admit(ws, d, msg.byteLength)) return;
@@ -471,12 +556,15 @@ export class Front {
     this.o.observer?.connectionClosed?.();
     // A connection still without a workspace never reached a shard.
     if (d.shard >= 0) (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Close, 0, code, d.id);
+    d.link?.clientClosed(code);
+    if (d.forwardedIn) this.o.forwarding?.forwardedClosed();
     d.pendingAuth = undefined;
     if (this.conns.size === 0) this.closedAll?.();
   }
 
   private drained(ws: Client): void {
     const d = ws.getUserData();
+    d.link?.clientDrained();
     if (d.behind && ws.getBufferedAmount() <= this.o.limits.clientLowWaterBytes) {
       d.behind = false;
       this.behind.delete(ws);
