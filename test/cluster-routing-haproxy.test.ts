@@ -115,5 +115,7 @@ describe('cluster behind HAProxy (real codex)', () => {
       expect(t.items.filter((i) => i.type === 'agentMessage').map((i) => i.text)).toEqual([DELTAS.join('')]);
     }
     await c.close();
+    // The shipped health check (GET /readyz) kept every gateway up.
+    expect((haproxy as TestHaproxy).output).not.toMatch(/is DOWN|no server available/);
   }, 300_000);
 });
