@@ -136,6 +136,49 @@ describe('cluster: forwarding to the owner (fake codex)', () => {
     await Promise.all([a.stop(), b.stop()]);
   }, 180_000);
 
+  it('backpressure is kept through the hop: a forwarded client that stops reading holds the owner back, and then gets every frame in order', async () => {
+    const id = 'ws-flow';
+    // A 1 MiB frame limit puts B's bound on a client's buffer at 17 MiB: without backpressure through the hop, B would close the client (GW_SLOW_CLIENT).
+    const limits = { extra: ['[limits]', 'max_frame = "1MiB"'] };
+    const a = await node('a', '/flow/', limits);
+    const b = await node('b', '/flow/', limits);
+    const onA = await session(a.url, id);
+    const viaB = await session(b.url, id);
+    expect(viaB.info.pid).toBe(onA.info.pid);
+    const pauses = async (): Promise<number> => {
+      const m = /^cxg_backpressure_events_total\{event="pause"\} (\d+)$/m.exec(await (await fetch(`http://127.0.0.1:${a.port}/metrics`)).text());
+      return Number(m?.[1] ?? 0);
+    };
+    const before = await pauses();
+    const COUNT = 256;
+    const SIZE = 256 * 1024;
+    const frames: Buffer[] = [];
+    const done = new Promise<void>((resolve, reject) => {
+      viaB.ws.on('message', (data: Buffer, binary: boolean) => {
+        if (binary) frames.push(data);
+        else if (data.toString().includes('fake/floodDone')) resolve();
+      });
+      viaB.ws.once('close', (code: number, reason: Buffer) => reject(new Error(`closed before the flood's end: ${code} ${reason.toString()}`)));
+    });
+    // The client stops reading; the child then sends 64 MiB, far more than any buffer on the way holds.
+    viaB.ws.pause();
+    viaB.ws.send(JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'fake/flood', params: { count: COUNT, size: SIZE, binary: true } }));
+    // B stops reading A, so A's socket to B backs up: A's front counts a pause (and holds its child back).
+    await waitFor(async () => (await pauses()) > before, 60_000, 'the owner to see backpressure from the forwarding node');
+    viaB.ws.resume();
+    await within(done, 120_000, 'the whole flood');
+    expect(frames).toHaveLength(COUNT);
+    frames.forEach((f, i) => {
+      expect(f.byteLength).toBe(SIZE);
+      expect(f.subarray(0, String(i).length).toString('latin1')).toBe(String(i));
+    });
+    expect(await rpc<{ pid: number }>(viaB.ws, 'fake/info')).toMatchObject({ pid: onA.info.pid });
+    viaB.ws.close();
+    onA.ws.close();
+    await Promise.all([viaB.closed, onA.closed]);
+    await Promise.all([a.stop(), b.stop()]);
+  }, 240_000);
+
   it('the hop between gateways: no proof, a wrong secret, another node\'s proof or a used one is refused; a good proof is served where it lands, never forwarded again', async () => {
     const id = 'ws-hop';
     const a = await node('a', '/hop/');
