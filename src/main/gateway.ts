@@ -9,6 +9,9 @@ import type { Logger } from 'pino';
 import { CloseCode } from '../shared/close-codes.js';
 import { toGatewayError } from '../shared/errors.js';
 import type { StopResult } from '../shared/protocol.js';
+import type { DrainProgress, DrainReport, GatewayView } from './gateway-view.js';
+
+export type { DrainProgress, DrainReport } from './gateway-view.js';
 import { adminRoutes } from './http/admin-api.js';
 import type { Authenticator } from './auth/front-door.js';
 import type { ClusterForwarding } from './cluster/forwarding.js';
@@ -58,26 +61,12 @@ export interface GatewayOptions {
   forwarding?: ClusterForwarding;
 }
 
-export interface DrainReport {
-  results: StopResult[];
-  saved: number;
-  unsaved: StopResult[];
-  timedOut: boolean;
-}
-
-export interface DrainProgress {
-  total: number;
-  stopped: number;
-  saved: number;
-  workspaceId?: string;
-}
-
 /**
  * Events: 'drain-begin' (none: a drain was asked for, its budget runs from
  * now), 'drain-start' (DrainProgress), 'drain-progress' (DrainProgress),
  * 'drain-done' (DrainReport).
  */
-export class Gateway extends EventEmitter {
+export class Gateway extends EventEmitter implements GatewayView {
   private readonly reaperAbort = new AbortController();
   private draining: Promise<DrainReport> | undefined;
   private progress: DrainProgress | undefined;

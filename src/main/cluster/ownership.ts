@@ -22,11 +22,10 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import type { Etcd3, IOptions } from 'etcd3';
+import type { Etcd3, IOptions, Watcher } from 'etcd3';
 import type { ClusterClaim, CommitOutcome, SnapshotRef } from '../../shared/cluster.js';
 import { GatewayError, isGatewayError } from '../../shared/errors.js';
 import { NodeLease } from './lease.js';
-import type { OwnerWatcher } from './owner-watch.js';
 
 export interface ClusterOptions {
   nodeId: string;
@@ -237,7 +236,7 @@ export class ClusterNode extends EventEmitter implements ClusterOwnership {
   }
 
   /** A watch on the workspace's owner key (owner-watch.ts); resolves once etcd confirmed it. */
-  async watchOwnerKey(workspaceId: string): Promise<OwnerWatcher> {
+  async watchOwnerKey(workspaceId: string): Promise<Watcher> {
     return await this.client.watch().key(this.key('owner', workspaceId)).create();
   }
 

@@ -16,7 +16,7 @@ import { ERROR_CODES } from '../../shared/errors.js';
 import type { SpoolStatus, WorkspaceStatus } from '../../shared/protocol.js';
 import { validateWorkspaceId } from '../../shared/workspace-id.js';
 import { checkBearer } from '../auth/bearer-check.js';
-import type { DrainProgress, DrainReport, Gateway } from '../gateway.js';
+import type { DrainProgress, DrainReport, GatewayView as Gateway } from '../gateway-view.js';
 import { asyncRoute, errorReply, statusLine } from './http-util.js';
 import type { HttpReply, RequestInfo } from './http-util.js';
 import type { HttpRequest, HttpResponse, TemplatedApp } from './uws.js';

@@ -8,6 +8,7 @@ import os from 'node:os';
 import { Piscina } from 'piscina';
 import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../../shared/archive-protocol.js';
 import { serializeError, GatewayError } from '../../shared/errors.js';
+import type { SupervisorObserver } from './options.js';
 
 export class ArchivePool {
   private readonly pool: Piscina<ArchiveTask, ArchiveOutcome<ArchiveValue>>;
@@ -33,6 +34,19 @@ export class ArchivePool {
       const code = task.op === 'pack' ? 'GW_STORE_UPLOAD' : 'GW_STORE_DOWNLOAD';
       return { ok: false, error: serializeError(new GatewayError(code, `archive worker failed during ${task.op} of ${task.workspaceId}`, { cause: err })) };
     }
+  }
+
+  /** run(), with uploads and downloads reported to `observer`. */
+  async runObserved(task: ArchiveTask, observer: SupervisorObserver | undefined): Promise<ArchiveOutcome<ArchiveValue>> {
+    const t0 = performance.now();
+    const out = await this.run(task);
+    if (observer?.archiveFinished !== undefined && (task.op === 'pack' || task.op === 'unpack')) {
+      const op = task.op === 'pack' ? 'upload' : 'download';
+      const ms = performance.now() - t0;
+      if (out.ok) observer.archiveFinished({ op, ok: true, bytes: 'bytes' in out.value ? out.value.bytes : 0, ms, code: null, found: 'found' in out.value ? out.value.found : true });
+      else observer.archiveFinished({ op, ok: false, bytes: 0, ms, code: out.error.code, found: false });
+    }
+    return out;
   }
 
   get queueSize(): number {
