@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { CloseCode } from '../shared/close-codes.js';
+import { TIMED_OUT, within } from '../shared/concurrency.js';
 import { toGatewayError } from '../shared/errors.js';
 import type { StopResult } from '../shared/protocol.js';
 import type { DrainProgress, DrainReport, GatewayView } from './gateway-view.js';
@@ -319,14 +320,3 @@ export class Gateway extends EventEmitter implements GatewayView {
   }
 }
 
-const TIMED_OUT = Symbol('timed out');
-
-/** `p`'s value (or its failure), or TIMED_OUT once `ms` have passed first. */
-async function within<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<typeof TIMED_OUT>((r) => (timer = setTimeout(() => r(TIMED_OUT), ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}

@@ -14,6 +14,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { ReadEntry, Unpack } from 'tar';
 import type { UnpackLimits, UnpackResult, UnpackTask } from '../shared/archive-protocol.js';
+import { within } from '../shared/concurrency.js';
 import { GatewayError, asError, isGatewayError, toGatewayError } from '../shared/errors.js';
 import type { ObjectStore } from '../shared/stores/object-store.js';
 import { exclusions, relativePath } from './archive-paths.js';
@@ -140,14 +141,7 @@ class GuardedExtraction {
     this.#failure ??= new Error('extraction stopped');
     if (this.#finished) return;
     this.#feed(() => this.#unpack.end());
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      this.#whenFinished(),
-      new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, SETTLE_TIMEOUT_MS);
-      }),
-    ]);
-    clearTimeout(timer);
+    await within(this.#whenFinished(), SETTLE_TIMEOUT_MS);
   }
 
   /** tar parses synchronously inside write() and end(); whatever it throws on hostile input is a failure of the archive. */

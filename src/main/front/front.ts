@@ -7,8 +7,9 @@
  * API and the caller's routes, and stops it: first accepting, then clients.
  */
 import { CloseCode } from '../../shared/close-codes.js';
+import { within } from '../../shared/concurrency.js';
 import { GatewayError } from '../../shared/errors.js';
-import { sendJson } from '../http/http-util.js';
+import { sendError, sendJson } from '../http/http-util.js';
 import { registerTurnApi } from '../http/turn-api.js';
 import { closeApp, listen, uws } from '../http/uws.js';
 import type { HttpRequest, HttpResponse, ListenSocket, SocketContext, TemplatedApp } from '../http/uws.js';
@@ -90,7 +91,7 @@ export class Front {
       });
     }
     o.routes?.(app);
-    app.any('/*', (res) => sendJson(res, 404, { error: { code: 'GW_NOT_FOUND', message: 'no such route' } }));
+    app.any('/*', (res) => sendError(res, 404, 'GW_NOT_FOUND', 'no such route'));
     const { socket, port } = await listen(app, o.host, o.port);
     front.listenSocket = socket;
     front.port = port;
@@ -138,9 +139,7 @@ export class Front {
     if (this.plane.size === 0) return;
     const gone = new Promise<void>((resolve) => (this.plane.onEmpty = resolve));
     this.plane.endAll(code, reason);
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([gone, new Promise<void>((r) => (timer = setTimeout(r, waitMs)))]);
-    clearTimeout(timer);
+    await within(gone, waitMs);
   }
 
   close(): void {

@@ -10,7 +10,7 @@ import { GatewayError, toGatewayError } from '../../shared/errors.js';
 import type { ErrorCode } from '../../shared/errors.js';
 import { publicError, reasonFor } from '../../shared/public-error.js';
 import { bearerToken } from '../auth/front-door.js';
-import { sendJson } from '../http/http-util.js';
+import { sendError, sendJson } from '../http/http-util.js';
 import type { HttpRequest, HttpResponse, SocketContext } from '../http/uws.js';
 import { PENDING_AUTH_BYTES } from './client.js';
 import type { Client, ClientData } from './client.js';
@@ -40,7 +40,7 @@ export class Upgrades {
     const peer = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
     const proof = req.getUrl() === FORWARD_PATH ? req.getHeader(FORWARD_HEADER) : undefined;
     if (this.draining()) {
-      sendJson(res, 503, { error: { code: 'GW_CLOSED', message: 'gateway is shutting down' } });
+      sendError(res, 503, 'GW_CLOSED', 'gateway is shutting down');
       return;
     }
     const max = this.o.limits.maxConnections;
@@ -58,7 +58,7 @@ export class Upgrades {
     }
     if (token === undefined) {
       this.o.observer?.authFailed?.('GW_UNAUTHORIZED');
-      sendJson(res, 401, { error: { code: 'GW_UNAUTHORIZED', message: 'missing bearer token' } }, { 'www-authenticate': 'Bearer' });
+      sendError(res, 401, 'GW_UNAUTHORIZED', 'missing bearer token', { 'www-authenticate': 'Bearer' });
       return;
     }
     // Every upgrade happens inside this callback (see below).
@@ -97,7 +97,7 @@ export class Upgrades {
   private accept(res: HttpResponse, workspaceId: string, upgrade: (data: ClientData) => void, address: string): void {
     const shard = this.o.sup.shardFor(workspaceId);
     if (this.plane.isDown(shard)) {
-      sendJson(res, 503, { error: { code: 'GW_SHARD_FAILED', message: 'the shard serving this workspace is down' } });
+      sendError(res, 503, 'GW_SHARD_FAILED', 'the shard serving this workspace is down');
       return;
     }
     upgrade(this.plane.newClient(workspaceId, shard, address));

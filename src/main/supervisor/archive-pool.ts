@@ -7,6 +7,7 @@
 import os from 'node:os';
 import { Piscina } from 'piscina';
 import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../../shared/archive-protocol.js';
+import { within } from '../../shared/concurrency.js';
 import { serializeError, GatewayError } from '../../shared/errors.js';
 import type { SupervisorObserver } from './options.js';
 
@@ -64,11 +65,7 @@ export class ArchivePool {
       await this.pool.close();
       return;
     }
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), o.graceMs)));
-    const closing = this.pool.close().then(() => 'closed' as const, () => 'late' as const);
-    const outcome = await Promise.race([closing, late]);
-    clearTimeout(timer);
-    if (outcome === 'late') await this.pool.destroy();
+    const closed = await within(this.pool.close().then(() => true, () => false), o.graceMs);
+    if (closed !== true) await this.pool.destroy();
   }
 }
