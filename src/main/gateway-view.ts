@@ -5,6 +5,7 @@
  */
 import type { EventEmitter } from 'node:events';
 import type { StopResult } from '../shared/protocol.js';
+import type { ClusterForwarding } from './cluster/forwarding.js';
 import type { ClusterOwnership } from './cluster/ownership.js';
 import type { Front } from './front/front.js';
 import type { Supervisor } from './supervisor/supervisor.js';
@@ -27,7 +28,7 @@ export interface DrainProgress {
 export interface GatewayView extends EventEmitter {
   readonly sup: Supervisor;
   readonly front: Front;
-  readonly o: { readonly supervisor: { readonly cluster?: ClusterOwnership } };
+  readonly o: { readonly supervisor: { readonly cluster?: ClusterOwnership }; readonly forwarding?: ClusterForwarding };
   readonly isDraining: boolean;
   readonly drainProgress: DrainProgress | undefined;
   /** Streams that must flush before the drain ends the process. */

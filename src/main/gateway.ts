@@ -15,6 +15,7 @@ import type { DrainProgress, DrainReport, GatewayView } from './gateway-view.js'
 export type { DrainProgress, DrainReport } from './gateway-view.js';
 import { adminRoutes } from './http/admin-api.js';
 import type { Authenticator } from './auth/front-door.js';
+import type { ClusterForwarding } from './cluster/forwarding.js';
 import { Front } from './front/front.js';
 import type { FrontLimits, FrontMemory } from './front/front.js';
 
@@ -57,6 +58,8 @@ export interface GatewayOptions {
   firstConnectionId?: number;
   /** Record the live workspaces at a drain and pre-start them at the next start (warm-restart.ts); unset: off. */
   warmRestart?: WarmRestartOptions;
+  /** With [cluster] and cluster.secret: clients of workspaces a live peer owns are forwarded to it (cluster/forwarding.ts). */
+  forwarding?: ClusterForwarding;
 }
 
 /**
@@ -118,6 +121,7 @@ export class Gateway extends EventEmitter implements GatewayView {
       childProcesses: () => sup.childProcessCount,
       spawnQueue: () => sup.spawnQueue,
       ...(cluster === undefined ? {} : { cluster: () => cluster.stats() }),
+      ...(o.forwarding === undefined ? {} : { forwarding: () => (o.forwarding as ClusterForwarding).stats() }),
     });
     try {
       // The internal listener first: children may call it as soon as they run.
@@ -141,6 +145,7 @@ export class Gateway extends EventEmitter implements GatewayView {
         log: o.log,
         ...(o.firstConnectionId === undefined ? {} : { firstConnectionId: o.firstConnectionId }),
         observer: gw.metrics.front,
+        ...(o.forwarding === undefined ? {} : { forwarding: o.forwarding }),
         // Ready does not wait for the warm restart: see docs/operations.md#warm-restart.
         ...(o.warmRestart === undefined ? {} : { readiness: () => ({ warmRestart: gw.warm?.progress ?? { state: 'off' } }) }),
         ...(o.turns === false ? {} : { turns: { options: { ...DEFAULT_TURN_API, ...(o.turns ?? {}) }, observer: gw.metrics } }),
@@ -307,6 +312,7 @@ export class Gateway extends EventEmitter implements GatewayView {
       this.front.close();
       this.internal.close();
       this.metrics.close();
+      this.o.forwarding?.close();
     } catch (err) {
       log.warn({ err: toGatewayError(err).describe() }, 'drain: closing listeners');
     }

@@ -5,6 +5,7 @@
  * scrape time from every shard's stats and from the front's counters, so
  * nothing on the frame path touches prom-client.
  */
+import type { ForwardStats } from './cluster/forwarding.js';
 import type { ClusterStats } from './cluster/ownership.js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { LoopDelayWindow } from '../shared/loop-delay.js';
@@ -67,6 +68,8 @@ export interface MetricsSources {
   spawnQueue?(): Record<'client' | 'prestart', number>;
   /** With [cluster]: this node's lease and ownership counts. */
   cluster?(): ClusterStats;
+  /** With [cluster] and cluster.secret: connections forwarded to and from peers. */
+  forwarding?(): ForwardStats;
 }
 
 const SPAWN_BUCKETS = [0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5, 10, 30];
@@ -198,6 +201,24 @@ export class GatewayMetrics implements SupervisorObserver, TurnObserver {
     counted('cxg_cluster_takeovers_total', 'With [cluster]: workspaces this gateway took over (a new epoch).', (s) => s.takeovers);
     counted('cxg_cluster_fenced_uploads_total', 'With [cluster]: uploads refused as current because this gateway no longer held the workspace or a later owner stored state.', (s) => s.fencedCommits);
     counted('cxg_cluster_lease_losses_total', 'With [cluster]: times this gateway could not prove its lease alive and stopped its children.', (s) => s.leaseLosses);
+    const forwarded = (): ForwardStats | undefined => this.sources?.forwarding?.();
+    const fwdOpen: Gauge = new Gauge({ name: 'cxg_cluster_forwarded_connections', help: 'With [cluster]: client connections forwarded between gateways now; direction "out": clients of this gateway served by the owner of their workspace, "in": clients of peers served here.', labelNames: ['direction'], registers, collect: () => {
+      const f = forwarded();
+      fwdOpen.set({ direction: 'out' }, f?.outOpen ?? 0);
+      fwdOpen.set({ direction: 'in' }, f?.inOpen ?? 0);
+    } });
+    const fwdTotal: Counter = new Counter({ name: 'cxg_cluster_forwarded_connections_total', help: 'With [cluster]: client connections forwarded between gateways, by direction (see cxg_cluster_forwarded_connections).', labelNames: ['direction'], registers, collect: () => {
+      const f = forwarded();
+      fwdTotal.reset();
+      fwdTotal.inc({ direction: 'out' }, f?.outTotal ?? 0);
+      fwdTotal.inc({ direction: 'in' }, f?.inTotal ?? 0);
+    } });
+    const fwdFailed: Counter = new Counter({ name: 'cxg_cluster_forward_failures_total', help: 'With [cluster]: forwards that failed, by where: "out": the owner could not be reached or refused (the client got 1013 GW_FORWARD_FAILED), "in": requests on the forwarding hop refused for their proof.', labelNames: ['direction'], registers, collect: () => {
+      const f = forwarded();
+      fwdFailed.reset();
+      fwdFailed.inc({ direction: 'out' }, f?.outFailed ?? 0);
+      fwdFailed.inc({ direction: 'in' }, f?.inRefused ?? 0);
+    } });
     const processes: Gauge = new Gauge({
       name: 'cxg_child_processes',
       help: 'codex app-server processes alive now.',

@@ -49,6 +49,8 @@ export const ERROR_CODES = {
   GW_OWNED_ELSEWHERE: 'workspace is running on another gateway of the cluster; retry later',
   GW_CLUSTER_UNAVAILABLE: 'cluster coordination (etcd) unavailable; retry later',
   GW_OWNERSHIP_LOST: 'gateway could not prove it still owns the workspace; reconnect',
+  GW_CLUSTER_SECRET: 'the forwarding key of the cluster is missing, unreadable or too short',
+  GW_FORWARD_FAILED: 'could not reach the gateway of the cluster that runs the workspace; retry later',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

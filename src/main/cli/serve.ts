@@ -14,12 +14,13 @@ import { createThreadLogger, flushLogger } from '../../shared/logger.js';
 import { toGatewayError } from '../../shared/errors.js';
 import { createAuthenticator } from '../auth/front-door.js';
 import { secureDataDir } from '../isolation.js';
-import { clusterFromSettings } from '../cluster/from-settings.js';
+import { clusterFromSettings, forwardingFromSettings } from '../cluster/from-settings.js';
 import { checkCodexAcceptsConfig } from './codex-check.js';
 import { defaultCodexBin } from '../../shared/codex-bin.js';
 import { renderCodexConfig } from '../../shared/codex-config.js';
 import { gatewayConfigBuilder } from '../supervisor/config-builder.js';
 import { DEFAULT_FRONT_LIMITS } from '../front/front.js';
+import type { FrontLimits } from '../front/front.js';
 import { Gateway } from '../gateway.js';
 import type { DrainReport, GatewayOptions } from '../gateway.js';
 import type { Settings } from '../settings/load.js';
@@ -57,6 +58,13 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
   const auth = await createAuthenticator(settings);
   await secureDataDir({ dataDir: settings.data.dir, homesRoot: settings.homes.root, secretFile: settings.auth.jwt.secretFile, childUser: settings.spawn.user !== undefined });
   const cluster = await clusterFromSettings(settings, log);
+  const limits: FrontLimits = {
+    ...DEFAULT_FRONT_LIMITS,
+    maxFrameBytes,
+    maxBufferedBytes: settings.limits.maxBufferedBytes,
+    ...(settings.limits.maxConnections === undefined ? {} : { maxConnections: settings.limits.maxConnections }),
+  };
+  const forwarding = cluster === undefined ? undefined : await forwardingFromSettings(settings, cluster, limits, log);
   return {
     supervisor: {
       ...(cluster === undefined ? {} : { cluster }),
@@ -95,12 +103,8 @@ export async function gatewayOptions(settings: Settings, log: Logger, internalUr
       port: settings.internal.port,
       ...(settings.internal.upstreamUrl === undefined ? {} : { upstreamUrl: settings.internal.upstreamUrl }),
     },
-    limits: {
-      ...DEFAULT_FRONT_LIMITS,
-      maxFrameBytes,
-      maxBufferedBytes: settings.limits.maxBufferedBytes,
-      ...(settings.limits.maxConnections === undefined ? {} : { maxConnections: settings.limits.maxConnections }),
-    },
+    limits,
+    ...(forwarding === undefined ? {} : { forwarding }),
     reaper: {
       intervalMs: settings.reaper.intervalMs,
       idleAfterMs: settings.reaper.idleAfterMs,

@@ -1,16 +1,27 @@
 /**
  * The [cluster] settings as a ClusterNode, or undefined when no etcd
- * endpoint is set (a single gateway: nothing of the cluster runs).
+ * endpoint is set (a single gateway: nothing of the cluster runs); and the
+ * forwarding between gateways, when cluster.secret is set.
  */
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { GatewayError } from '../../shared/errors.js';
 import type { Settings } from '../settings/load.js';
+import type { FrontLimits } from '../front/front.js';
+import { ClusterForwarding } from './forwarding.js';
 import { ClusterNode } from './ownership.js';
+import { clusterSecret } from './secret.js';
+
+/** Client frames held while a forwarded connection reaches the owner (codex sends one `initialize`). */
+const FORWARD_PENDING_BYTES = 1024 * 1024;
+/** An owner that does not complete the WebSocket handshake by then is not reached: 1013 GW_FORWARD_FAILED. */
+const FORWARD_CONNECT_TIMEOUT_MS = 10_000;
 
 export async function clusterFromSettings(settings: Settings, log: Logger): Promise<ClusterNode | undefined> {
   const c = settings.cluster;
   if (c.etcd.endpoints.length === 0) return undefined;
+  // Checked first: a gateway that would accept forwarded connections without a secret does not start.
+  await clusterSecret(c);
   const { caFile, certFile, keyFile, username, password } = c.etcd;
   if ((certFile === undefined) !== (keyFile === undefined)) throw new GatewayError('GW_SETTINGS', 'cluster.etcd.cert_file and cluster.etcd.key_file go together');
   if (certFile !== undefined && caFile === undefined) throw new GatewayError('GW_SETTINGS', 'cluster.etcd.cert_file needs cluster.etcd.ca_file');
@@ -41,6 +52,28 @@ export async function clusterFromSettings(settings: Settings, log: Logger): Prom
       ...(username === undefined || password === undefined ? {} : { auth: { username, password } }),
     },
     keepSnapshots: c.keepSnapshots,
+    log,
+  });
+}
+
+/** Forwarding to and from peers, when the cluster is on and cluster.secret set (secret.ts says when it must be). */
+export async function forwardingFromSettings(settings: Settings, cluster: ClusterNode, limits: FrontLimits, log: Logger): Promise<ClusterForwarding | undefined> {
+  const secret = await clusterSecret(settings.cluster);
+  if (secret === undefined) return undefined;
+  return new ClusterForwarding({
+    cluster,
+    nodeId: settings.cluster.nodeId,
+    secret,
+    limits: {
+      maxFrameBytes: limits.maxFrameBytes,
+      highWaterBytes: limits.clientHighWaterBytes,
+      lowWaterBytes: limits.clientLowWaterBytes,
+      clientMaxBufferedBytes: limits.clientMaxBufferedBytes,
+      slowClientTimeoutMs: limits.slowClientTimeoutMs,
+      maxToPeerBytes: limits.maxUnackedToShardBytes,
+      maxPendingBytes: FORWARD_PENDING_BYTES,
+      connectTimeoutMs: FORWARD_CONNECT_TIMEOUT_MS,
+    },
     log,
   });
 }

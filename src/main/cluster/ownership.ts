@@ -22,7 +22,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import type { Etcd3, IOptions } from 'etcd3';
+import type { Etcd3, IOptions, Watcher } from 'etcd3';
 import type { ClusterClaim, CommitOutcome, SnapshotRef } from '../../shared/cluster.js';
 import { GatewayError, isGatewayError } from '../../shared/errors.js';
 import { NodeLease } from './lease.js';
@@ -230,6 +230,16 @@ export class ClusterNode extends EventEmitter implements ClusterOwnership {
     return parseState(state);
   }
 
+  /** Whether this node holds the workspace now, by its own record (no etcd call). */
+  holds(workspaceId: string): boolean {
+    return this.held.has(workspaceId);
+  }
+
+  /** A watch on the workspace's owner key (owner-watch.ts); resolves once etcd confirmed it. */
+  async watchOwnerKey(workspaceId: string): Promise<Watcher> {
+    return await this.client.watch().key(this.key('owner', workspaceId)).create();
+  }
+
   async owner(workspaceId: string): Promise<OwnerRecord | null> {
     const [owner] = await this.etcd('read owner', () => this.read([this.key('owner', workspaceId)]));
     return owner === undefined ? null : (parseOwner(owner.value) ?? null);
@@ -312,7 +322,8 @@ export class ClusterNode extends EventEmitter implements ClusterOwnership {
   }
 }
 
-function parseOwner(value: Buffer): OwnerRecord | undefined {
+/** An owner key's value, or undefined when it is not one. */
+export function parseOwner(value: Buffer): OwnerRecord | undefined {
   try {
     const o = JSON.parse(value.toString()) as Partial<OwnerRecord>;
     if (typeof o.node !== 'string' || typeof o.lease !== 'string' || typeof o.epoch !== 'number') return undefined;

@@ -1,4 +1,5 @@
 /** A client connection's state, kept in its uWS socket. */
+import type { ForwardLink } from '../cluster/forward-link.js';
 import type { UwsSocket } from '../http/uws.js';
 
 export interface ClientData {
@@ -19,6 +20,12 @@ export interface ClientData {
    * and its frames wait here, in order, up to PENDING_AUTH_BYTES.
    */
   pendingAuth: { token: string; frames: Array<{ data: Uint8Array; binary: boolean }>; bytes: number } | undefined;
+  /** The client's address (logs, and the proof of a forwarded connection). */
+  address: string;
+  /** Forwarded to the workspace's owner (routing.ts): frames, drains and the close go to the link, never to a shard. */
+  link: ForwardLink | undefined;
+  /** Arrived from a peer on FORWARD_PATH: served here or refused, never forwarded again. */
+  forwardedIn: boolean;
 }
 
 /** Frames a client may send before its token is verified (codex sends one `initialize`). */

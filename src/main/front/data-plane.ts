@@ -97,10 +97,10 @@ export class DataPlane {
     return this.conns.size;
   }
 
-  newClient(workspaceId: string, shard: number): ClientData {
+  newClient(workspaceId: string, shard: number, address = ''): ClientData {
     // The id joins `conns` in opened(), which uWS calls from within upgrade(),
     // so no other id is taken in between.
-    return { id: this.ids.take((id) => this.conns.has(id)), workspaceId, shard, closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0, pendingAuth: undefined };
+    return { id: this.ids.take((id) => this.conns.has(id)), workspaceId, shard, closed: false, behind: false, behindSince: 0, pendingAck: 0, toShard: 0, pendingAuth: undefined, address, link: undefined, forwardedIn: false };
   }
 
   // ---- client → shard ----------------------------------------------------------
@@ -110,6 +110,7 @@ export class DataPlane {
     const d = ws.getUserData();
     this.conns.set(d.id, ws);
     this.o.observer?.connectionOpened?.();
+    if (d.forwardedIn) this.o.forwarding?.forwardedOpened();
     if (d.pendingAuth !== undefined) return false;
     (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Open, 0, 0, d.id, d.workspaceId);
     return true;
@@ -189,12 +190,15 @@ export class DataPlane {
     this.o.observer?.connectionClosed?.();
     // A connection still without a workspace never reached a shard.
     if (d.shard >= 0) (this.toShard[d.shard] as FrameBatcher).push(RecordKind.Close, 0, code, d.id);
+    d.link?.clientClosed(code);
+    if (d.forwardedIn) this.o.forwarding?.forwardedClosed();
     d.pendingAuth = undefined;
     if (this.conns.size === 0) this.onEmpty?.();
   }
 
   drained(ws: Client): void {
     const d = ws.getUserData();
+    d.link?.clientDrained();
     if (d.behind && ws.getBufferedAmount() <= this.o.limits.clientLowWaterBytes) {
       d.behind = false;
       this.behind.delete(ws);

@@ -14,6 +14,7 @@ import { registerTurnApi } from '../http/turn-api.js';
 import { closeApp, listen, uws } from '../http/uws.js';
 import type { HttpRequest, HttpResponse, ListenSocket, SocketContext, TemplatedApp } from '../http/uws.js';
 import type { Client, ClientData } from './client.js';
+import { FORWARD_PATH } from '../cluster/forward-link.js';
 import { DataPlane } from './data-plane.js';
 import type { FrontMemory, FrontOptions } from './limits.js';
 import { Upgrades } from './upgrade.js';
@@ -68,6 +69,8 @@ export class Front {
       close: (ws: Client, code: number) => plane.clientClosed(ws, code),
     };
     for (const p of WS_PATHS) app.ws<ClientData>(p, behavior);
+    // The hop peers forward clients on (cluster/forwarding.ts): only with forwarding on.
+    if (o.forwarding !== undefined) app.ws<ClientData>(FORWARD_PATH, behavior);
     app.get('/healthz', (res) => sendJson(res, 200, { status: 'ok' }));
     app.get('/readyz', (res) => {
       const ready = !front.draining && o.sup.healthy;
@@ -103,8 +106,15 @@ export class Front {
       ws.end(CloseCode.MessageTooBig, `GW_TOO_LARGE: message above the ${this.o.limits.maxFrameBytes}-byte limit`);
       return;
     }
-    if (d.pendingAuth !== undefined) this.upgrades.holdPending(ws, d, msg, isBinary);
-    else this.plane.clientFrame(ws, d, msg, isBinary);
+    if (d.pendingAuth !== undefined) {
+      this.upgrades.holdPending(ws, d, msg, isBinary);
+    } else if (d.link !== undefined) {
+      // A copy: uWS reuses `msg` once this callback returns.
+      d.link.fromClient(new Uint8Array(msg.slice(0)), isBinary);
+      this.o.observer?.frame?.('in', msg.byteLength);
+    } else {
+      this.plane.clientFrame(ws, d, msg, isBinary);
+    }
   }
 
   get connectionCount(): number {

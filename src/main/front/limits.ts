@@ -3,6 +3,7 @@
  */
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/front-door.js';
+import type { ClusterForwarding } from '../cluster/forwarding.js';
 import type { TurnObserver } from '../http/turn-api.js';
 import type { TurnApiOptions } from '../http/turn-request.js';
 import type { TemplatedApp } from '../http/uws.js';
@@ -65,6 +66,8 @@ export interface FrontOptions {
   firstConnectionId?: number;
   /** More fields for the /readyz body (they do not change the status). */
   readiness?: () => Record<string, unknown>;
+  /** With [cluster] and cluster.secret: clients of workspaces a live peer owns go to it (routing.ts), and peers' forwarded clients come in on FORWARD_PATH. */
+  forwarding?: ClusterForwarding;
 }
 
 export interface FrontObserver {

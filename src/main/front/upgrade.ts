@@ -16,13 +16,20 @@ import { PENDING_AUTH_BYTES } from './client.js';
 import type { Client, ClientData } from './client.js';
 import type { DataPlane } from './data-plane.js';
 import type { FrontOptions } from './limits.js';
+import { ClientRouting } from './routing.js';
+import { FORWARD_PATH } from '../cluster/forward-link.js';
+import { FORWARD_HEADER } from '../cluster/forward-token.js';
 
 export class Upgrades {
+  private readonly routing: ClientRouting;
+
   constructor(
     private readonly o: FrontOptions,
     private readonly plane: DataPlane,
     private readonly draining: () => boolean,
-  ) {}
+  ) {
+    this.routing = new ClientRouting(o, plane, draining);
+  }
 
   upgrade(res: HttpResponse, req: HttpRequest, ctx: SocketContext): void {
     // HttpRequest dies with this callback: copy what is needed first.
@@ -31,6 +38,7 @@ export class Upgrades {
     const extensions = req.getHeader('sec-websocket-extensions');
     const token = bearerToken(req.getHeader('authorization'));
     const peer = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
+    const proof = req.getUrl() === FORWARD_PATH ? req.getHeader(FORWARD_HEADER) : undefined;
     if (this.draining()) {
       sendError(res, 503, 'GW_CLOSED', 'gateway is shutting down');
       return;
@@ -42,13 +50,18 @@ export class Upgrades {
       sendJson(res, 503, { error: publicError(new GatewayError('GW_TOO_MANY_CONNECTIONS')) }, { 'retry-after': '5' });
       return;
     }
+    const upgrade = (data: ClientData): void => void res.upgrade(data, key, protocol, extensions, ctx);
+    if (proof !== undefined) {
+      const claim = this.routing.acceptForwarded(res, proof, peer);
+      if (claim !== undefined) this.accept(res, claim.workspaceId, (data) => upgrade({ ...data, forwardedIn: true }), `${claim.client} via ${claim.from}#${claim.conn}`);
+      return;
+    }
     if (token === undefined) {
       this.o.observer?.authFailed?.('GW_UNAUTHORIZED');
       sendError(res, 401, 'GW_UNAUTHORIZED', 'missing bearer token', { 'www-authenticate': 'Bearer' });
       return;
     }
     // Every upgrade happens inside this callback (see below).
-    const upgrade = (data: ClientData): void => void res.upgrade(data, key, protocol, extensions, ctx);
     let now: { workspaceId: string } | undefined;
     try {
       now = this.o.auth.verifyNow?.(token);
@@ -56,8 +69,15 @@ export class Upgrades {
       this.refuse(res, err, peer);
       return;
     }
+    if (now !== undefined && !this.routing.atOnce(now.workspaceId)) {
+      // Where it is served needs an etcd read (routing.ts): upgrade now, route once open.
+      const data = this.plane.newClient(now.workspaceId, -1, peer);
+      data.pendingAuth = { token: '', frames: [], bytes: 0 };
+      upgrade(data);
+      return;
+    }
     if (now !== undefined) {
-      this.accept(res, now.workspaceId, upgrade);
+      this.accept(res, now.workspaceId, upgrade, peer);
       return;
     }
     // No answer yet (a remote verifier's cache miss): upgrade now, inside
@@ -68,19 +88,19 @@ export class Upgrades {
     // now a WebSocket and may close it (uNetworking/uWebSockets#1928, fixed
     // upstream by #1929); an uncorked upgrade prints a warning per call.
     // The price: a refused token sees a close (1008) after its 101, not a 401.
-    const data = this.plane.newClient('', -1);
+    const data = this.plane.newClient('', -1, peer);
     data.pendingAuth = { token, frames: [], bytes: 0 };
     upgrade(data);
   }
 
   /** Upgrades an authenticated request, unless the workspace's shard is down. */
-  private accept(res: HttpResponse, workspaceId: string, upgrade: (data: ClientData) => void): void {
+  private accept(res: HttpResponse, workspaceId: string, upgrade: (data: ClientData) => void, address: string): void {
     const shard = this.o.sup.shardFor(workspaceId);
     if (this.plane.isDown(shard)) {
       sendError(res, 503, 'GW_SHARD_FAILED', 'the shard serving this workspace is down');
       return;
     }
-    upgrade(this.plane.newClient(workspaceId, shard));
+    upgrade(this.plane.newClient(workspaceId, shard, address));
   }
 
   /**
@@ -98,17 +118,16 @@ export class Upgrades {
   /** Verifies the token of a connection upgraded before its answer was known. */
   verifyPending(ws: Client, d: ClientData): void {
     const token = d.pendingAuth?.token ?? '';
+    // Verified already, its route waiting for etcd.
+    if (token === '') {
+      this.routing.attach(ws, d, d.workspaceId);
+      return;
+    }
     if (d.pendingAuth !== undefined) d.pendingAuth.token = '';
     this.o.auth.verify(token).then(
       ({ workspaceId }) => {
         if (d.closed) return;
-        const shard = this.o.sup.shardFor(workspaceId);
-        if (this.draining() || this.plane.isDown(shard)) {
-          const code = this.draining() ? 'GW_CLOSED' : 'GW_SHARD_FAILED';
-          this.closePending(ws, d, this.draining() ? CloseCode.TryAgainLater : CloseCode.InternalError, code);
-          return;
-        }
-        this.plane.attach(d, workspaceId, shard);
+        this.routing.attach(ws, d, workspaceId);
       },
       (err: unknown) => {
         const e = toGatewayError(err, 'GW_UNAUTHORIZED');

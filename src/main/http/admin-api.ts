@@ -184,6 +184,14 @@ function clusterStatus(gw: Gateway): HttpReply {
       takeovers: s.takeovers,
       fenced_uploads: s.fencedCommits,
       lease_losses: s.leaseLosses,
+      forwarding: forwardingStatus(gw),
     },
   };
+}
+
+/** Connections forwarded to and from peers; null when this gateway has no cluster.secret (it forwards nothing). */
+function forwardingStatus(gw: Gateway): Record<string, number> | null {
+  const f = gw.o.forwarding?.stats();
+  if (f === undefined) return null;
+  return { out_open: f.outOpen, out_total: f.outTotal, out_failed: f.outFailed, in_open: f.inOpen, in_total: f.inTotal, in_refused: f.inRefused };
 }
