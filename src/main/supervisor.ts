@@ -20,6 +20,7 @@ import { ArchivePool } from './archive-pool.js';
 import type { ClusterOwnership } from './cluster/ownership.js';
 import { ChildHandle } from './child-handle.js';
 import { stopOrphanedGroups } from './orphans.js';
+import type { HandoverRecord } from '../shared/handover.js';
 import { SpawnGate } from './spawn-gate.js';
 import { describeStore, resolveInit } from './supervisor-options.js';
 import { checkSandbox, secureHomesRoot } from './isolation.js';
@@ -120,6 +121,7 @@ export class Supervisor extends EventEmitter {
         shutdownConcurrency: Math.max(1, Math.ceil(concurrency / shards)),
         // Each shard keeps the homes of its own workspaces warm.
         homeCacheBytes: Math.floor(init.homeCacheBytes / shards),
+        ...(options.adopt === undefined ? {} : { adopt: options.adopt.filter((r) => shardOf(r.workspaceId, shards) === i) }),
       });
     }
     process.once('exit', sup.killAllOnExit);
@@ -515,6 +517,33 @@ export class Supervisor extends EventEmitter {
       return per.flat();
     })();
     return this.closing;
+  }
+
+  /**
+   * Lets go of every running child for a successor (restart.handover): each
+   * shard closes its clients with 1012, returns its children's records and
+   * waits for stops and uploads under way; then the shards end (their
+   * released children keep running: they have no parent-death signal) and
+   * the records are returned. Not to be mixed with close().
+   */
+  handover(): Promise<HandoverRecord[]> {
+    let records: HandoverRecord[] = [];
+    this.closing ??= (async () => {
+      const per = await Promise.all(
+        this.liveShards().map((s) =>
+          s.rpc.call('handover', {}).catch((err: unknown) => {
+            this.log.error({ shard: s.index, err: toGatewayError(err).describe() }, 'shard did not hand over; its children are left to the successor\'s recovery');
+            return [] as HandoverRecord[];
+          }),
+        ),
+      );
+      records = per.flat();
+      // Released children are not ours to kill on exit any more.
+      for (const r of records) this.pids.delete(r.generation);
+      await this.destroy();
+      return [];
+    })();
+    return this.closing.then(() => records);
   }
 
   /** Immediate: ends workers and the pool without stopping children cleanly. */

@@ -43,6 +43,8 @@ export interface SpawnRequest {
   runAs?: ChildUser;
   /** spawn.sandbox = bubblewrap: what the sandbox shows. */
   sandbox?: SandboxSpec;
+  /** restart.handover: the child may outlive the gateway (no parent-death signal, parent-death.ts). */
+  outliveGateway?: boolean;
   /** Called once the process exists (it may write to CODEX_HOME from here on). */
   onSpawned: (pid: number) => void;
   /** Called synchronously when the spawned process has exited, before `exited` resolves. */
@@ -91,6 +93,7 @@ export async function spawnAppServer(req: SpawnRequest): Promise<RunningChild> {
   const launch = childLaunch(req.codexBin, appServerArgs(req.wsToken), {
     ...(req.runAs === undefined ? {} : { runAs: req.runAs }),
     ...(req.sandbox === undefined ? {} : { sandbox: req.sandbox }),
+    ...(req.outliveGateway === true ? { outliveParent: true } : {}),
   });
   if (launch.guarded && findExecutable(req.codexBin, req.env.PATH) === undefined) {
     throw spawnError(req.codexBin, Object.assign(new Error(`${req.codexBin} is not an executable file`), { code: 'ENOENT' }));

@@ -31,12 +31,14 @@ import { shouldReap } from '../shared/reap-policy.js';
 import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
 import type { ClusterHost } from './cluster-homes.js';
 import { HomeStore } from './home-store.js';
-import { ensureWorkDir, homePath, newGeneration, processEnded, processStartTicks, writeHomeState, writePrivateFile } from './home.js';
-import type { Home } from './home.js';
+import { Home, ensureWorkDir, homePath, newGeneration, processEnded, processStartTicks, writeHomeState, writePrivateFile } from './home.js';
 import { findLeftovers } from './recovery.js';
 import { describeExit, reapGroup, spawnAppServer, stopProcessGroup } from './spawn.js';
 import { closeWorkspaceDir, openHomeTo } from './home-owner.js';
 import type { ExitInfo, RunningChild } from './spawn.js';
+import type { HandoverRecord } from '../shared/handover.js';
+import { adoptedChild, adoptionRefusal } from './adoption.js';
+import type { AdoptedChild } from './adoption.js';
 
 export interface TableHost {
   buildConfig(builderId: number, workspaceId: string, loopbackToken: string): Promise<SpawnConfig>;
@@ -274,6 +276,7 @@ export class WorkspaceTable {
         wsToken: e.wsToken,
         readyTimeoutMs: this.init.readyTimeoutMs,
         nice: this.init.childNice,
+        ...(this.init.handover === true ? { outliveGateway: true } : {}),
         ...(runAs === undefined ? {} : { runAs }),
         ...(this.init.sandbox === 'bubblewrap' ? { sandbox: { workspaceDir: wsDir, cwd: home.workDir, codexBin: this.init.codexBin } } : {}),
         ...(runAs === undefined
@@ -461,10 +464,12 @@ export class WorkspaceTable {
    * that ran something go to the spool and are uploaded at once, the rest are
    * removed. Starts of those workspaces wait until their home is handled.
    */
-  recover(): void {
+  recover(adopt: readonly HandoverRecord[] = []): void {
     this.recovering = true;
     const scan = (async () => {
-      const leftovers = await findLeftovers(this.init.homeRoot, (id) => shardOf(id, this.init.shards) === this.init.shard);
+      // Adopted children run in their homes: recovery must not stop them.
+      await this.adoptAll(adopt);
+      const leftovers = await findLeftovers(this.init.homeRoot, (id) => shardOf(id, this.init.shards) === this.init.shard && !this.live.has(id));
       return leftovers.map((w) => {
         const p = this.homes.recoverWorkspace(w);
         this.setBusy(w.workspaceId, p);
@@ -525,6 +530,107 @@ export class WorkspaceTable {
     this.log.info({ workspaceId, idleMs: Date.now() - lastActivity }, 'stopping the least recently active child to make room');
     void this.shutdown(workspaceId, 'evict');
     return true;
+  }
+
+  // ---- handover -----------------------------------------------------------------
+
+  /**
+   * Adopts the children a previous gateway handed over (adoption.ts), before
+   * recovery looks at their homes. A child that is not the recorded one, or
+   * does not answer, is not adopted: recovery then stops it like any child a
+   * gateway left behind, and stores its home.
+   */
+  private async adoptAll(records: readonly HandoverRecord[]): Promise<void> {
+    let adopted = 0;
+    for (const rec of records) {
+      if (shardOf(rec.workspaceId, this.init.shards) !== this.init.shard) continue;
+      const dir = homePath(this.init.homeRoot, rec.workspaceId);
+      const refusal = await adoptionRefusal(rec, dir);
+      if (refusal !== undefined) {
+        this.log.warn({ workspaceId: rec.workspaceId, pid: rec.pid, why: refusal }, 'handover: child not adopted; recovery stops it and stores its home');
+        continue;
+      }
+      const home = new Home(rec.workspaceId, rec.generation, dir, 'cache');
+      home.ran = true;
+      const e: Entry = {
+        workspaceId: rec.workspaceId,
+        generation: rec.generation,
+        state: 'running',
+        ready: undefined as unknown as Promise<ChildInfo>,
+        info: { workspaceId: rec.workspaceId, generation: rec.generation, pid: rec.pid, wsUrl: rec.wsUrl, wsToken: rec.wsToken, httpUrl: rec.httpUrl, codexHome: dir, startedAt: rec.startedAt, shard: this.init.shard },
+        home,
+        child: undefined,
+        pid: rec.pid,
+        loopbackToken: rec.loopbackToken,
+        loopbackKey: tokenKey(rec.loopbackToken),
+        wsToken: rec.wsToken,
+        lastActivity: rec.lastActivity,
+        startedAt: rec.startedAt,
+        readyAt: Date.now(),
+        clients: 0,
+        exitHandled: false,
+        priority: 'client',
+        rank: 0,
+        prestarted: rec.prestartedActivity === undefined ? undefined : { lastActivity: rec.prestartedActivity },
+      };
+      e.ready = Promise.resolve(e.info as ChildInfo);
+      const wsDir = path.dirname(dir);
+      const child = adoptedChild(rec, this.init.runAs === undefined ? undefined : () => void closeWorkspaceDir(wsDir));
+      e.child = child;
+      this.live.set(rec.workspaceId, e);
+      this.tokens.set(e.loopbackKey, { token: Buffer.from(e.loopbackToken), workspaceId: rec.workspaceId });
+      this.host.childStarted(rec.workspaceId, rec.generation, rec.pid);
+      // The home's state names this gateway from now on (recovery reads pid and start time, not this).
+      await this.recordPid(home, rec.pid);
+      void child.exited.then((exit) => this.onExit(e, exit));
+      this.log.info({ workspaceId: rec.workspaceId, generation: rec.generation, pid: rec.pid }, 'handover: child adopted');
+      adopted++;
+    }
+    if (records.length > 0) this.log.info({ adopted, offered: records.filter((r) => shardOf(r.workspaceId, this.init.shards) === this.init.shard).length }, 'handover: children adopted');
+  }
+
+  /**
+   * Lets go of every running child without stopping it, for a successor
+   * that adopts them: their clients are closed (1012, reconnect), their
+   * tokens forgotten, and their records returned. Starts under way finish
+   * first and are handed over too; stops and uploads under way finish
+   * within the drain budget (the successor's recovery finds what is left).
+   * New ensures fail from here on, as in close().
+   */
+  async release(): Promise<HandoverRecord[]> {
+    this.closed = true;
+    await Promise.all([...this.live.values()].filter((e) => e.state === 'starting').map((e) => e.ready.catch(() => {})));
+    const out: HandoverRecord[] = [];
+    for (const e of [...this.live.values()]) {
+      const child = e.child;
+      if (e.state !== 'running' || child === undefined || child.exitInfo() !== undefined || e.pid === undefined) continue;
+      const startTicks = await processStartTicks(e.pid);
+      if (startTicks === null || this.live.get(e.workspaceId) !== e || e.state !== 'running') continue;
+      out.push({
+        workspaceId: e.workspaceId,
+        generation: e.generation,
+        pid: e.pid,
+        startTicks,
+        wsUrl: child.wsUrl,
+        httpUrl: child.httpUrl,
+        wsToken: e.wsToken,
+        loopbackToken: e.loopbackToken,
+        lastActivity: e.lastActivity,
+        startedAt: e.startedAt,
+        ...(e.prestarted === undefined ? {} : { prestartedActivity: e.prestarted.lastActivity }),
+      });
+      // Its exit is no longer ours to handle: the successor watches it.
+      e.exitHandled = true;
+      e.state = 'stopping';
+      this.live.delete(e.workspaceId);
+      this.tokens.delete(e.loopbackKey);
+      (child as Partial<AdoptedChild>).release?.();
+      this.events.childGone(e.workspaceId, e.generation, 'restart');
+    }
+    const left = this.init.drainBudgetMs;
+    await Promise.all([...this.busy.values()].map((p) => withTimeout(p, left, () => new Error('budget')).catch(() => {})));
+    this.homes.spool.close();
+    return out;
   }
 
   // ---- activity, lookup, status ----------------------------------------------
