@@ -38,7 +38,7 @@ RUN --mount=type=cache,target=/root/.npm \
  && npm prune --omit=dev --no-audit --no-fund \
  && keep="uws_$(node -p 'process.platform + "_" + process.arch + "_" + process.versions.modules').node" \
  && find node_modules/@trufflesuite/uws-js-unofficial/binaries -name 'uws_*.node' ! -name "$keep" -delete \
- && node -e "import('./dist/main/uws.js').then((m) => m.uws())" \
+ && node -e "import('./dist/main/http/uws.js').then((m) => m.uws())" \
  && node -e "import('./dist/shared/codex-bin.js').then((m) => console.log('codex binary:', m.defaultCodexBin()))"
 
 FROM ${NODE_IMAGE} AS runtime

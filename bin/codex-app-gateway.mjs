@@ -1,11 +1,11 @@
 #!/usr/bin/env node
-// The installed command. All logic is in dist/main/cli.js (built from
-// src/main/cli.ts); this file only finds it and turns its result into the
+// The installed command. All logic is in dist/main/cli/main.js (built from
+// src/main/cli/main.ts); this file only finds it and turns its result into the
 // exit code.
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-const cliUrl = new URL('../dist/main/cli.js', import.meta.url);
+const cliUrl = new URL('../dist/main/cli/main.js', import.meta.url);
 if (!existsSync(fileURLToPath(cliUrl))) {
   console.error(`codex-app-gateway: ${fileURLToPath(cliUrl)} is missing; run npm run build`);
   process.exit(1);

@@ -9,9 +9,9 @@ import { SignJWT, UnsecuredJWT } from 'jose';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { GatewayError } from '../src/shared/errors.js';
 import type { ErrorCode } from '../src/shared/errors.js';
-import { bearerToken, createAuthenticator, JwtAuthenticator, MAX_TOKEN_LENGTH, RemoteAuthenticator, signWorkspaceToken } from '../src/main/auth.js';
-import type { Authenticator } from '../src/main/auth.js';
-import { ensureJwtSecret, loadSettings } from '../src/main/settings.js';
+import { bearerToken, createAuthenticator, JwtAuthenticator, MAX_TOKEN_LENGTH, RemoteAuthenticator, signWorkspaceToken } from '../src/main/auth/front-door.js';
+import type { Authenticator } from '../src/main/auth/front-door.js';
+import { ensureJwtSecret, loadSettings } from '../src/main/settings/load.js';
 import { testTempRoot } from './temp-root.js';
 
 const SECRET = 'an-hs256-key-of-at-least-32-characters';

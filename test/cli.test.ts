@@ -9,8 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { JwtAuthenticator } from '../src/main/auth.js';
-import { envName, SETTINGS } from '../src/main/settings.js';
+import { JwtAuthenticator } from '../src/main/auth/front-door.js';
+import { envName, SETTINGS } from '../src/main/settings/load.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = path.join(ROOT, 'bin', 'codex-app-gateway.mjs');
@@ -42,7 +42,7 @@ function cli(args: string[], env: Record<string, string> = {}, bin = BIN): Promi
 }
 
 beforeAll(() => {
-  if (!existsSync(path.join(ROOT, 'dist', 'main', 'cli.js'))) throw new Error('dist/main/cli.js is missing: run npm run build before these tests');
+  if (!existsSync(path.join(ROOT, 'dist', 'main', 'cli', 'main.js'))) throw new Error('dist/main/cli/main.js is missing: run npm run build before these tests');
 });
 
 beforeEach(async () => {

@@ -28,8 +28,8 @@ import { parse as parseToml } from 'smol-toml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { GatewayMetrics } from '../src/main/metrics.js';
-import { loadSettings } from '../src/main/settings.js';
-import type { Settings } from '../src/main/settings.js';
+import { loadSettings } from '../src/main/settings/load.js';
+import type { Settings } from '../src/main/settings/load.js';
 import { REPO_ROOT, typecheckSnippets } from '../scripts/typecheck-snippets.js';
 import { testTempRoot } from './temp-root.js';
 

@@ -13,8 +13,8 @@ import { parseAllDocuments } from 'yaml';
 import { CONFIG_DOCS_PATH, renderConfigDocs } from '../scripts/gen-config-docs.js';
 import { REPO_ROOT, typecheckSnippets } from '../scripts/typecheck-snippets.js';
 import { GatewayMetrics } from '../src/main/metrics.js';
-import { loadSettings } from '../src/main/settings.js';
-import { CONFIG_ENV, SETTINGS, envName, isNonSettingEnv } from '../src/main/settings-spec.js';
+import { loadSettings } from '../src/main/settings/load.js';
+import { CONFIG_ENV, SETTINGS, envName, isNonSettingEnv } from '../src/main/settings/spec.js';
 import { CloseCode } from '../src/shared/close-codes.js';
 import { ERROR_CODES } from '../src/shared/errors.js';
 import { testTempRoot } from './temp-root.js';
@@ -210,7 +210,7 @@ describe('docs/operations.md', () => {
     const known = new Set<string>(Object.keys(ERROR_CODES));
     // HTTP APIs answer a few codes of their own (GW_NOT_FOUND, …): any code the source spells counts.
     for (const dir of ['src/main', 'src/shared', 'src/workers']) {
-      for (const f of await readdir(path.join(REPO_ROOT, dir))) {
+      for (const f of await readdir(path.join(REPO_ROOT, dir), { recursive: true })) {
         if (!f.endsWith('.ts')) continue;
         for (const m of (await readFile(path.join(REPO_ROOT, dir, f), 'utf8')).matchAll(/'(GW_[A-Z_]+)'/g)) known.add(m[1] as string);
       }
@@ -257,7 +257,7 @@ describe('docs/operations.md', () => {
   });
 
   it('the admin API table lists exactly the routes admin-api.ts registers', async () => {
-    const src = await readFile(path.join(REPO_ROOT, 'src/main/admin-api.ts'), 'utf8');
+    const src = await readFile(path.join(REPO_ROOT, 'src/main/http/admin-api.ts'), 'utf8');
     const registered = [...src.matchAll(/app\.(get|post)\('(\/admin\/[^']+)'/g)].map((m) => `${(m[1] as string).toUpperCase()} ${m[2] as string}`);
     const rows = tableRows(section(text['docs/operations.md'] as string, 'Admin API and the drain command'));
     const documented = rows.map((r) => codeSpans(r[0] ?? '')[0]);

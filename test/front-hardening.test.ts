@@ -7,7 +7,7 @@ import { createServer, request } from 'node:http';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConnectionIds, MAX_CONNECTION_ID } from '../src/main/connection-ids.js';
+import { ConnectionIds, MAX_CONNECTION_ID } from '../src/main/front/connection-ids.js';
 import { DEFAULT_DATA_PLANE, DEFAULT_FRONT_LIMITS, ERROR_CODES, RemoteAuthenticator } from 'codex-app-gateway';
 import { closeOf, collect, openWs, refusedUpgrade, rpc, startTestGateway } from './gateway-helpers.js';
 import { waitFor } from './helpers.js';

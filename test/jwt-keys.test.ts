@@ -10,9 +10,9 @@ import path from 'node:path';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import type { CryptoKey, JWK } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { JwtAuthenticator, createAuthenticator, keysFromJwks, loadJwksFile } from '../src/main/auth.js';
+import { JwtAuthenticator, createAuthenticator, keysFromJwks, loadJwksFile } from '../src/main/auth/front-door.js';
 import { GatewayError } from '../src/shared/errors.js';
-import { loadSettings } from '../src/main/settings.js';
+import { loadSettings } from '../src/main/settings/load.js';
 import { tempDir } from './helpers.js';
 
 interface Pair {

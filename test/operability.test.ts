@@ -17,7 +17,7 @@ import { BIN, startGatewayProcess, writeConfig } from './gateway-process.js';
 import { fakeCodexBin } from './fixtures/codex-home.js';
 import { spawnConfig, tempDir, waitFor } from './helpers.js';
 import { createThreadLogger } from '../src/shared/logger.js';
-import { progressBar } from '../src/main/cli-drain.js';
+import { progressBar } from '../src/main/cli/drain.js';
 
 const ADMIN = 'admin-token-admin-token-0123456789';
 

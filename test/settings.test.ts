@@ -5,9 +5,9 @@ import { pathToFileURL } from 'node:url';
 import { afterEach, beforeEach, describe, expect, expectTypeOf, it } from 'vitest';
 import { DEFAULT_ENV_ALLOWLIST } from '../src/shared/child-env.js';
 import { GatewayError } from '../src/shared/errors.js';
-import { describeSettings, ensureJwtSecret, envName, loadSettings, SETTINGS, settingsHelp, storeSpecFromSettings } from '../src/main/settings.js';
-import type { Settings } from '../src/main/settings.js';
-import { formatDuration, formatSize, parseDuration, parseSize } from '../src/main/units.js';
+import { describeSettings, ensureJwtSecret, envName, loadSettings, SETTINGS, settingsHelp, storeSpecFromSettings } from '../src/main/settings/load.js';
+import type { Settings } from '../src/main/settings/load.js';
+import { formatDuration, formatSize, parseDuration, parseSize } from '../src/main/settings/units.js';
 import { testTempRoot } from './temp-root.js';
 
 let dir: string;

@@ -309,8 +309,8 @@ describe('approval policies', () => {
 
 describe('turn and approval settings reach the gateway', () => {
   it('approvals.* and turns.* from the environment become the gateway\'s options; bad values are refused', async () => {
-    const { loadSettings } = await import('../src/main/settings.js');
-    const { gatewayOptions } = await import('../src/main/server.js');
+    const { loadSettings } = await import('../src/main/settings/load.js');
+    const { gatewayOptions } = await import('../src/main/cli/serve.js');
     const env = {
       CXG_AUTH_JWT_SECRET: 'x'.repeat(40),
       CXG_APPROVALS_HEADLESS: 'accept',

@@ -1,7 +1,7 @@
 /**
  * A running gateway: supervisor, front door (WebSocket, /healthz, /readyz,
  * /metrics), the internal listener (/internal/*, /admin/*), the idle reaper,
- * and an orderly, bounded drain. `serve` (server.ts) builds one from
+ * and an orderly, bounded drain. `serve` (cli/serve.ts) builds one from
  * settings and adds signal handling; tests and embedders build one directly.
  */
 import { EventEmitter } from 'node:events';
@@ -9,25 +9,25 @@ import type { Logger } from 'pino';
 import { CloseCode } from '../shared/close-codes.js';
 import { toGatewayError } from '../shared/errors.js';
 import type { StopResult } from '../shared/protocol.js';
-import { adminRoutes } from './admin-api.js';
-import type { Authenticator } from './auth.js';
-import { Front } from './front.js';
-import type { FrontLimits, FrontMemory } from './front.js';
+import { adminRoutes } from './http/admin-api.js';
+import type { Authenticator } from './auth/front-door.js';
+import { Front } from './front/front.js';
+import type { FrontLimits, FrontMemory } from './front/front.js';
 
-import { checkBearer } from './bearer-check.js';
-import { sendJson, sendText } from './http-util.js';
-import { IdleReaper } from './idle-reaper.js';
-import type { IdleReaperOptions } from './idle-reaper.js';
-import { InternalApi } from './internal-api.js';
+import { checkBearer } from './auth/bearer-check.js';
+import { sendJson, sendText } from './http/http-util.js';
+import { IdleReaper } from './supervisor/idle-reaper.js';
+import type { IdleReaperOptions } from './supervisor/idle-reaper.js';
+import { InternalApi } from './http/internal-api.js';
 import { GatewayMetrics } from './metrics.js';
-import { Supervisor } from './supervisor.js';
-import { DEFAULT_TURN_API } from './turn-request.js';
-import type { TurnApiOptions } from './turn-request.js';
-import type { SupervisorObserver, SupervisorOptions } from './supervisor.js';
-import type { TemplatedApp } from './uws.js';
+import { Supervisor } from './supervisor/supervisor.js';
+import { DEFAULT_TURN_API } from './http/turn-request.js';
+import type { TurnApiOptions } from './http/turn-request.js';
+import type { SupervisorObserver, SupervisorOptions } from './supervisor/supervisor.js';
+import type { TemplatedApp } from './http/uws.js';
+import { WarmRestart, liveForRecord, takeWarmRecord, writeWarmRecord } from './supervisor/warm-restart.js';
+import type { WarmRestartOptions } from './supervisor/warm-restart.js';
 import type { HandoverRecord } from '../shared/handover.js';
-import { WarmRestart, liveForRecord, takeWarmRecord, writeWarmRecord } from './warm-restart.js';
-import type { WarmRestartOptions } from './warm-restart.js';
 
 const EMPTY_MEMORY: FrontMemory = { bufferedBytes: 0, maxBufferedBytes: null, toClientBufferedBytes: 0, slowChildCloses: 0, overloadCloses: 0 };
 

@@ -9,9 +9,9 @@ import type { ClusterStats } from './cluster/ownership.js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { LoopDelayWindow } from '../shared/loop-delay.js';
 import type { ShardStats } from '../shared/protocol.js';
-import type { FrontMemory, FrontObserver } from './front.js';
-import type { SupervisorObserver } from './supervisor.js';
-import type { TurnObserver } from './turn-api.js';
+import type { FrontMemory, FrontObserver } from './front/front.js';
+import type { SupervisorObserver } from './supervisor/supervisor.js';
+import type { TurnObserver } from './http/turn-api.js';
 
 /** Plain counters the front bumps per frame; read at scrape time. */
 export class FrontCounters implements FrontObserver {

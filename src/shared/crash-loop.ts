@@ -5,7 +5,7 @@
  * fails fast with GW_CRASH_LOOP (clients see 1013, try again later). A child
  * that lives past the window clears the record, so it recovers by itself.
  */
-import { GatewayError } from '../shared/errors.js';
+import { GatewayError } from './errors.js';
 
 export interface CrashLoopOptions {
   threshold: number;

@@ -3,8 +3,8 @@
  * children at once, and making room by eviction.
  */
 import { describe, expect, it } from 'vitest';
-import { SpawnGate } from '../../src/main/spawn-gate.js';
-import type { Evictor } from '../../src/main/spawn-gate.js';
+import { SpawnGate } from '../../src/main/supervisor/spawn-gate.js';
+import type { Evictor } from '../../src/main/supervisor/spawn-gate.js';
 
 /** Settles in the order the promises settle; `pending()` lists those still waiting. */
 function track(p: Promise<unknown>, name: string, log: string[]): { done: () => boolean; error: () => unknown } {

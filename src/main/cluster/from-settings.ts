@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { GatewayError } from '../../shared/errors.js';
-import type { Settings } from '../settings.js';
+import type { Settings } from '../settings/load.js';
 import { ClusterNode } from './ownership.js';
 
 export async function clusterFromSettings(settings: Settings, log: Logger): Promise<ClusterNode | undefined> {
