@@ -24,7 +24,7 @@ import type { HomeState } from './home.js';
 import { LEGACY_MARKER, clearLegacyNotes, quarantine, stopLeftoverChild } from './recovery.js';
 import type { LeftoverWorkspace } from './recovery.js';
 import { Spool, unretryable } from './spool.js';
-import type { TableHost } from './workspaces.js';
+import type { TableHost } from './table-host.js';
 import { ClusterHomes } from './cluster-homes.js';
 
 export interface HomeStoreHooks {

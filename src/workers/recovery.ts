@@ -19,7 +19,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { WORKSPACE_ID_PATTERN } from '../shared/workspace-id.js';
 import { HOME_DIR, INCOMING_PREFIX, processEnded, processStartTicks, readHomeState } from './home.js';
 import type { HomeState } from './home.js';
-import { signalGroup } from './spawn.js';
+import { signalGroup } from './process-group.js';
 
 /** The process a home's state (or an earlier layout's marker) recorded. */
 export interface ProcessRecord {
