@@ -65,7 +65,7 @@ describe('handover restart (real codex)', () => {
   beforeAll(async () => {
     mock = await startResponsesMock({ deltas: DELTAS });
     dir = await tempDir('cxg-handover-');
-    const extra = ['[internal]', `port = ${await freePort()}`, '[restart]', 'handover = true', '[warm_restart]', 'max = 0', '[reaper]', 'idle_after = "15s"', 'interval = "1s"', '[shutdown]', 'budget = "60s"'];
+    const extra = ['[internal]', `port = ${await freePort()}`, '[restart]', 'handover = true', '[warm_restart]', 'max = 0', '[reaper]', 'idle_after = "30s"', 'interval = "1s"', '[limits]', 'max_children = 1', '[shutdown]', 'budget = "60s"'];
     config = await writeConfig(path.join(dir, 'gateway.toml'), realCodexToml({ dir, secret: SECRET, mockBaseUrl: mock.baseUrl, extra }));
   });
   afterAll(async () => {
@@ -129,7 +129,7 @@ describe('handover restart (real codex)', () => {
     await again.close();
 
     // Idle: the adopted child is stopped like one of the gateway's own, and its home stored.
-    const stopped = await b.waitForLog((l) => l.msg === 'codex app-server stopped' && l.workspaceId === workspaceId, 90_000);
+    const stopped = await b.waitForLog((l) => l.msg === 'codex app-server stopped' && l.workspaceId === workspaceId, 150_000);
     expect(stopped).toMatchObject({ pid, reason: 'idle' });
     await waitFor(async () => (await homeState(path.join(dir, 'homes'), workspaceId))?.stored === true, 60_000, 'the adopted child\'s home to be stored');
     await waitFor(() => ended(pid), 20_000, 'the adopted child to be gone');
@@ -174,4 +174,32 @@ describe('handover restart (real codex)', () => {
     await d.close();
     expect((await n.stop('SIGTERM')).code).toBe(0);
   }, 400_000);
+
+  it('an adopted child holds a child slot (limits.max_children = 1) and is evicted for another workspace like one started here; its home is stored', async () => {
+    const first = 'handover-evicted';
+    const token = await signWorkspaceToken({ secret: SECRET, workspaceId: first, expiresIn: '30m' });
+    const a = await start();
+    const c = await AppServerClient.connect(a.url, { token });
+    await c.initialize();
+    const threadId = (await c.request<{ thread: { id: string } }>('thread/start', {})).thread.id;
+    expect((await c.runTurn(threadId, 'turn 1', 60_000)).status).toBe('completed');
+    const pid = readyPids(a).at(-1) as number;
+    children.add(pid);
+    const b = await start();
+    expect((await a.exited).code).toBe(0);
+    await b.waitForLog((l) => l.msg === 'handover: children adopted', 60_000);
+    expect(adopted(b).map((l) => l.pid)).toEqual([pid]);
+
+    // Another workspace: the one slot is the adopted child's, which has no client: it is stopped to make room.
+    const other = await AppServerClient.connect(b.url, { token: await signWorkspaceToken({ secret: SECRET, workspaceId: 'handover-newcomer', expiresIn: '30m' }) });
+    await other.initialize();
+    for (const p of readyPids(b)) children.add(p);
+    expect(b.logs.find((l) => l.msg === 'stopping the least recently active child to make room')).toMatchObject({ workspaceId: first });
+    expect(b.logs.find((l) => l.msg === 'codex app-server stopped' && l.workspaceId === first)).toMatchObject({ pid, reason: 'evict' });
+    await waitFor(async () => (await homeState(path.join(dir, 'homes'), first))?.stored === true, 60_000, 'the evicted child\'s home to be stored');
+    await waitFor(() => ended(pid), 20_000, 'the evicted child to be gone');
+    await other.close();
+    expect((await b.stop('SIGTERM')).code).toBe(0);
+  }, 300_000);
 });
+

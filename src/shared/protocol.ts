@@ -255,7 +255,8 @@ export type ShardNotices = {
 };
 
 export type HostNotices = {
-  childStarted: { workspaceId: string; generation: string; pid: number };
+  /** `adopted`: handed over by a previous gateway (it takes a child slot without a start). */
+  childStarted: { workspaceId: string; generation: string; pid: number; adopted?: boolean };
   /** The start of `generation` finished (ready or failed): its spawn permit is free; on failure, its slot too. */
   spawnSettled: { generation: string; ok: boolean };
   /** A client now waits for the pre-start of `generation`: it goes before other pre-starts at the gate. */

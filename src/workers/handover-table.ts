@@ -61,7 +61,7 @@ export async function adoptAll(core: TableCore, records: readonly HandoverRecord
     e.child = child;
     core.live.set(rec.workspaceId, e);
     core.tokens.add(e.loopbackToken, rec.workspaceId);
-    core.host.childStarted(rec.workspaceId, rec.generation, rec.pid);
+    core.host.childStarted(rec.workspaceId, rec.generation, rec.pid, true);
     // The home's state names this gateway from now on (recovery reads pid and start time, not this).
     await recordPid(core, home, rec.pid);
     void child.exited.then((exit) => core.onExit(e, exit));

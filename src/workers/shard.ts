@@ -71,7 +71,7 @@ const table: WorkspaceTable = new WorkspaceTable(
   {
     buildConfig: (builderId, workspaceId, loopbackToken) => peer.call('buildConfig', { builderId, workspaceId, loopbackToken }),
     archive: (task) => peer.call('archive', task),
-    childStarted: (workspaceId, generation, pid) => peer.notify('childStarted', { workspaceId, generation, pid }),
+    childStarted: (workspaceId, generation, pid, adopted) => peer.notify('childStarted', { workspaceId, generation, pid, ...(adopted === true ? { adopted } : {}) }),
     childExited: (workspaceId, generation, exit) => peer.notify('childExited', { workspaceId, generation, code: exit.code, signal: exit.signal }),
     enterSpawn: (workspaceId, generation, priority, rank) => peer.call('enterSpawn', { workspaceId, generation, priority, rank }),
     spawnSettled: (generation, ok) => peer.notify('spawnSettled', { generation, ok }),

@@ -12,7 +12,7 @@ import type { ExitInfo } from './spawn.js';
 export interface TableHost {
   buildConfig(builderId: number, workspaceId: string, loopbackToken: string): Promise<SpawnConfig>;
   archive(task: ArchiveTask): Promise<ArchiveOutcome<ArchiveValue>>;
-  childStarted(workspaceId: string, generation: string, pid: number): void;
+  childStarted(workspaceId: string, generation: string, pid: number, adopted?: boolean): void;
   childExited(workspaceId: string, generation: string, exit: ExitInfo): void;
   /** Resolves when limits allow a spawn (only called when spawns are gated), with the time it was queued. */
   enterSpawn(workspaceId: string, generation: string, priority: SpawnPriority, rank: number): Promise<{ queuedMs: number; priority: SpawnPriority }>;

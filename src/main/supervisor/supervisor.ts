@@ -187,7 +187,10 @@ export class Supervisor extends EventEmitter {
         },
       },
       {
-        childStarted: (p) => this.pids.set(p.generation, { pid: p.pid, shard: init.shard }),
+        childStarted: (p) => {
+          this.pids.set(p.generation, { pid: p.pid, shard: init.shard });
+          if (p.adopted === true) this.gate.adopt(p.generation);
+        },
         spawnSettled: (p) => {
           ref.gated.delete(p.generation);
           this.gate.settled(p.generation, p.ok);
