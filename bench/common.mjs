@@ -369,9 +369,27 @@ export function serveIpc(handlers) {
 
 /** Starts the echo child directly and returns its ws URL. */
 export async function startEchoChild({ tokenSha256 } = {}) {
+  return startAppServer([process.execPath, ECHO_CHILD], { tokenSha256 });
+}
+
+/**
+ * The real codex app-server, run directly (the anchors' child): its own
+ * CODEX_HOME with the bench's config (a mock provider; nothing here reaches
+ * a model). `home` is removed by the caller.
+ */
+export async function startCodexChild({ tokenSha256 } = {}) {
+  const { defaultCodexBin, renderCodexConfig } = await import('../dist/index.js');
+  const home = await scratchDir('codex-home-');
+  await writeFile(path.join(home, 'config.toml'), renderCodexConfig(BENCH_SPAWN_CONFIG.config, 'bench-loopback-token'));
+  const benchEnv = Object.fromEntries(BENCH_SPAWN_CONFIG.env.map((e) => e.split('=')));
+  const child = await startAppServer([defaultCodexBin()], { tokenSha256, env: { ...process.env, ...benchEnv, CODEX_HOME: home, HOME: home } });
+  return { ...child, home };
+}
+
+async function startAppServer(argv, { tokenSha256, env }) {
   const args = ['app-server', '--listen', 'ws://127.0.0.1:0'];
   if (tokenSha256 !== undefined) args.push('--ws-auth', 'capability-token', '--ws-token-sha256', tokenSha256);
-  const proc = startProcess([process.execPath, ECHO_CHILD, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = startProcess([...argv, ...args], { stdio: ['ignore', 'ignore', 'pipe'], ...(env === undefined ? {} : { env }) });
   const url = await new Promise((resolve, reject) => {
     let buf = '';
     proc.stderr.setEncoding('utf8');
@@ -380,7 +398,7 @@ export async function startEchoChild({ tokenSha256 } = {}) {
       const m = /ws:\/\/[^\s]+/.exec(buf);
       if (m) resolve(m[0]);
     });
-    proc.once('exit', () => reject(new Error(`echo child exited: ${buf}`)));
+    proc.once('exit', () => reject(new Error(`app-server exited: ${buf}`)));
   });
   proc.stderr.resume();
   return { proc, url, port: Number(new URL(url).port) };

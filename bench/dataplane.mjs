@@ -4,7 +4,12 @@
 // process and spawns the same echo child (bench/echo-child.mjs) for its
 // workspace; the load generator is a third process.
 //
-// Env: BENCH_DURATION_MS (measured window per run, default 4000),
+// Then the same with the real codex behind each path (direct, nginx,
+// gateway): a closed loop of `thread/list` over 20 connections to one
+// workspace, as clients listing threads do; on two cores every microsecond
+// the proxy spends is taken from codex.
+//
+// Env: BENCH_REAL=off|only (the real-codex scenario; default: run it too), BENCH_DURATION_MS (measured window per run, default 4000),
 // BENCH_WARMUP_MS (default 1000), BENCH_ROUNDS (runs per cell, the median one by throughput kept;
 // default 2), BENCH_CPU_PROF=DIR (gateway process under --cpu-prof).
 import { spawnSync } from 'node:child_process';
@@ -29,6 +34,7 @@ import {
   removeDir,
   round,
   scratchDir,
+  startCodexChild,
   startEchoChild,
   startNodeIpc,
   startProcess,
@@ -54,6 +60,9 @@ const ALL_PATHS = ['direct', 'nginx', 'naive', 'gateway', ...(BASELINE ? ['basel
 // BENCH_ONLY=gateway,direct and BENCH_SCENARIOS=0,1 narrow a run (for profiling).
 const SCENARIOS = process.env.BENCH_SCENARIOS ? process.env.BENCH_SCENARIOS.split(',').map((i) => ALL_SCENARIOS[Number(i)]) : ALL_SCENARIOS;
 const PATHS = process.env.BENCH_ONLY ? ALL_PATHS.filter((p) => process.env.BENCH_ONLY.split(',').includes(p)) : ALL_PATHS;
+const REAL = process.env.BENCH_REAL ?? 'on';
+const REAL_SCENARIO = { name: 'real codex, 20 conns, thread/list', conns: 20, method: 'thread/list', params: {} };
+const REAL_PATHS = ['direct', 'nginx', 'gateway'];
 const LABEL = { direct: 'child directly', nginx: 'nginx (1 worker)', naive: 'naive ws proxy', gateway: 'gateway', baseline: 'gateway (baseline)' };
 
 function nginxConf(prefix, port, childPort) {
@@ -134,6 +143,63 @@ function medianRound(rounds) {
   return s[Math.floor((s.length - 1) / 2)];
 }
 
+/**
+ * The real-codex scenario: one codex app-server started directly (direct,
+ * and behind nginx) and the gateway with the real codex for one workspace,
+ * each driven by the same closed loop of JSON-RPC requests.
+ */
+async function realCodex(load) {
+  const token = randomBytes(32).toString('base64url');
+  const child = await startCodexChild({ tokenSha256: createHash('sha256').update(token).digest('hex') });
+  const nginx = await startNginx(child.port);
+  const gw = await startNodeIpc(GATEWAY_SERVER, { env: { CXG_BENCH_GATEWAY: JSON.stringify({ codex: 'real', childNice: 0 }) } });
+  const ready = await gw.event('ready');
+  const jwt = await signWorkspaceToken({ secret: JWT_SECRET, workspaceId: 'bench-real', expiresIn: '2h' });
+  const sc = REAL_SCENARIO;
+  const targets = {
+    direct: { url: child.url, headers: { authorization: `Bearer ${token}` } },
+    nginx: nginx && { url: `ws://127.0.0.1:${nginx.port}`, headers: { authorization: `Bearer ${token}` } },
+    gateway: { url: ready.url, headers: { authorization: `Bearer ${jwt}` } },
+  };
+  const proxyPids = { direct: () => [], nginx: () => (nginx ? [nginx.proc.pid, ...childPids(nginx.proc.pid)] : []), gateway: () => [gw.pid] };
+  const runs = Object.fromEntries(REAL_PATHS.map((p) => [p, []]));
+  try {
+    // The gateway's first connection starts its child: outside any measurement.
+    await load.call('rpc', { ...targets.gateway, conns: 1, method: sc.method, params: sc.params, warmupMs: 200, durationMs: 300 });
+    for (let r = 0; r < ROUNDS; r++) {
+      const order = REAL_PATHS.map((_, i) => REAL_PATHS[(i + r) % REAL_PATHS.length]);
+      for (const p of order) {
+        if (!targets[p]) continue;
+        const pids = proxyPids[p]();
+        const cpu0 = pids.reduce((a, pid) => a + cpuSeconds(pid), 0);
+        const res = await load.call('rpc', { ...targets[p], conns: sc.conns, method: sc.method, params: sc.params, warmupMs: WARMUP_MS, durationMs: DURATION_MS });
+        res.proxyCpuUsPerMsg = pids.length === 0 ? 0 : ((pids.reduce((a, pid) => a + cpuSeconds(pid), 0) - cpu0) * 1e6) / res.allMsgs;
+        runs[p].push(res);
+        process.stdout.write(`  ${sc.name.padEnd(18)} ${LABEL[p].padEnd(17)} ${fmtInt(res.msgsPerSec).padStart(7)} req/s  p50 ${round(res.rttUs.p50, 0)} µs  p99 ${round(res.rttUs.p99, 0)} µs  proxy CPU ${round(res.proxyCpuUsPerMsg, 1)} µs/req${res.badFrames || res.unexpectedCloses ? `  (errors ${res.badFrames}, closed ${res.unexpectedCloses})` : ''}\n`);
+      }
+    }
+  } finally {
+    await gw.call('drain').catch(() => {});
+    await gw.stop();
+    if (nginx) {
+      await stopProcess(nginx.proc, 'SIGQUIT');
+      await removeDir(nginx.prefix);
+    }
+    await stopProcess(child.proc);
+    await removeDir(child.home);
+  }
+  const cells = {};
+  for (const p of REAL_PATHS) {
+    if (runs[p].length === 0) {
+      cells[p] = null;
+      continue;
+    }
+    const m = medianRound(runs[p]);
+    cells[p] = { msgsPerSec: m.msgsPerSec, p50Us: m.rttUs.p50, p99Us: m.rttUs.p99, proxyCpuUsPerMsg: m.proxyCpuUsPerMsg, badFrames: runs[p].reduce((a, x) => a + x.badFrames + x.unexpectedCloses + x.lostInFlight, 0), rounds: runs[p] };
+  }
+  return { cells, nginxVersion: nginx?.version };
+}
+
 async function main() {
   console.log(`dataplane: closed-loop echo, ${DURATION_MS} ms measured after ${WARMUP_MS} ms warm-up, median round of ${ROUNDS} by throughput`);
   console.log(machineLine());
@@ -174,8 +240,9 @@ async function main() {
 
   const cells = {};
   const frontLoop = [];
+  let real;
   try {
-    for (const sc of SCENARIOS) {
+    for (const sc of REAL === 'only' ? [] : SCENARIOS) {
       cells[sc.name] = {};
       busyBefore[sc.name] = await checkQuiet(sc.name);
       const runs = Object.fromEntries(PATHS.map((p) => [p, []]));
@@ -215,6 +282,10 @@ async function main() {
         };
       }
     }
+    if (REAL !== 'off') {
+      busyBefore[REAL_SCENARIO.name] = await checkQuiet(REAL_SCENARIO.name);
+      real = await realCodex(load);
+    }
   } finally {
     await load.stop();
     await gw.call('drain').catch(() => {});
@@ -233,7 +304,7 @@ async function main() {
 
   // ---- table and targets ----
   const rows = [];
-  for (const sc of SCENARIOS) {
+  for (const sc of REAL === 'only' ? [] : SCENARIOS) {
     const c = cells[sc.name];
     for (const p of PATHS) {
       const x = c[p];
@@ -255,9 +326,29 @@ async function main() {
       ]);
     }
   }
+  if (real !== undefined) {
+    for (const p of REAL_PATHS) {
+      const x = real.cells[p];
+      if (x === null) {
+        rows.push([REAL_SCENARIO.name, LABEL[p], 'not installed', '', '', '', '', '']);
+        continue;
+      }
+      const vsDirect = real.cells.direct ? x.msgsPerSec / real.cells.direct.msgsPerSec : NaN;
+      const vsNginx = real.cells.nginx ? x.msgsPerSec / real.cells.nginx.msgsPerSec : undefined;
+      rows.push([REAL_SCENARIO.name, LABEL[p], fmtInt(x.msgsPerSec), '', round(x.p50Us, 0), round(x.p99Us, 0), p === 'direct' ? '' : round(x.proxyCpuUsPerMsg, 1), `${Number.isNaN(vsDirect) ? '—' : `${round(vsDirect, 2)}×`} / ${vsNginx === undefined ? '—' : `${round(vsNginx, 2)}×`}`]);
+    }
+  }
   const haveNginx = nginx !== undefined;
   const checks = [];
-  const narrowed = SCENARIOS !== ALL_SCENARIOS || PATHS !== ALL_PATHS;
+  if (real !== undefined) {
+    const c = real.cells;
+    checks.push({
+      target: 'real codex (thread/list, 20 conns): throughput ≥ 0.95× nginx',
+      value: c.nginx ? `${fmtInt(c.gateway.msgsPerSec)} vs ${fmtInt(c.nginx.msgsPerSec)} req/s (${round(c.gateway.msgsPerSec / c.nginx.msgsPerSec, 2)}×)` : 'nginx not installed',
+      ok: c.nginx ? c.gateway.msgsPerSec >= 0.95 * c.nginx.msgsPerSec : undefined,
+    });
+  }
+  const narrowed = SCENARIOS !== ALL_SCENARIOS || PATHS !== ALL_PATHS || REAL === 'only';
   for (const sc of narrowed ? [] : SCENARIOS) {
     const c = cells[sc.name];
     if (sc.conns === 50) {
@@ -294,6 +385,7 @@ async function main() {
     threadRttUs: threadRtt,
     settings: { durationMs: DURATION_MS, warmupMs: WARMUP_MS, rounds: ROUNDS, shards: ready.shards, nginx: haveNginx ? nginx.version : 'not installed', cores: machine().cores },
     cells,
+    realCodex: real?.cells ?? null,
     checks,
     frontLoop,
   });

@@ -3,6 +3,9 @@
 //
 //   echo  closed loop: each connection sends its next frame when the echo of
 //         the last one arrives; msgs/s and RTT over a measured window.
+//   rpc   closed loop of JSON-RPC requests to a real codex app-server: each
+//         connection initializes, then sends its next request (e.g.
+//         thread/list) when the answer to the last one arrives.
 //   open / hold / closeAll  many mostly idle connections (connections bench):
 //         open them at a bounded rate, then send one frame per connection per
 //         interval, staggered, and count what comes back.
@@ -84,6 +87,80 @@ async function echo({ url, headers, conns, size, warmupMs, durationMs }) {
   for (const ws of sockets) ws.close(1000);
   await Promise.race([Promise.all(sockets.map((ws) => (ws.readyState === WebSocket.CLOSED ? undefined : new Promise((r) => ws.once('close', r))))), sleep(5000)]);
   return { msgs: count, allMsgs: all, seconds, msgsPerSec: count / seconds, mbPerSec: (count * size) / seconds / 1e6, rttUs: summarize(rtts), badFrames: bad, unexpectedCloses, lostInFlight: inFlight };
+}
+
+/** Sends `msg` and resolves with the answer carrying its id (notifications are skipped). */
+function request(ws, msg) {
+  return new Promise((resolve, reject) => {
+    const onMessage = (data) => {
+      const m = JSON.parse(data.toString());
+      if (m.id !== msg.id) return;
+      ws.off('message', onMessage);
+      if (m.error) reject(new Error(`${msg.method}: ${JSON.stringify(m.error)}`));
+      else resolve(m.result);
+    };
+    ws.on('message', onMessage);
+    ws.send(JSON.stringify(msg));
+  });
+}
+
+async function rpc({ url, headers, conns, method, params, warmupMs, durationMs }) {
+  const sockets = await Promise.all(Array.from({ length: conns }, () => connect(url, headers)));
+  for (const ws of sockets) {
+    await request(ws, { jsonrpc: '2.0', id: 0, method: 'initialize', params: { clientInfo: { name: 'cxg-bench', version: '0' } } });
+    ws.send(JSON.stringify({ jsonrpc: '2.0', method: 'initialized' }));
+  }
+  const rtts = new Samples();
+  let measuring = false;
+  let stopping = false;
+  let inFlight = 0;
+  let count = 0;
+  let all = 0;
+  let bad = 0;
+  let closed = 0;
+  let drained;
+  for (const ws of sockets) {
+    let sentAt = 0;
+    let id = 1;
+    const send = () => {
+      inFlight++;
+      sentAt = performance.now();
+      ws.send(JSON.stringify({ jsonrpc: '2.0', id, method, params }));
+    };
+    ws.on('message', (data) => {
+      const m = JSON.parse(data.toString());
+      if (m.id !== id) return;
+      const now = performance.now();
+      inFlight--;
+      all++;
+      if (m.error !== undefined) bad++;
+      if (measuring) {
+        rtts.push((now - sentAt) * 1000);
+        count++;
+      }
+      id++;
+      if (!stopping) send();
+      else if (inFlight === 0) drained?.();
+    });
+    ws.on('close', () => {
+      closed++;
+    });
+    ws.on('error', () => {});
+    send();
+  }
+  await sleep(warmupMs);
+  measuring = true;
+  const t0 = performance.now();
+  await sleep(durationMs);
+  measuring = false;
+  const seconds = (performance.now() - t0) / 1000;
+  stopping = true;
+  if (inFlight > 0) await Promise.race([new Promise((r) => (drained = r)), sleep(10_000)]);
+  const unexpectedCloses = closed;
+  for (const ws of sockets) ws.close(1000);
+  await Promise.race([Promise.all(sockets.map((ws) => (ws.readyState === WebSocket.CLOSED ? undefined : new Promise((r) => ws.once('close', r))))), sleep(5000)]);
+  // As in echo, a message is one round trip (a request and its answer).
+  return { msgs: count, allMsgs: all, seconds, msgsPerSec: count / seconds, mbPerSec: 0, rttUs: summarize(rtts), badFrames: bad, unexpectedCloses, lostInFlight: inFlight };
 }
 
 // ---- many idle connections ------------------------------------------------------
@@ -171,5 +248,5 @@ async function closeAll() {
   return true;
 }
 
-serveIpc({ echo, open, hold, closeAll });
+serveIpc({ echo, rpc, open, hold, closeAll });
 process.send?.({ event: 'ready' });

@@ -15,9 +15,9 @@ import { BENCH_DIR, RESULTS_DIR, machineLine, table } from './common.mjs';
 
 const BENCHES = ['dataplane', 'connections', 'spawn', 'spawn-storm', 'archive', 'lookup'];
 /** Run only when named: long (tens of real codex children, several gateway restarts). */
-const BY_NAME = ['reconnect', 'spawn-concurrency'];
-/** Node flags per bench: reconnect imports the TypeScript test fixtures. */
-const EXEC_ARGS = { reconnect: ['--import', 'tsx'] };
+const BY_NAME = ['reconnect', 'spawn-concurrency', 'ownership'];
+/** Node flags per bench: reconnect and ownership import the TypeScript test fixtures. */
+const EXEC_ARGS = { reconnect: ['--import', 'tsx'], ownership: ['--import', 'tsx'] };
 
 function runOne(name) {
   return new Promise((resolve) => {

@@ -13,10 +13,11 @@ import { DEFAULT_ARCHIVE_EXCLUDES, DEFAULT_UNPACK_LIMITS } from '../src/shared/a
 import { GatewayError } from '../src/shared/errors.js';
 import { FileObjectStore } from '../src/shared/stores/file-store.js';
 import type { ObjectStore } from '../src/shared/stores/object-store.js';
-import { storeFromSpec } from '../src/shared/stores/object-store.js';
+import { storeFromSpec } from '../src/shared/stores/from-spec.js';
 import { S3ObjectStore } from '../src/shared/stores/s3-store.js';
 import run from '../src/workers/archive-worker.js';
-import { pack, unpack } from '../src/workers/archive.js';
+import { pack } from '../src/workers/archive-pack.js';
+import { unpack } from '../src/workers/archive-unpack.js';
 import { HOSTILE, fileEntry as file, tarOf } from './fixtures/hostile-archives.js';
 import type { HostileContext } from './fixtures/hostile-archives.js';
 import type { S3rverHandle } from './fixtures/s3rver.js';

@@ -10,20 +10,18 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
 import type WebSocket from 'ws';
-import { fakeCodexBin } from './fixtures/codex-home.js';
 import { TestEtcd } from './fixtures/etcd.js';
 import { closeOf, openWs, rpc } from './gateway-helpers.js';
 import { startGatewayProcess, writeConfig } from './gateway-process.js';
 import type { GatewayProcess } from './gateway-process.js';
 import { tempDir, waitFor } from './helpers.js';
+import { admin, closeText, clusterLines, fakeCodexToml, within } from './cluster-helpers.js';
 import { isRunning, killLeftovers } from './faults/markers.js';
 
 const SECRET = 'cluster-secret-cluster-secret-cluster-0001';
-const ADMIN = 'admin-token-admin-token-0123456789';
 
 interface Session {
   ws: WebSocket;
@@ -44,20 +42,6 @@ async function attempt(gw: GatewayProcess, workspaceId: string): Promise<Session
   }
 }
 
-/** `p`, or a failure naming `what` once `ms` have passed: no step of these tests waits unbounded. */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function closeText(c: { code: number; reason: string }): string {
-  return `${c.code} ${c.reason}`;
-}
-
 async function session(gw: GatewayProcess, workspaceId: string): Promise<Session> {
   const s = await attempt(gw, workspaceId);
   if (!('ws' in s)) throw new Error(`not served: ${s.code} ${s.reason}`);
@@ -69,11 +53,6 @@ async function readMarker(s: Session): Promise<string | undefined> {
     (r) => r.content,
     () => undefined,
   );
-}
-
-async function admin(gw: GatewayProcess, route: string, method = 'GET'): Promise<{ status: number; body: Record<string, unknown> }> {
-  const res = await fetch(`${gw.internalUrl}${route}`, { method, headers: { authorization: `Bearer ${ADMIN}` } });
-  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
 }
 
 describe('cluster: two gateways, one store, one etcd (fake codex)', () => {
@@ -105,30 +84,12 @@ describe('cluster: two gateways, one store, one etcd (fake codex)', () => {
     await mkdir(path.dirname(own), { recursive: true });
     const config = await writeConfig(
       `${own}.toml`,
-      [
-        'shards = 2',
-        '[data]',
-        `dir = ${JSON.stringify(own)}`,
-        '[listen]',
-        'port = 0',
-        '[codex]',
-        `bin = ${JSON.stringify(fakeCodexBin())}`,
-        '[store]',
-        `url = ${JSON.stringify(pathToFileURL(path.join(dir, 'store')).href)}`,
-        '[auth.jwt]',
-        `secret = ${JSON.stringify(SECRET)}`,
-        '[admin]',
-        `token = ${JSON.stringify(ADMIN)}`,
-        '[spawn]',
-        'stop_grace = "2s"',
-        '[cluster]',
-        `node_id = ${JSON.stringify(name)}`,
-        'lease_ttl = "3s"',
-        '[cluster.etcd]',
-        `endpoints = [${JSON.stringify(etcd.endpoint)}]`,
-        `prefix = ${JSON.stringify(prefix)}`,
-        '',
-      ].join('\n'),
+      fakeCodexToml({
+        dir: own,
+        store: path.join(dir, 'store'),
+        jwtSecret: SECRET,
+        extra: ['[spawn]', 'stop_grace = "2s"', ...clusterLines({ nodeId: name, endpoint: etcd.endpoint, prefix })],
+      }),
     );
     // Generous: on a loaded machine a start (two shard workers, the first lease) can take a while.
     const gw = await startGatewayProcess(config, { CXG_LOG_LEVEL: 'info' }, 60_000);

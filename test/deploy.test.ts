@@ -17,6 +17,7 @@ import { validate as validateDockerfile } from 'dockerfile-utils';
 import { PrometheusRule } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule';
 import { ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor';
 import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
+import { StatefulSet } from 'kubernetes-models/apps/v1/StatefulSet';
 import { ConfigMap } from 'kubernetes-models/v1/ConfigMap';
 import { PersistentVolumeClaim } from 'kubernetes-models/v1/PersistentVolumeClaim';
 import { Secret } from 'kubernetes-models/v1/Secret';
@@ -29,11 +30,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { GatewayMetrics } from '../src/main/metrics.js';
 import { loadSettings } from '../src/main/settings/load.js';
+import { SETTINGS, envName } from '../src/main/settings/spec.js';
 import type { Settings } from '../src/main/settings/load.js';
 import { REPO_ROOT, typecheckSnippets } from '../scripts/typecheck-snippets.js';
 import { testTempRoot } from './temp-root.js';
 
 const DEPLOY = path.join(REPO_ROOT, 'deploy');
+/** The several-replica variant: a StatefulSet, its headless Service, HAProxy, and an etcd. */
+const VARIANT = 'deploy/kubernetes';
 const IMAGE_DATA_DIR = '/var/lib/codex-app-gateway';
 
 interface Manifest {
@@ -51,6 +55,7 @@ interface ModelRef {
 
 const MODELS: Record<string, ModelRef> = {
   'apps/v1/Deployment': { create: (d) => new Deployment(d), module: 'kubernetes-models/apps/v1/Deployment', iface: 'IDeployment' },
+  'apps/v1/StatefulSet': { create: (d) => new StatefulSet(d), module: 'kubernetes-models/apps/v1/StatefulSet', iface: 'IStatefulSet' },
   'v1/ConfigMap': { create: (d) => new ConfigMap(d), module: 'kubernetes-models/v1/ConfigMap', iface: 'IConfigMap' },
   'v1/PersistentVolumeClaim': { create: (d) => new PersistentVolumeClaim(d), module: 'kubernetes-models/v1/PersistentVolumeClaim', iface: 'IPersistentVolumeClaim' },
   'v1/Secret': { create: (d) => new Secret(d), module: 'kubernetes-models/v1/Secret', iface: 'ISecret' },
@@ -161,6 +166,8 @@ function stageEnv(stage: Stage): Record<string, string> {
 
 interface Wiring {
   manifests: Manifest[];
+  /** Those of the one-replica deployment (deploy/ without deploy/kubernetes/). */
+  base: Manifest[];
   pod: IPodSpec;
   container: IContainer;
   /** The gateway's environment in the container: image ENV, then the pod's env (secrets from the example Secret). */
@@ -174,19 +181,15 @@ interface Wiring {
 let scratch: string;
 let wiring: Wiring;
 
-beforeAll(async () => {
-  const base = testTempRoot();
-  await mkdir(base, { recursive: true });
-  scratch = await mkdtemp(path.join(base, 'deploy-'));
-
-  const manifests = await loadManifests();
-  const deployment = one(manifests, 'Deployment').doc as { spec: { template: { spec: IPodSpec } } };
-  const pod = deployment.spec.template.spec;
+/**
+ * The gateway container of `pod` as it starts: its environment (the image's
+ * ENV, then the pod's env, secrets from the example Secret, `$(VAR)`
+ * references expanded as the kubelet does, the pod's own fields from
+ * `fields`), the ConfigMap file CXG_CONFIG names, and the settings the real
+ * loader makes of them.
+ */
+async function gatewayIn(manifests: Manifest[], pod: IPodSpec, secretExample: Record<string, string>, runtime: Stage, label: string, fields: Record<string, string> = {}, unset: string[] = []): Promise<{ container: IContainer; env: Record<string, string>; settings: Settings; toml: Record<string, unknown> }> {
   const container = pod.containers[0] as IContainer;
-  const secretExample = (one(manifests, 'Secret').doc as { stringData: Record<string, string> }).stringData;
-  const { stages } = dockerStages(await readFile(path.join(REPO_ROOT, 'Dockerfile'), 'utf8'));
-  const runtime = stages.at(-1) as Stage;
-
   // The ConfigMap's file, where CXG_CONFIG says the container finds it.
   const configMount = container.volumeMounts?.find((m) => {
     const v = pod.volumes?.find((x) => x.name === m.name);
@@ -197,17 +200,23 @@ beforeAll(async () => {
   const env: Record<string, string> = { ...stageEnv(runtime) };
   const localConfig: Record<string, string> = {};
   for (const [key, text] of Object.entries(configMap.data)) {
-    const local = path.join(scratch, key);
+    const local = path.join(scratch, `${label}-${key}`);
     await writeFile(local, text);
     localConfig[path.posix.join(configMount?.mountPath ?? '/nonexistent', key)] = local;
   }
   for (const e of container.env ?? []) {
-    if (e.value !== undefined) env[e.name] = localConfig[e.value] ?? e.value;
-    else if (e.valueFrom?.secretKeyRef !== undefined) {
+    if (e.value !== undefined) {
+      const value = e.value.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (ref, name: string) => env[name] ?? ref);
+      env[e.name] = localConfig[value] ?? value;
+    } else if (e.valueFrom?.secretKeyRef !== undefined) {
       const v = secretExample[e.valueFrom.secretKeyRef.key];
+      if (v !== undefined) env[e.name] = v;
+    } else if (e.valueFrom?.fieldRef !== undefined) {
+      const v = fields[e.valueFrom.fieldRef.fieldPath];
       if (v !== undefined) env[e.name] = v;
     }
   }
+  for (const name of unset) delete env[name];
   const configPath = env.CXG_CONFIG;
   if (configPath === undefined) throw new Error('the container sets no CXG_CONFIG');
   const toml = parseToml(await readFile(configPath, 'utf8'));
@@ -216,7 +225,24 @@ beforeAll(async () => {
   const settings = await loadSettings({ env, cwd: workdir }).catch((err: unknown) => {
     throw new Error(`the ConfigMap's ${path.basename(configPath)}, with the image's and the pod's environment, is not a valid configuration: ${err instanceof Error ? err.message : String(err)}`);
   });
-  wiring = { manifests, pod, container, env, settings, toml, runtime, secretExample };
+  return { container, env, settings, toml };
+}
+
+beforeAll(async () => {
+  await mkdir(testTempRoot(), { recursive: true });
+  scratch = await mkdtemp(path.join(testTempRoot(), 'deploy-'));
+
+  const manifests = await loadManifests();
+  // The one-replica manifests; deploy/kubernetes/ (several replicas) has its own checks below.
+  const base = manifests.filter((m) => !m.file.startsWith(`${VARIANT}/`));
+  const deployment = one(base, 'Deployment').doc as { spec: { template: { spec: IPodSpec } } };
+  const pod = deployment.spec.template.spec;
+  const secretExample = (one(base, 'Secret').doc as { stringData: Record<string, string> }).stringData;
+  const { stages } = dockerStages(await readFile(path.join(REPO_ROOT, 'Dockerfile'), 'utf8'));
+  const runtime = stages.at(-1) as Stage;
+
+  const { container, env, settings, toml } = await gatewayIn(base, pod, secretExample, runtime, 'base');
+  wiring = { manifests, base, pod, container, env, settings, toml, runtime, secretExample };
 });
 
 afterAll(async () => {
@@ -264,7 +290,7 @@ describe('deploy/ manifests', () => {
 
   it('each kustomization lists every manifest beside it except examples', async () => {
     const kustomizations = wiring.manifests.filter((m) => typeKey(m) === KUSTOMIZATION);
-    expect(kustomizations.map((k) => k.file).sort()).toEqual(['deploy/kustomization.yaml', 'deploy/monitoring/kustomization.yaml']);
+    expect(kustomizations.map((k) => k.file).sort()).toEqual(['deploy/kubernetes/etcd/kustomization.yaml', 'deploy/kubernetes/kustomization.yaml', 'deploy/kustomization.yaml', 'deploy/monitoring/kustomization.yaml']);
     for (const k of kustomizations) {
       const dir = path.dirname(path.join(REPO_ROOT, k.file));
       const listed = (k.doc.resources as string[]).map((r) => path.join(dir, r));
@@ -282,7 +308,7 @@ describe('deploy/ manifests', () => {
   it('kubectl kustomize renders every listed object', async () => {
     const kubectl = process.env.PATH?.split(path.delimiter).some((d) => d !== '' && isFile(path.join(d, 'kubectl'))) === true;
     expect(kubectl, 'kubectl on PATH (apt-get install kubernetes-client; .ci/run does)').toBe(true);
-    for (const dir of ['deploy', 'deploy/monitoring']) {
+    for (const dir of ['deploy', 'deploy/monitoring', VARIANT, `${VARIANT}/etcd`]) {
       const { stdout } = await promisify(execFile)('kubectl', ['kustomize', dir], { cwd: REPO_ROOT });
       const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as Manifest['doc']);
       const expected = wiring.manifests.filter((m) => path.dirname(m.file) === dir && typeKey(m) !== KUSTOMIZATION && !m.file.includes('.example.'));
@@ -328,15 +354,15 @@ describe('deploy/ agrees with the gateway', () => {
   });
 
   it('the Service, the ServiceMonitor and the scrape annotations reach the same port', () => {
-    const svc = one(wiring.manifests, 'Service').doc as { spec: { selector: Record<string, string>; ports: Array<{ name: string; port: number; targetPort: string | number }> } };
+    const svc = one(wiring.base, 'Service').doc as { spec: { selector: Record<string, string>; ports: Array<{ name: string; port: number; targetPort: string | number }> } };
     const http = svc.spec.ports.find((p) => p.name === 'http');
     expect(http?.targetPort).toBe('http');
     expect(http?.port).toBe(wiring.settings.listen.port);
-    const deployment = one(wiring.manifests, 'Deployment').doc as { spec: { template: { metadata: { labels: Record<string, string>; annotations: Record<string, string> } } } };
+    const deployment = one(wiring.base, 'Deployment').doc as { spec: { template: { metadata: { labels: Record<string, string>; annotations: Record<string, string> } } } };
     const labels = deployment.spec.template.metadata.labels;
     for (const [k, v] of Object.entries(svc.spec.selector)) expect(labels[k], `pod label ${k}`).toBe(v);
-    const sm = one(wiring.manifests, 'ServiceMonitor').doc as { spec: { selector: { matchLabels: Record<string, string> }; endpoints: Array<{ port: string; path: string }> } };
-    const svcLabels = (one(wiring.manifests, 'Service').doc.metadata as { labels: Record<string, string> }).labels;
+    const sm = one(wiring.base, 'ServiceMonitor').doc as { spec: { selector: { matchLabels: Record<string, string> }; endpoints: Array<{ port: string; path: string }> } };
+    const svcLabels = (one(wiring.base, 'Service').doc.metadata as { labels: Record<string, string> }).labels;
     for (const [k, v] of Object.entries(sm.spec.selector.matchLabels)) expect(svcLabels[k], `Service label ${k}`).toBe(v);
     expect(sm.spec.endpoints.map((e) => [e.port, e.path])).toEqual([['http', '/metrics']]);
     const ann = deployment.spec.template.metadata.annotations;
@@ -361,7 +387,7 @@ describe('deploy/ agrees with the gateway', () => {
       const m = mounts.sort((a, b) => b.mountPath.length - a.mountPath.length)[0];
       return m === undefined ? undefined : { mountPath: m.mountPath, volume: pod.volumes?.find((v) => v.name === m.name) };
     };
-    const claims = wiring.manifests.filter((m) => m.doc.kind === 'PersistentVolumeClaim').map((m) => m.doc.metadata?.name);
+    const claims = wiring.base.filter((m) => m.doc.kind === 'PersistentVolumeClaim').map((m) => m.doc.metadata?.name);
     for (const dir of [settings.homes.root, settings.data.dir]) {
       const mount = mountOf(dir);
       expect(mount?.volume?.persistentVolumeClaim?.claimName, `${dir} is on a PVC`).toBeDefined();
@@ -375,10 +401,10 @@ describe('deploy/ agrees with the gateway', () => {
   });
 
   it('one replica, replaced with Recreate: two gateways never share a homes.root', () => {
-    const d = one(wiring.manifests, 'Deployment').doc as { spec: { replicas: number; strategy: { type: string } } };
+    const d = one(wiring.base, 'Deployment').doc as { spec: { replicas: number; strategy: { type: string } } };
     expect(d.spec.replicas).toBe(1);
     expect(d.spec.strategy.type).toBe('Recreate');
-    const pvc = one(wiring.manifests, 'PersistentVolumeClaim').doc as { spec: { accessModes: string[] } };
+    const pvc = one(wiring.base, 'PersistentVolumeClaim').doc as { spec: { accessModes: string[] } };
     expect(pvc.spec.accessModes).toEqual(['ReadWriteOnce']);
   });
 
@@ -398,7 +424,7 @@ describe('deploy/ agrees with the gateway', () => {
   it('secrets come from one Secret whose example has every key, marked as a placeholder', () => {
     const { container, settings, secretExample } = wiring;
     const refs = (container.env ?? []).flatMap((e) => (e.valueFrom?.secretKeyRef === undefined ? [] : [{ env: e.name, ...e.valueFrom.secretKeyRef }]));
-    const secretName = one(wiring.manifests, 'Secret').doc.metadata?.name;
+    const secretName = one(wiring.base, 'Secret').doc.metadata?.name;
     for (const r of refs) {
       expect(r.name, r.env).toBe(secretName);
       expect(Object.keys(secretExample), r.env).toContain(r.key);
@@ -451,7 +477,7 @@ describe('deploy/ agrees with the gateway', () => {
 });
 
 function alertRules(): Array<{ alert: string; expr: string }> {
-  const rule = one(wiring.manifests, 'PrometheusRule').doc as { spec: { groups: Array<{ rules: Array<{ alert: string; expr: string }> }> } };
+  const rule = one(wiring.base, 'PrometheusRule').doc as { spec: { groups: Array<{ rules: Array<{ alert: string; expr: string }> }> } };
   return rule.spec.groups.flatMap((g) => g.rules);
 }
 
@@ -472,6 +498,86 @@ function selectors(expr: string): Array<{ metric: string; labels: string[] }> {
   }
   return out;
 }
+
+describe('deploy/kubernetes: several replicas (StatefulSet, headless Service, HAProxy, etcd)', () => {
+  interface Sts {
+    spec: { serviceName: string; replicas: number; selector: { matchLabels: Record<string, string> }; template: { metadata: { labels: Record<string, string> }; spec: IPodSpec }; volumeClaimTemplates: Array<{ metadata: { name: string }; spec: { accessModes: string[] } }> };
+  }
+  const variant = (): Manifest[] => wiring.manifests.filter((m) => m.file.startsWith(`${VARIANT}/`));
+  const gateways = (): Sts => one(variant(), 'StatefulSet', 'codex-app-gateway').doc as unknown as Sts;
+  const etcd = (): Sts => one(variant(), 'StatefulSet', 'etcd').doc as unknown as Sts;
+  // cluster.secret is the routing's setting (replicas forwarding to each other); until the loader knows it, the variable is left out here.
+  const clusterSecretEnv = envName('cluster.secret');
+  const knowsClusterSecret = SETTINGS.some((x) => (x.key as string) === 'cluster.secret');
+  const podSettings = async (n: number): Promise<{ env: Record<string, string>; settings: Settings }> =>
+    await gatewayIn(variant(), gateways().spec.template.spec, wiring.secretExample, wiring.runtime, `pod-${n}`, { 'metadata.name': `codex-app-gateway-${n}`, 'metadata.namespace': 'codex' }, knowsClusterSecret ? [] : [clusterSecretEnv]);
+
+  it('every pod loads the one ConfigMap through the real settings loader, as its own node: node_id its pod name, advertise_url its DNS name through the headless Service', async () => {
+    const svc = one(variant(), 'Service', gateways().spec.serviceName).doc as { spec: { clusterIP: string; ports: Array<{ port: number }> } };
+    expect(svc.spec.clusterIP).toBe('None');
+    const seen = await Promise.all([0, 1, 2].map(podSettings));
+    for (const [n, { settings }] of seen.entries()) {
+      expect(settings.cluster.nodeId).toBe(`codex-app-gateway-${n}`);
+      expect(settings.cluster.advertiseUrl).toBe(`ws://codex-app-gateway-${n}.${gateways().spec.serviceName}.codex.svc:${settings.listen.port}`);
+      expect(svc.spec.ports[0]?.port).toBe(settings.listen.port);
+      expect(settings.cluster.etcd.endpoints.length).toBeGreaterThan(0);
+    }
+    // The same homes.root path in every pod, on the pod's own volume.
+    const roots = new Set(seen.map((x) => x.settings.homes.root));
+    expect(roots.size).toBe(1);
+    const mount = gateways().spec.template.spec.containers[0]?.volumeMounts?.find((m) => [...roots][0]?.startsWith(`${m.mountPath}/`));
+    expect(gateways().spec.volumeClaimTemplates.map((t) => t.metadata.name)).toContain(mount?.name);
+    expect(gateways().spec.volumeClaimTemplates[0]?.spec.accessModes).toEqual(['ReadWriteOnce']);
+  });
+
+  it('the cluster secret comes from the Secret, never a literal', () => {
+    const e = gateways().spec.template.spec.containers[0]?.env?.find((x) => x.name === clusterSecretEnv);
+    expect(e?.valueFrom?.secretKeyRef?.name).toBe(one(wiring.base, 'Secret').doc.metadata?.name);
+    expect(Object.keys(wiring.secretExample)).toContain(e?.valueFrom?.secretKeyRef?.key);
+    expect(e?.value).toBeUndefined();
+  });
+
+  it('the headless Service and the StatefulSet select the gateway pods, and only those', () => {
+    const svc = one(variant(), 'Service', gateways().spec.serviceName).doc as { spec: { selector: Record<string, string> } };
+    const labels = gateways().spec.template.metadata.labels;
+    for (const [k, v] of Object.entries(svc.spec.selector)) expect(labels[k], k).toBe(v);
+    for (const [k, v] of Object.entries(gateways().spec.selector.matchLabels)) expect(labels[k], k).toBe(v);
+    const haproxy = one(variant(), 'Deployment', 'codex-app-gateway-haproxy').doc as unknown as Sts;
+    const theirs = haproxy.spec.template.metadata.labels;
+    expect(Object.entries(svc.spec.selector).every(([k, v]) => theirs[k] === v)).toBe(false);
+  });
+
+  it('HAProxy runs deploy/haproxy/haproxy.cfg from the ConfigMap the documented command makes, and that file lists every replica by its stable DNS name', async () => {
+    const file = await readFile(path.join(DEPLOY, 'haproxy', 'haproxy.cfg'), 'utf8');
+    const servers = [...file.matchAll(/^\s*server\s+\S+\s+(\S+):(\d+)/gm)].map((m) => `${m[1]}:${m[2]}`);
+    const { spec } = gateways();
+    expect(servers).toEqual(Array.from({ length: spec.replicas }, (_, n) => `codex-app-gateway-${n}.${spec.serviceName}:${wiring.settings.listen.port}`));
+    // The ConfigMap is made from the file itself (`kubectl create configmap NAME --from-file=deploy/haproxy/haproxy.cfg`), never a copy that could drift.
+    const haproxy = one(variant(), 'Deployment', 'codex-app-gateway-haproxy');
+    const text = await readFile(path.join(REPO_ROOT, haproxy.file), 'utf8');
+    const made = /kubectl create configmap (\S+) --from-file=(\S+)/.exec(text);
+    expect(made?.[2]).toBe('deploy/haproxy/haproxy.cfg');
+    const pod = (haproxy.doc as unknown as Sts).spec.template.spec;
+    const vol = pod.volumes?.find((v) => v.configMap?.name === made?.[1]);
+    const c = pod.containers[0];
+    const mounted = c?.volumeMounts?.find((m) => m.name === vol?.name)?.mountPath;
+    expect(mounted).toBeDefined();
+    expect(c?.args).toContain(`${mounted}/haproxy.cfg`);
+    // HAProxy listens where the file binds.
+    const bind = /^\s*bind\s+:(\d+)/m.exec(file);
+    expect(c?.ports?.[0]?.containerPort).toBe(Number(bind?.[1]));
+  });
+
+  it('the etcd StatefulSet is an odd number of members, each in the initial cluster, and the gateways list each of them', async () => {
+    const { spec } = etcd();
+    expect(spec.replicas % 2).toBe(1);
+    const env = new Map((spec.template.spec.containers[0]?.env ?? []).map((e) => [e.name, e.value]));
+    const members = Array.from({ length: spec.replicas }, (_, n) => `etcd-${n}`);
+    expect((env.get('ETCD_INITIAL_CLUSTER') ?? '').split(',').sort()).toEqual(members.map((m) => `${m}=http://${m}.${spec.serviceName}:2380`));
+    const { settings } = await podSettings(0);
+    expect(settings.cluster.etcd.endpoints).toEqual(members.map((m) => `http://${m}.${spec.serviceName}:2379`));
+  });
+});
 
 describe('Dockerfile', () => {
   let text: string;

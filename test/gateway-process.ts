@@ -38,29 +38,30 @@ export interface GatewayProcess {
 /** The gateway variable holding the children's API key in the real-codex configs below. */
 export const GATEWAY_KEY_ENV = 'CXG_TEST_GATEWAY_KEY';
 
+/** A gateway.toml: data under `dir`, port 0, HS256 with `secret`, then `extra` lines (more sections). */
+export function gatewayToml(o: { dir: string; secret: string; extra: string[] }): string {
+  return ['shards = 2', '[data]', `dir = ${JSON.stringify(o.dir)}`, '[listen]', 'port = 0', '[auth.jwt]', `secret = ${JSON.stringify(o.secret)}`, ...o.extra, ''].join('\n');
+}
+
 /**
  * A gateway.toml for the real codex behind a Responses mock: data under
  * `dir`, port 0, HS256 with `secret`, the mock as model provider, plus
  * `extra` lines (more sections).
  */
 export function realCodexToml(o: { dir: string; secret: string; mockBaseUrl: string; extra?: string[] }): string {
-  return [
-    'shards = 2',
-    '[data]',
-    `dir = ${JSON.stringify(o.dir)}`,
-    '[listen]',
-    'port = 0',
-    '[auth.jwt]',
-    `secret = ${JSON.stringify(o.secret)}`,
-    '[model]',
-    'provider = "mock"',
-    'name = "gpt-test"',
-    `base_url = ${JSON.stringify(o.mockBaseUrl)}`,
-    'env_key = "CXG_TEST_API_KEY"',
-    `api_key_env = "${GATEWAY_KEY_ENV}"`,
-    ...(o.extra ?? []),
-    '',
-  ].join('\n');
+  return gatewayToml({
+    dir: o.dir,
+    secret: o.secret,
+    extra: [
+      '[model]',
+      'provider = "mock"',
+      'name = "gpt-test"',
+      `base_url = ${JSON.stringify(o.mockBaseUrl)}`,
+      'env_key = "CXG_TEST_API_KEY"',
+      `api_key_env = "${GATEWAY_KEY_ENV}"`,
+      ...(o.extra ?? []),
+    ],
+  });
 }
 
 export async function writeConfig(file: string, toml: string): Promise<string> {
@@ -68,8 +69,18 @@ export async function writeConfig(file: string, toml: string): Promise<string> {
   return file;
 }
 
-export async function startGatewayProcess(configFile: string, env: NodeJS.ProcessEnv = {}, timeoutMs = 20_000): Promise<GatewayProcess> {
-  const proc = spawn(process.execPath, [BIN, 'serve', '--config', configFile], {
+/**
+ * How the gateway's command line is run: as it is, or wrapped (a pod's
+ * mount namespace, test/fixtures/pod.ts). The wrapper must exec the
+ * command, so that the spawned pid is the gateway's own.
+ */
+export type Launcher = (argv: string[]) => { file: string; args: string[] };
+
+const direct: Launcher = (argv) => ({ file: argv[0] as string, args: argv.slice(1) });
+
+export async function startGatewayProcess(configFile: string, env: NodeJS.ProcessEnv = {}, timeoutMs = 20_000, launch: Launcher = direct): Promise<GatewayProcess> {
+  const { file, args } = launch([process.execPath, BIN, 'serve', '--config', configFile]);
+  const proc = spawn(file, args, {
     cwd: path.dirname(configFile),
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

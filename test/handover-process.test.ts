@@ -9,7 +9,7 @@
 import { readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
 import { AppServerClient } from './fixtures/app-server-client.js';
 import { TEST_API_KEY } from './fixtures/codex-home.js';
@@ -79,6 +79,11 @@ describe('handover restart (real codex)', () => {
     }
     await mock?.close();
     await rm(dir, { recursive: true, force: true });
+  });
+
+  // A test that broke must not hand its gateway's children to the next test's first gateway.
+  beforeEach(async () => {
+    for (const g of gateways) await g.stop('SIGKILL');
   });
 
   const start = async (): Promise<GatewayProcess> => {
@@ -195,11 +200,34 @@ describe('handover restart (real codex)', () => {
     await other.initialize();
     for (const p of readyPids(b)) children.add(p);
     expect(b.logs.find((l) => l.msg === 'stopping the least recently active child to make room')).toMatchObject({ workspaceId: first });
-    expect(b.logs.find((l) => l.msg === 'codex app-server stopped' && l.workspaceId === first)).toMatchObject({ pid, reason: 'evict' });
+    // The slot is free once the child has exited; the stop's own log line may come a moment later.
+    expect(await b.waitForLog((l) => l.msg === 'codex app-server stopped' && l.workspaceId === first, 30_000)).toMatchObject({ pid, reason: 'evict' });
     await waitFor(async () => (await homeState(path.join(dir, 'homes'), first))?.stored === true, 60_000, 'the evicted child\'s home to be stored');
     await waitFor(() => ended(pid), 20_000, 'the evicted child to be gone');
     await other.close();
     expect((await b.stop('SIGTERM')).code).toBe(0);
+  }, 300_000);
+
+  it('SIGTERM drains adopted children like its own: stopped, the home stored, the process gone', async () => {
+    const workspaceId = 'handover-drained';
+    const token = await signWorkspaceToken({ secret: SECRET, workspaceId, expiresIn: '30m' });
+    const a = await start();
+    const c = await AppServerClient.connect(a.url, { token });
+    await c.initialize();
+    const threadId = (await c.request<{ thread: { id: string } }>('thread/start', {})).thread.id;
+    expect((await c.runTurn(threadId, 'turn 1', 60_000)).status).toBe('completed');
+    const pid = readyPids(a).at(-1) as number;
+    children.add(pid);
+    const b = await start();
+    expect((await a.exited).code).toBe(0);
+    await b.waitForLog((l) => l.msg === 'handover: children adopted', 60_000);
+    expect(adopted(b).map((l) => l.pid)).toEqual([pid]);
+    const exitB = await b.stop('SIGTERM');
+    expect(exitB, JSON.stringify(b.logs.slice(-6).map((l) => l.msg))).toEqual({ code: 0, signal: null });
+    expect(b.logs.find((l) => l.msg === 'codex app-server stopped' && l.workspaceId === workspaceId)).toMatchObject({ pid, reason: 'drain' });
+    expect(b.logs.find((l) => l.msg === 'drain: done')).toMatchObject({ saved: 1, unsaved: 0 });
+    expect((await homeState(path.join(dir, 'homes'), workspaceId))?.stored).toBe(true);
+    await waitFor(() => ended(pid), 20_000, 'the drained adopted child to be gone');
   }, 300_000);
 });
 

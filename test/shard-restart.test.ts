@@ -61,7 +61,7 @@ async function heldS3(): Promise<{ store: S3ObjectStore; puts: () => number; rel
 
 /** Ends a shard's worker thread the way a crash would (test-only reach into the supervisor). */
 async function killShard(sup: Supervisor, index: number): Promise<void> {
-  const refs = (sup as unknown as { shardRefs: Array<{ worker: Worker }> }).shardRefs;
+  const refs = (sup as unknown as { shards: { refs: Array<{ worker: Worker }> } }).shards.refs;
   await refs[index]?.worker.terminate();
 }
 

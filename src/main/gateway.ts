@@ -7,8 +7,12 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { CloseCode } from '../shared/close-codes.js';
+import { TIMED_OUT, within } from '../shared/concurrency.js';
 import { toGatewayError } from '../shared/errors.js';
 import type { StopResult } from '../shared/protocol.js';
+import type { DrainProgress, DrainReport, GatewayView } from './gateway-view.js';
+
+export type { DrainProgress, DrainReport } from './gateway-view.js';
 import { adminRoutes } from './http/admin-api.js';
 import type { Authenticator } from './auth/front-door.js';
 import { Front } from './front/front.js';
@@ -56,26 +60,12 @@ export interface GatewayOptions {
   warmRestart?: WarmRestartOptions;
 }
 
-export interface DrainReport {
-  results: StopResult[];
-  saved: number;
-  unsaved: StopResult[];
-  timedOut: boolean;
-}
-
-export interface DrainProgress {
-  total: number;
-  stopped: number;
-  saved: number;
-  workspaceId?: string;
-}
-
 /**
  * Events: 'drain-begin' (none: a drain was asked for, its budget runs from
  * now), 'drain-start' (DrainProgress), 'drain-progress' (DrainProgress),
  * 'drain-done' (DrainReport).
  */
-export class Gateway extends EventEmitter {
+export class Gateway extends EventEmitter implements GatewayView {
   private readonly reaperAbort = new AbortController();
   private draining: Promise<DrainReport> | undefined;
   private progress: DrainProgress | undefined;
@@ -351,14 +341,3 @@ export class Gateway extends EventEmitter {
   }
 }
 
-const TIMED_OUT = Symbol('timed out');
-
-/** `p`'s value (or its failure), or TIMED_OUT once `ms` have passed first. */
-async function within<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<typeof TIMED_OUT>((r) => (timer = setTimeout(() => r(TIMED_OUT), ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}

@@ -38,3 +38,15 @@ export async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () =>
     clearTimeout(timer);
   }
 }
+
+export const TIMED_OUT: unique symbol = Symbol('timed out');
+
+/** `p`'s value (or its failure), or TIMED_OUT once `ms` have passed first; the timer never outlives the race. */
+export async function within<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<typeof TIMED_OUT>((resolve) => (timer = setTimeout(() => resolve(TIMED_OUT), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -129,3 +129,8 @@ export function deserializeError(s: SerializedError): GatewayError {
   if (s.stack !== undefined) err.stack = s.stack;
   return err;
 }
+
+/** `err` as an Error (a thrown non-Error becomes one with its text). */
+export function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}

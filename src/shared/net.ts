@@ -1,4 +1,10 @@
+import { BlockList } from 'node:net';
 import { isIPv4, isIPv6 } from 'node:net';
+
+/** 127.0.0.0/8 and ::1; BlockList also matches IPv4-mapped IPv6 (::ffff:127.x.x.x) against the IPv4 rule. */
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
 
 /**
  * Whether a peer address (as text: IPv4, IPv6 in any spelling, or
@@ -9,25 +15,6 @@ export function isLoopbackAddress(address: string): boolean {
   if (a.startsWith('[') && a.endsWith(']')) a = a.slice(1, -1);
   const zone = a.indexOf('%');
   if (zone >= 0) a = a.slice(0, zone);
-  if (isIPv4(a)) return a.startsWith('127.');
-  if (!isIPv6(a)) return false;
-  if (a.includes('.')) {
-    // IPv4-mapped: ::ffff:127.0.0.1 (or its long form).
-    const cut = a.lastIndexOf(':') + 1;
-    const groups = ipv6Groups(`${a.slice(0, cut)}0:0`);
-    return groups !== undefined && groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff && a.slice(cut).startsWith('127.');
-  }
-  const groups = ipv6Groups(a);
-  return groups !== undefined && groups.slice(0, 7).every((g) => g === 0) && groups[7] === 1;
-}
-
-function ipv6Groups(a: string): number[] | undefined {
-  const parts = a.split('::');
-  if (parts.length > 2) return undefined;
-  const left = parts[0] === '' ? [] : (parts[0] as string).split(':');
-  const right = parts.length === 1 || parts[1] === '' ? [] : (parts[1] as string).split(':');
-  const fill = parts.length === 2 ? 8 - left.length - right.length : 0;
-  if (fill < 0) return undefined;
-  const groups = [...left, ...Array<string>(fill).fill('0'), ...right].map((g) => parseInt(g, 16));
-  return groups.length === 8 && groups.every((g) => Number.isInteger(g) && g >= 0 && g <= 0xffff) ? groups : undefined;
+  if (isIPv4(a)) return LOOPBACK.check(a, 'ipv4');
+  return isIPv6(a) && LOOPBACK.check(a, 'ipv6');
 }

@@ -15,7 +15,7 @@
 import { promises as fs } from 'node:fs';
 import http from 'node:http';
 import type { HandoverRecord } from '../shared/handover.js';
-import { processEnded, processStartTicks } from './home.js';
+import { processEnded, processStartTicks } from '../shared/proc.js';
 import type { ExitInfo, RunningChild } from './spawn.js';
 
 /** How often an adopted child's /proc entry is looked at. */

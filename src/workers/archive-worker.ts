@@ -10,9 +10,10 @@ import { snapshotScope } from '../shared/cluster.js';
 import { GatewayError, serializeError } from '../shared/errors.js';
 import type { StoreSpec } from '../shared/store-spec.js';
 import type { ObjectStore } from '../shared/stores/object-store.js';
-import { storeFromSpec } from '../shared/stores/object-store.js';
+import { storeFromSpec } from '../shared/stores/from-spec.js';
 import { validateWorkspaceId } from '../shared/workspace-id.js';
-import { pack, unpack } from './archive.js';
+import { pack } from './archive-pack.js';
+import { unpack } from './archive-unpack.js';
 
 /**
  * One store per distinct spec for the life of this worker thread, so an S3

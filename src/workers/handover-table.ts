@@ -14,7 +14,8 @@ import { adoptedChild, adoptionRefusal } from './adoption.js';
 import type { AdoptedChild } from './adoption.js';
 import { recordPid } from './child-start.js';
 import { closeWorkspaceDir } from './home-owner.js';
-import { Home, homePath, processStartTicks } from './home.js';
+import { Home, homePath } from './home.js';
+import { processStartTicks } from '../shared/proc.js';
 import type { Entry, TableCore } from './workspace-entry.js';
 
 /**

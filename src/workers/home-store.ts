@@ -2,8 +2,8 @@
  * A shard's side of the object store: what a workspace's home holds before
  * a start (its spooled work, its warm copy, a download, or nothing) and
  * where it goes after a stop (uploaded, then kept warm or removed; or kept
- * in the spool). Every path that removes a home goes through deleteHome
- * (home.ts), after its upload.
+ * in the spool; the upload itself is home-upload.ts). Every path that
+ * removes a home goes through deleteHome (home.ts), after its upload.
  *
  * Generations order homes: each stored object records the generation it was
  * packed from, and each home records the one it holds (home.ts), so an
@@ -13,33 +13,26 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { HeadResult, PackResult, UnpackResult } from '../shared/archive-protocol.js';
-import { snapshotName } from '../shared/cluster.js';
-import type { SnapshotRef } from '../shared/cluster.js';
-import { GatewayError, deserializeError, toGatewayError } from '../shared/errors.js';
+import type { UnpackResult } from '../shared/archive-protocol.js';
+import { deserializeError, toGatewayError } from '../shared/errors.js';
 import type { ShardInit, StopResult } from '../shared/protocol.js';
 import { HomeCache } from './home-cache.js';
-import { Home, createEmptyHome, createIncomingDir, deleteHome, dirBytes, homePath, installHome, newGeneration, readHomeState, removeDir, writeHomeState } from './home.js';
+import { Home, createEmptyHome, createIncomingDir, deleteHome, homePath, installHome, readHomeState, removeDir, writeHomeState } from './home.js';
 import type { HomeState } from './home.js';
 import { LEGACY_MARKER, clearLegacyNotes, quarantine, stopLeftoverChild } from './recovery.js';
 import type { LeftoverWorkspace } from './recovery.js';
 import { Spool, unretryable } from './spool.js';
 import type { TableHost } from './table-host.js';
 import { ClusterHomes } from './cluster-homes.js';
+import { HomeUploads, storedState } from './home-upload.js';
+import type { HomeStoreHooks } from './home-upload.js';
 
-export interface HomeStoreHooks {
-  /** A stored home was kept warm: the cache may be over its budget now. */
-  cached(): void;
-}
-
-/** A stored home's state on disk: no process, contents equal to `generation` in the store. */
-function storedState(generation: string | null): HomeState {
-  return { generation, stored: true, pid: null, startTicks: null, gatewayPid: process.pid };
-}
+export type { HomeStoreHooks } from './home-upload.js';
 
 export class HomeStore {
   readonly spool: Spool;
   readonly cache: HomeCache;
+  private readonly uploads: HomeUploads;
   /** With [cluster]: ownership and fenced snapshots (cluster-homes.ts); undefined keeps the single-gateway layout. */
   private readonly cluster: ClusterHomes | undefined;
 
@@ -55,10 +48,11 @@ export class HomeStore {
       maxMs: init.spoolRetryMaxMs,
       logger: log,
       save: async (home) => {
-        await this.save(home);
+        await this.uploads.save(home);
       },
     });
     this.cache = new HomeCache(init.homeCacheBytes);
+    this.uploads = new HomeUploads(init, host, log, hooks, this.cache, this.cluster);
   }
 
   /**
@@ -104,7 +98,7 @@ export class HomeStore {
         home.ran = true;
         return home;
       }
-      const stored = await this.storedGeneration(workspaceId);
+      const stored = await this.uploads.storedGeneration(workspaceId);
       // Equal generations, or none on either side (nothing stored yet, or an object from before generations were recorded).
       if (stored === (state.generation ?? undefined)) return home;
       if (stored === undefined || (state.generation !== null && stored < state.generation)) {
@@ -129,7 +123,7 @@ export class HomeStore {
     if (spooled === undefined || !spooled.recovered) return spooled;
     let stored: string | undefined;
     try {
-      stored = await this.storedGeneration(workspaceId);
+      stored = await this.uploads.storedGeneration(workspaceId);
     } catch {
       // The store cannot be asked: nothing newer could have been stored
       // after this home was left unsaved here, so it is the newest work.
@@ -139,7 +133,7 @@ export class HomeStore {
     // The store answered: a failure from here on (marking the home stored or
     // setting it aside) is local and fails the start, the home kept spooled.
     try {
-      if (!(await this.settleIfStored(spooled, stored))) {
+      if (!(await this.uploads.settleIfStored(spooled, stored))) {
         spooled.recovered = false;
         return spooled;
       }
@@ -158,7 +152,7 @@ export class HomeStore {
    */
   private async download(workspaceId: string, stale: Home | undefined): Promise<Home> {
     const dir = homePath(this.init.homeRoot, workspaceId);
-    const current = await this.currentSnapshot(workspaceId);
+    const current = await this.uploads.currentSnapshot(workspaceId);
     const incoming = await createIncomingDir(this.init.homeRoot, workspaceId);
     const outcome = await this.host.archive({
       op: 'unpack',
@@ -200,7 +194,7 @@ export class HomeStore {
     await fs.rm(path.join(home.dir, 'config.toml'), { force: true }).catch(() => {});
     let result: StopResult;
     try {
-      const fenced = await this.save(home);
+      const fenced = await this.uploads.save(home);
       result = fenced === undefined ? { workspaceId: home.workspaceId, stopped: true, saved: true } : { workspaceId: home.workspaceId, stopped: true, saved: false, error: fenced };
     } catch (err) {
       const failure = toGatewayError(err, 'GW_STORE_UPLOAD');
@@ -221,124 +215,9 @@ export class HomeStore {
     this.cluster?.runEnded(home.workspaceId);
     if (!stored) return await this.persist(home, 'failed-start');
     await writeHomeState(home.dir, storedState(generation));
-    await this.keepOrDelete(home);
+    await this.uploads.keepOrDelete(home);
     await this.cluster?.done(home.workspaceId);
     return undefined;
-  }
-
-  /**
-   * Upload, then keep warm or delete; throws only when the upload failed.
-   * With [cluster], answers why when the upload was fenced (stored, never current).
-   */
-  private async save(home: Home): Promise<string | undefined> {
-    if (this.cluster !== undefined) return await this.saveClustered(home, this.cluster);
-    const t0 = Date.now();
-    if (home.recovered) {
-      if (await this.settleIfStored(home, await this.storedGeneration(home.workspaceId))) return;
-      // Checked once: a retry from the spool uploads without asking again.
-      home.recovered = false;
-    }
-    home.generation ??= newGeneration();
-    const outcome = await this.host.archive({
-      op: 'pack',
-      store: this.init.store,
-      workspaceId: home.workspaceId,
-      home: home.dir,
-      exclude: this.init.archiveExclude,
-      generation: home.generation,
-      limits: this.init.unpackLimits,
-    });
-    if (!outcome.ok) throw deserializeError(outcome.error);
-    home.uploaded = true;
-    const r = outcome.value as PackResult;
-    this.log.info({ workspaceId: home.workspaceId, key: r.key, bytes: r.bytes, files: r.files, generation: home.generation, ms: Date.now() - t0 }, 'home uploaded');
-    await this.markStored(home, r.fileBytes);
-    return undefined;
-  }
-
-  /**
-   * The cluster's save (cluster-homes.ts): under ownership, to an immutable
-   * snapshot, made current only through etcd. Fenced for good: the home is
-   * removed (its snapshot stays in the store for inspection) and the answer
-   * says why. Not held now: throws, and the spool tries again.
-   */
-  private async saveClustered(home: Home, cluster: ClusterHomes): Promise<string | undefined> {
-    const t0 = Date.now();
-    const ws = home.workspaceId;
-    const claim = await cluster.host.claim(ws);
-    const runEpoch = cluster.runEpoch(ws, claim);
-    if (home.recovered) {
-      if (await this.settleIfStored(home, claim.current?.generation ?? (await this.storedGeneration(ws)))) {
-        await cluster.done(ws);
-        return undefined;
-      }
-      home.recovered = false;
-    }
-    home.generation ??= newGeneration();
-    const snapshot = snapshotName(runEpoch, home.generation);
-    const outcome = await this.host.archive({
-      op: 'pack',
-      store: this.init.store,
-      workspaceId: ws,
-      home: home.dir,
-      exclude: this.init.archiveExclude,
-      generation: home.generation,
-      limits: this.init.unpackLimits,
-      snapshot,
-    });
-    if (!outcome.ok) throw deserializeError(outcome.error);
-    const r = outcome.value as PackResult;
-    const commit = await cluster.host.commit(ws, runEpoch, { snapshot, epoch: runEpoch, generation: home.generation }, home.dir);
-    if (!commit.current) {
-      if (!commit.final) throw new GatewayError('GW_OWNERSHIP_LOST', `snapshot ${snapshot} stored but not made current: ${commit.reason}`);
-      home.uploaded = true;
-      const why = `GW_OWNERSHIP_LOST: snapshot ${snapshot} was fenced (${commit.reason}); it stays in the store, never current`;
-      this.log.warn({ workspaceId: ws, snapshot, runEpoch, generation: home.generation }, 'home uploaded but fenced: a later owner stored newer state; the local copy is removed');
-      await deleteHome(home).catch((err: unknown) => this.log.error({ workspaceId: ws, dir: home.dir, err: toGatewayError(err).describe() }, 'could not remove a fenced home'));
-      await cluster.done(ws);
-      return why;
-    }
-    home.uploaded = true;
-    this.log.info({ workspaceId: ws, key: r.key, snapshot, bytes: r.bytes, files: r.files, generation: home.generation, epoch: runEpoch, ms: Date.now() - t0 }, 'home uploaded and made current');
-    await this.markStored(home, r.fileBytes);
-    await cluster.done(ws);
-    if (commit.drop.length > 0) {
-      const dropped = await this.host.archive({ op: 'drop', store: this.init.store, workspaceId: ws, snapshots: commit.drop });
-      if (!dropped.ok) this.log.warn({ workspaceId: ws, snapshots: commit.drop, err: deserializeError(dropped.error).describe() }, 'could not remove old snapshots; they stay in the store');
-    }
-    return undefined;
-  }
-
-  /** With [cluster]: the snapshot etcd names current (null: none, the single-gateway object is read if any). */
-  private async currentSnapshot(workspaceId: string): Promise<SnapshotRef | null> {
-    return this.cluster === undefined ? null : await this.cluster.host.current(workspaceId);
-  }
-
-  /** Records that the home's contents are stored, then keeps it warm or removes it. */
-  private async markStored(home: Home, bytes?: number): Promise<void> {
-    try {
-      await writeHomeState(home.dir, storedState(home.generation));
-    } catch (err) {
-      // The home still reads as unsaved: the next start or recovery stores it again. Nothing is lost.
-      this.log.error({ workspaceId: home.workspaceId, dir: home.dir, err: toGatewayError(err).describe() }, 'home uploaded but not marked stored');
-      return;
-    }
-    await this.keepOrDelete(home, bytes);
-  }
-
-  /** `bytes`: the home's size when known (an upload counts it), else it is measured. */
-  private async keepOrDelete(home: Home, bytes?: number): Promise<void> {
-    if (this.cache.enabled) {
-      this.cache.add(home.workspaceId, bytes ?? (await dirBytes(home.dir)));
-      this.hooks.cached();
-      return;
-    }
-    try {
-      await deleteHome(home);
-    } catch (err) {
-      // Marked stored, so a later start or recovery takes it for a warm copy.
-      this.log.error({ workspaceId: home.workspaceId, dir: home.dir, err: toGatewayError(err).describe() }, 'home uploaded but not removed');
-    }
   }
 
   /** Removes a warm copy (cache eviction); the caller serializes it with starts of the workspace. */
@@ -348,37 +227,6 @@ export class HomeStore {
     if (state?.stored !== true) return;
     const home = new Home(workspaceId, state.generation, dir, 'cache');
     await deleteHome(home).catch((err: unknown) => this.log.error({ workspaceId, dir, err: toGatewayError(err).describe() }, 'could not remove a cached home'));
-  }
-
-  /**
-   * For a home left unsaved by an earlier gateway: whether the store already
-   * holds it or something newer, so uploading it would lose work. An equal
-   * generation is this very home, stored before its state could say so: it
-   * becomes a warm copy. An older one was superseded by a run elsewhere
-   * that started from the store: it is set aside. So is a home that does
-   * not know its generation when the store holds anything.
-   */
-  private async settleIfStored(home: Home, stored: string | undefined): Promise<boolean> {
-    if (stored === undefined) return false;
-    if (home.generation !== null && stored < home.generation) return false;
-    if (stored === home.generation) {
-      home.uploaded = true;
-      this.log.info({ workspaceId: home.workspaceId, dir: home.dir }, 'recovery: home was already stored');
-      await this.markStored(home);
-      return true;
-    }
-    const to = await quarantine(this.init.homeRoot, home.workspaceId, home.dir, home.generation ?? `unknown-${Date.now()}`);
-    this.log.warn({ workspaceId: home.workspaceId, dir: to, generation: home.generation, stored }, 'recovery: home is older than the stored state; set aside, not uploaded');
-    return true;
-  }
-
-  /** The generation the stored object was packed from (undefined: none stored, or stored without one). */
-  private async storedGeneration(workspaceId: string): Promise<string | undefined> {
-    const current = await this.currentSnapshot(workspaceId);
-    if (current !== null) return current.generation;
-    const outcome = await this.host.archive({ op: 'head', store: this.init.store, workspaceId });
-    if (!outcome.ok) throw deserializeError(outcome.error);
-    return (outcome.value as HeadResult).generation;
   }
 
   /**
@@ -422,7 +270,7 @@ export class HomeStore {
     if (home === undefined) return;
     const state = home.state;
     if (state?.stored === true) {
-      await this.keepOrDelete(new Home(workspaceId, state.generation, home.dir, 'cache'));
+      await this.uploads.keepOrDelete(new Home(workspaceId, state.generation, home.dir, 'cache'));
       return;
     }
     const h = new Home(workspaceId, state?.generation ?? null, home.dir, 'spool');

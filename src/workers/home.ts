@@ -194,37 +194,6 @@ function unsavedState(): HomeState {
   return { generation: null, stored: false, pid: null, startTicks: null, gatewayPid: 0 };
 }
 
-/** Start time of a process in clock ticks since boot, or null when unknown or gone. */
-export async function processStartTicks(pid: number): Promise<number | null> {
-  const rest = await procStat(pid);
-  const ticks = Number(rest?.[19]);
-  return rest !== undefined && Number.isFinite(ticks) ? ticks : null;
-}
-
-/**
- * True when /proc shows `pid` as ended: a zombie (exited, not yet reaped) or
- * no longer there. A process that cannot be inspected counts as running.
- */
-export async function processEnded(pid: number): Promise<boolean> {
-  try {
-    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ENOENT';
-  }
-}
-
-/** Fields of /proc/PID/stat after the command name (field 3 onwards), or undefined when it cannot be read. */
-async function procStat(pid: number): Promise<string[] | undefined> {
-  try {
-    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
-    // Field 2 (comm) may hold spaces and parentheses: parse after the last ')'.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * The only way a CODEX_HOME is removed. Throws GW_INTERNAL for a home whose
  * contents are not safely stored: that is a bug, and losing work is worse

@@ -17,7 +17,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WORKSPACE_ID_PATTERN } from '../shared/workspace-id.js';
-import { HOME_DIR, INCOMING_PREFIX, processEnded, processStartTicks, readHomeState } from './home.js';
+import { HOME_DIR, INCOMING_PREFIX, readHomeState } from './home.js';
+import { processEnded, processStartTicks } from '../shared/proc.js';
 import type { HomeState } from './home.js';
 import { signalGroup } from './process-group.js';
 

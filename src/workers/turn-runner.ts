@@ -13,6 +13,7 @@
  * goes away only stops the events, unless it asked for an interrupt.
  */
 import type { Logger } from 'pino';
+import { within } from '../shared/concurrency.js';
 import { toGatewayError } from '../shared/errors.js';
 import { publicError } from '../shared/public-error.js';
 import type { ApprovalPolicies, ChildInfo, TurnOutcome, TurnRequest, TurnTransportError } from '../shared/protocol.js';
@@ -275,9 +276,7 @@ export class TurnRunner {
     const ended = new Promise<void>((resolve) => (run.onCompleted = resolve));
     if (run.completedTurn !== undefined) return { code: 'brokerTimeout', message };
     this.interrupt(run);
-    let timer: NodeJS.Timeout | undefined;
-    const outcome = await Promise.race([ended.then(() => 'ended' as const), run.conn.closed.then(() => 'closed' as const), new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), GRACE_MS)))]);
-    clearTimeout(timer);
+    const outcome = await within(Promise.race([ended.then(() => 'ended' as const), run.conn.closed.then(() => 'closed' as const)]), GRACE_MS);
     return { code: 'brokerTimeout', message: outcome === 'ended' ? `${message}; interrupted` : `${message}; interrupt not confirmed` };
   }
 
@@ -285,12 +284,7 @@ export class TurnRunner {
   private async closedError(run: Run): Promise<TurnTransportError> {
     if (run.gone === undefined) {
       // The socket often closes before the shard learns that the process exited.
-      let timer: NodeJS.Timeout | undefined;
-      await new Promise<void>((resolve) => {
-        run.onGone = resolve;
-        timer = setTimeout(resolve, CHILD_GONE_WAIT_MS);
-      });
-      clearTimeout(timer);
+      await within(new Promise<void>((resolve) => (run.onGone = resolve)), CHILD_GONE_WAIT_MS);
     }
     if (run.gone !== undefined) return this.goneError(run.gone);
     return { code: 'wsDisconnect', message: 'the connection to codex app-server closed during the turn' };

@@ -31,7 +31,7 @@ import { isRunning, killGroups, killLeftovers, recordLost, recordedChildPid, wit
 
 /** Ends a shard's worker thread the way a crash would (test-only reach into the supervisor). */
 async function killShard(sup: Supervisor, index: number): Promise<void> {
-  const refs = (sup as unknown as { shardRefs: Array<{ worker: Worker }> }).shardRefs;
+  const refs = (sup as unknown as { shards: { refs: Array<{ worker: Worker }> } }).shards.refs;
   await refs[index]?.worker.terminate();
 }
 

@@ -36,7 +36,8 @@ describe('limits.max_children (Supervisor)', () => {
       expect(await b.done()).toBeDefined();
       expect(processAlive(b.pid)).toBe(false);
       expect(a.isAlive()).toBe(true);
-      expect(stopped).toContain('mc-b:evict:true');
+      // The slot is given back when the child exits; its upload ends after that.
+      await waitFor(() => stopped.includes('mc-b:evict:true'), 30_000, "b's home to be stored");
       expect(existsSync(path.join(t.storeDir, 'mc-b.tar.gz'))).toBe(true);
       expect(await homeState(t.homeRoot, 'mc-b')).toMatchObject({ stored: true, pid: null });
       const live = await statuses(t.sup);
@@ -49,6 +50,7 @@ describe('limits.max_children (Supervisor)', () => {
       expect(await readInHome(b2, 'state.txt')).toBe('b-was-here');
       await a.done();
       expect(c.isAlive()).toBe(true);
+      await waitFor(() => stopped.includes('mc-a:evict:true'), 30_000, "a's home to be stored");
       expect(existsSync(path.join(t.storeDir, 'mc-a.tar.gz'))).toBe(true);
       const a2 = await t.sup.ensureSubprocess({ workspaceId: 'mc-a' }, build);
       expect(await readInHome(a2, 'state.txt')).toBe('a-was-here');

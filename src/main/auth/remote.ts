@@ -14,8 +14,8 @@
  * turn, at most `timeoutMs` in all, so a burst of new tokens cannot open
  * thousands of sockets to the verifier at once.
  */
-import { createHash } from 'node:crypto';
 import { GatewayError } from '../../shared/errors.js';
+import { tokenKey } from '../../shared/secrets.js';
 import type { Authenticator } from './authenticator.js';
 import { checkTokenShape, workspaceIdFromClaim } from './authenticator.js';
 
@@ -182,8 +182,4 @@ function reason(err: unknown): string {
   // A JSON SyntaxError quotes the body, which is not ours to pass on.
   if (err instanceof SyntaxError) return 'invalid JSON';
   return err instanceof Error ? err.message : String(err);
-}
-
-function tokenKey(token: string): string {
-  return createHash('sha256').update(token).digest('hex');
 }

@@ -10,13 +10,13 @@
  *   POST /admin/drain                      drain the gateway; NDJSON progress
  *   GET  /admin/cluster                    [cluster]: this node's lease and ownership
  */
-import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { ERROR_CODES } from '../../shared/errors.js';
 import type { SpoolStatus, WorkspaceStatus } from '../../shared/protocol.js';
 import { validateWorkspaceId } from '../../shared/workspace-id.js';
 import { checkBearer } from '../auth/bearer-check.js';
-import type { DrainProgress, DrainReport, Gateway } from '../gateway.js';
+import type { DrainProgress, DrainReport, GatewayView as Gateway } from '../gateway-view.js';
+import { processRssBytes } from '../../shared/proc.js';
 import { asyncRoute, errorReply, statusLine } from './http-util.js';
 import type { HttpReply, RequestInfo } from './http-util.js';
 import type { HttpRequest, HttpResponse, TemplatedApp } from './uws.js';
@@ -39,13 +39,7 @@ function checkToken(header: string | undefined, token: string | undefined): Http
 }
 
 async function rssBytes(pid: number | undefined): Promise<number | null> {
-  if (pid === undefined) return null;
-  try {
-    const m = /^VmRSS:\s+(\d+) kB/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'));
-    return m === null ? null : Number(m[1]) * 1024;
-  } catch {
-    return null;
-  }
+  return pid === undefined ? null : await processRssBytes(pid);
 }
 
 async function describeWorkspace(w: WorkspaceStatus): Promise<Record<string, unknown>> {

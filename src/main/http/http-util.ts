@@ -52,6 +52,11 @@ export function errorReply(status: number, code: string, message: string): HttpR
   return { status, body: { error: { code, message } } };
 }
 
+/** Writes an error reply (errorReply's body) at once. */
+export function sendError(res: HttpResponse, status: number, code: string, message: string, headers: Record<string, string> = {}): void {
+  sendJson(res, status, errorReply(status, code, message).body, headers);
+}
+
 const MAX_BODY = 1024 * 1024;
 
 /**
@@ -126,7 +131,7 @@ export function asyncRoute(
       if (size > MAX_BODY) {
         if (!aborted) {
           aborted = true;
-          res.cork(() => sendJson(res, 413, { error: { code: 'GW_TOO_LARGE', message: 'request body too large' } }));
+          res.cork(() => sendError(res, 413, 'GW_TOO_LARGE', 'request body too large'));
         }
         return;
       }

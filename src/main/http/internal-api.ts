@@ -6,7 +6,7 @@
  */
 import type { Logger } from 'pino';
 import { isLoopbackAddress } from '../../shared/net.js';
-import { asyncRoute, errorReply, sendJson } from './http-util.js';
+import { asyncRoute, errorReply, sendError } from './http-util.js';
 import type { HttpReply, RequestInfo } from './http-util.js';
 import type { Supervisor } from '../supervisor/supervisor.js';
 import { closeApp, listen, uws } from './uws.js';
@@ -35,7 +35,7 @@ export class InternalApi {
     const app = uws().App();
     app.get('/internal/connected', asyncRoute(0, (req) => connected(o, req), o.log));
     o.routes?.(app);
-    app.any('/*', (res) => sendJson(res, 404, { error: { code: 'GW_NOT_FOUND', message: 'no such route' } }));
+    app.any('/*', (res) => sendError(res, 404, 'GW_NOT_FOUND', 'no such route'));
     const { socket, port } = await listen(app, o.host, o.port);
     return new InternalApi(app, socket, port);
   }

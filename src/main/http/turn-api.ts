@@ -18,6 +18,7 @@
  * A client that goes away only stops its events; the turn runs on to its
  * end (or deadline) unless the request said `interruptOnDisconnect`.
  */
+import { TIMED_OUT, within } from '../../shared/concurrency.js';
 import type { Logger } from 'pino';
 import { toGatewayError } from '../../shared/errors.js';
 import type { TurnOutcome } from '../../shared/protocol.js';
@@ -180,22 +181,17 @@ class TurnCall {
       return;
     }
     this.clientGone = (interrupt) => handle.clientGone(interrupt);
-    let timer: NodeJS.Timeout | undefined;
-    const frontDeadline = new Promise<TurnOutcome>((resolve) => {
-      timer = setTimeout(
-        () => resolve({ threadId: body.threadId ?? null, transport: { code: 'brokerTimeout', message: `no answer from the workspace's shard within ${body.timeoutMs + FRONT_SLACK_MS} ms` } }),
-        body.timeoutMs + FRONT_SLACK_MS,
-      );
-    });
-    Promise.race([handle.outcome, frontDeadline])
-      .catch((err: unknown): TurnOutcome => {
-        ctx.log.error({ workspaceId: body.workspaceId, err: toGatewayError(err).describe() }, 'HTTP turn failed');
-        return { threadId: body.threadId ?? null, transport: publicError(err) };
-      })
-      .then((outcome) => {
-        clearTimeout(timer);
-        this.done(outcome);
-      }, (err: unknown) => ctx.log.error({ err: toGatewayError(err).describe() }, 'HTTP turn answer failed'));
+    const deadlineMs = body.timeoutMs + FRONT_SLACK_MS;
+    within(handle.outcome, deadlineMs)
+      .then(
+        (outcome): TurnOutcome =>
+          outcome === TIMED_OUT ? { threadId: body.threadId ?? null, transport: { code: 'brokerTimeout', message: `no answer from the workspace's shard within ${deadlineMs} ms` } } : outcome,
+        (err: unknown): TurnOutcome => {
+          ctx.log.error({ workspaceId: body.workspaceId, err: toGatewayError(err).describe() }, 'HTTP turn failed');
+          return { threadId: body.threadId ?? null, transport: publicError(err) };
+        },
+      )
+      .then((outcome) => this.done(outcome), (err: unknown) => ctx.log.error({ err: toGatewayError(err).describe() }, 'HTTP turn answer failed'));
   }
 
   private done(outcome: TurnOutcome): void {

@@ -14,11 +14,12 @@ import { fieldPath, SETTINGS, envName } from './spec.js';
 import type { DefaultInputs, SettingSpec, Settings } from './spec.js';
 import { CONFIG_FLAG, readConfigFile, readEnv, readFlags } from './sources.js';
 import type { RawInput } from './sources.js';
+import { parseStoreUrl } from './store-url.js';
+import type { StoreSpec } from '../../shared/store-spec.js';
 
 export type { Settings, SettingKey } from './spec.js';
 export { SETTINGS, envName } from './spec.js';
 export { ensureJwtSecret } from '../auth/jwt-secret.js';
-export { storeSpecFromSettings } from './store-url.js';
 
 export interface LoadSettingsInput {
   /** Flags, e.g. `['--config', 'gw.toml', '--port', '9000']`. */
@@ -191,4 +192,19 @@ function memoryBytes(): number {
   const total = os.totalmem();
   const limit = process.constrainedMemory?.() ?? 0;
   return limit > 0 && limit < total ? limit : total;
+}
+
+/** The store the settings name, with the S3 options applied to an s3:// URL. */
+export function storeSpecFromSettings(settings: Settings): StoreSpec {
+  const loc = parseStoreUrl(settings.store.url);
+  // loadSettings has already refused any other URL.
+  if (loc === undefined) throw new Error(`store.url ${settings.store.url} is not a store URL`);
+  if (loc.kind === 'file') return loc;
+  const s3 = settings.store.s3;
+  return {
+    ...loc,
+    region: s3.region,
+    forcePathStyle: s3.forcePathStyle,
+    ...(s3.endpoint === undefined ? {} : { endpoint: s3.endpoint }),
+  };
 }

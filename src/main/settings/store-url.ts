@@ -4,13 +4,11 @@
  * typo never falls back to some other store.
  */
 import { fileURLToPath } from 'node:url';
-import type { StoreSpec } from '../../shared/store-spec.js';
-import type { Settings } from './spec.js';
 
 // S3's rules for new buckets: 3-63 of [a-z0-9.-], starting and ending alphanumeric.
 const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 
-type StoreLocation = { kind: 'file'; dir: string } | { kind: 's3'; bucket: string; prefix?: string };
+export type StoreLocation = { kind: 'file'; dir: string } | { kind: 's3'; bucket: string; prefix?: string };
 
 export function parseStoreUrl(url: string | URL): StoreLocation | undefined {
   let u: URL;
@@ -39,19 +37,4 @@ export function parseStoreUrl(url: string | URL): StoreLocation | undefined {
 
 export function isStoreUrl(u: URL): boolean {
   return parseStoreUrl(u) !== undefined;
-}
-
-/** The store the settings name, with the S3 options applied to an s3:// URL. */
-export function storeSpecFromSettings(settings: Settings): StoreSpec {
-  const loc = parseStoreUrl(settings.store.url);
-  // loadSettings has already refused any other URL.
-  if (loc === undefined) throw new Error(`store.url ${settings.store.url} is not a store URL`);
-  if (loc.kind === 'file') return loc;
-  const s3 = settings.store.s3;
-  return {
-    ...loc,
-    region: s3.region,
-    forcePathStyle: s3.forcePathStyle,
-    ...(s3.endpoint === undefined ? {} : { endpoint: s3.endpoint }),
-  };
 }

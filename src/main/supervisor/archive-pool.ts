@@ -7,7 +7,9 @@
 import os from 'node:os';
 import { Piscina } from 'piscina';
 import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../../shared/archive-protocol.js';
+import { within } from '../../shared/concurrency.js';
 import { serializeError, GatewayError } from '../../shared/errors.js';
+import type { SupervisorObserver } from './options.js';
 
 export class ArchivePool {
   private readonly pool: Piscina<ArchiveTask, ArchiveOutcome<ArchiveValue>>;
@@ -35,6 +37,19 @@ export class ArchivePool {
     }
   }
 
+  /** run(), with uploads and downloads reported to `observer`. */
+  async runObserved(task: ArchiveTask, observer: SupervisorObserver | undefined): Promise<ArchiveOutcome<ArchiveValue>> {
+    const t0 = performance.now();
+    const out = await this.run(task);
+    if (observer?.archiveFinished !== undefined && (task.op === 'pack' || task.op === 'unpack')) {
+      const op = task.op === 'pack' ? 'upload' : 'download';
+      const ms = performance.now() - t0;
+      if (out.ok) observer.archiveFinished({ op, ok: true, bytes: 'bytes' in out.value ? out.value.bytes : 0, ms, code: null, found: 'found' in out.value ? out.value.found : true });
+      else observer.archiveFinished({ op, ok: false, bytes: 0, ms, code: out.error.code, found: false });
+    }
+    return out;
+  }
+
   get queueSize(): number {
     return this.pool.queueSize;
   }
@@ -50,11 +65,7 @@ export class ArchivePool {
       await this.pool.close();
       return;
     }
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), o.graceMs)));
-    const closing = this.pool.close().then(() => 'closed' as const, () => 'late' as const);
-    const outcome = await Promise.race([closing, late]);
-    clearTimeout(timer);
-    if (outcome === 'late') await this.pool.destroy();
+    const closed = await within(this.pool.close().then(() => true, () => false), o.graceMs);
+    if (closed !== true) await this.pool.destroy();
   }
 }

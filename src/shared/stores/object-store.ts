@@ -1,13 +1,10 @@
 /**
  * Where a workspace's CODEX_HOME lives between runs: one `<workspaceId>.tar.gz`
  * object per workspace. Stores run inside the archive pool; other threads only
- * ever hold the cloneable StoreSpec and rebuild a store from it.
+ * ever hold the cloneable StoreSpec and rebuild a store from it (from-spec.ts).
  */
 import type { Readable } from 'node:stream';
-import { GatewayError } from '../errors.js';
 import type { StoreSpec } from '../store-spec.js';
-import { FileObjectStore } from './file-store.js';
-import { S3ObjectStore } from './s3-store.js';
 
 export interface ObjectHead {
   /** Size of the stored object in bytes. */
@@ -58,19 +55,4 @@ export interface ObjectStore {
   head(workspaceId: string): Promise<ObjectHead | undefined>;
   /** Removes the object; removing a missing object succeeds. */
   delete(workspaceId: string): Promise<void>;
-}
-
-export function storeFromSpec(spec: StoreSpec): ObjectStore {
-  switch (spec.kind) {
-    case 'file':
-      return new FileObjectStore(spec.dir);
-    case 's3': {
-      const { kind: _kind, ...opts } = spec;
-      return new S3ObjectStore(opts);
-    }
-    default: {
-      const unknown: never = spec;
-      throw new GatewayError('GW_SETTINGS', `unknown object store kind ${JSON.stringify((unknown as { kind?: unknown }).kind)}`);
-    }
-  }
 }
