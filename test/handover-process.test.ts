@@ -225,7 +225,8 @@ describe('handover restart (real codex)', () => {
     const exitB = await b.stop('SIGTERM');
     expect(exitB, JSON.stringify(b.logs.slice(-6).map((l) => l.msg))).toEqual({ code: 0, signal: null });
     expect(b.logs.find((l) => l.msg === 'codex app-server stopped' && l.workspaceId === workspaceId)).toMatchObject({ pid, reason: 'drain' });
-    expect(b.logs.find((l) => l.msg === 'drain: done')).toMatchObject({ saved: 1, unsaved: 0 });
+    // Homes earlier tests left to recovery may still be in the spool: only this workspace's home is judged.
+    expect(b.logs.filter((l) => l.msg === 'drain: home not uploaded; kept on disk' && l.workspaceId === workspaceId)).toEqual([]);
     expect((await homeState(path.join(dir, 'homes'), workspaceId))?.stored).toBe(true);
     await waitFor(() => ended(pid), 20_000, 'the drained adopted child to be gone');
   }, 300_000);
