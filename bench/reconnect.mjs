@@ -14,7 +14,9 @@
 // then resumes its workspace's thread (`thread/resume`).
 //
 // Storms: warm restart off (`warm_restart.max = 0`: every start waits for
-// its client) and on, each plain and while TURN_WORKSPACES other workspaces
+// its client), on, and the handover restart (`restart.handover`: the new
+// process is started while the old one runs and adopts its codex children,
+// so no workspace starts at all), each plain and while TURN_WORKSPACES other workspaces
 // (not live at the drain) start with the storm and run turns back to back
 // until it is over. The "off" storm is the anchor: the same herd without
 // pre-starts, measured in the same run.
@@ -22,10 +24,12 @@
 // Run with tsx (the fixtures are TypeScript): `node --import tsx
 // bench/reconnect.mjs` (bench/run.mjs does). Env: BENCH_RECONNECT_WORKSPACES
 // (60), BENCH_RECONNECT_CLIENTS (2 per workspace), BENCH_RECONNECT_TURN_WORKSPACES
-// (20), BENCH_RECONNECT_STORMS (plain-off,plain-on,turns-off,turns-on).
+// (20), BENCH_RECONNECT_STORMS (plain-off,plain-on,plain-handover,
+// turns-off,turns-on,turns-handover).
 // Bounded: a client gives up after 60 s, set-up after 10 min; every process
 // is stopped by pid at the end.
 import { writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -39,12 +43,23 @@ import { checkQuiet, machine, machineLine, mapLimit, removeDir, round, scratchDi
 const WORKSPACES = Number(process.env.BENCH_RECONNECT_WORKSPACES ?? 60);
 const CLIENTS = Number(process.env.BENCH_RECONNECT_CLIENTS ?? 2);
 const TURN_WORKSPACES = Number(process.env.BENCH_RECONNECT_TURN_WORKSPACES ?? 20);
-const STORMS = (process.env.BENCH_RECONNECT_STORMS ?? 'plain-off,plain-on,turns-off,turns-on').split(',');
+const STORMS = (process.env.BENCH_RECONNECT_STORMS ?? 'plain-off,plain-on,plain-handover,turns-off,turns-on,turns-handover').split(',');
+// A handover needs every gateway of the run to start its children able to outlive it, and a fixed internal port.
+const HANDOVER = STORMS.some((s) => s.endsWith('-handover'));
 const SECRET = 'bench-reconnect-secret-bench-reconnect-0000';
 const ADMIN = 'bench-reconnect-admin-token-00';
 const CLIENT_DEADLINE_MS = 60_000;
 const TUI_DEADLINE_MS = 10_000;
 const SPREAD_MS = Number(process.env.BENCH_RECONNECT_SPREAD_MS ?? 10_000);
+
+/** A free loopback port (internal.port must be fixed for a handover). */
+async function freePort() {
+  const srv = net.createServer();
+  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const { port } = srv.address();
+  await new Promise((resolve) => srv.close(resolve));
+  return port;
+}
 
 /** A seeded shuffle (mulberry32): arrival order neither follows nor reverses recency. */
 function shuffled(items, seed) {
@@ -93,6 +108,7 @@ async function main() {
   const mock = await startResponsesMock({ deltas: Array.from({ length: 20 }, (_, i) => `piece ${i} `) });
   const dir = await scratchDir('reconnect-');
   const config = path.join(dir, 'gw.toml');
+  const internalPort = HANDOVER ? await freePort() : undefined;
   const writeConfig = (warmMax) =>
     writeFile(
       config,
@@ -100,7 +116,7 @@ async function main() {
         dir: path.join(dir, 'data'),
         secret: SECRET,
         mockBaseUrl: mock.baseUrl,
-        extra: ['[admin]', `token = ${JSON.stringify(ADMIN)}`, '[warm_restart]', `max = ${warmMax}`, '[spawn]', 'ready_timeout = "30s"', '[shutdown]', 'budget = "120s"', '[reaper]', 'idle_after = "2h"'],
+        extra: ['[admin]', `token = ${JSON.stringify(ADMIN)}`, '[warm_restart]', `max = ${warmMax}`, '[spawn]', 'ready_timeout = "30s"', '[shutdown]', 'budget = "120s"', '[reaper]', 'idle_after = "2h"', ...(internalPort === undefined ? [] : ['[internal]', `port = ${internalPort}`, '[restart]', 'handover = true'])],
       }),
       { mode: 0o600 },
     );
@@ -147,10 +163,19 @@ async function main() {
       await mapLimit(turnIds, 4, (id) => fetch(`${gw.internalUrl}/admin/workspaces/${id}/shutdown`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` } }));
       await writeConfig(mode === 'on' ? 100 : 0);
       const down = performance.now();
-      const exit = await gw.stop('SIGTERM');
+      let exit;
+      if (mode === 'handover') {
+        // The new process asks the old one for its children; it listens once the old one has let go of them and exited.
+        const old = gw;
+        gw = await startGatewayProcess(config, env, 60_000);
+        exit = await old.exited;
+        for (const c of live) await c.close().catch(() => {});
+      } else {
+        exit = await gw.stop('SIGTERM');
+        for (const c of live) await c.close().catch(() => {});
+        gw = await startGatewayProcess(config, env, 60_000);
+      }
       const drainMs = performance.now() - down;
-      for (const c of live) await c.close().catch(() => {});
-      gw = await startGatewayProcess(config, env, 60_000);
       const load = loadavg();
       const stormT0 = performance.now();
       let stormOver = false;
@@ -204,12 +229,14 @@ async function main() {
         drainMs,
         drainExit: exit.code,
         turnsCompleted: turnCounts.reduce((a, b) => a + b, 0),
+        spawns: gw.logs.filter((l) => l.msg === 'codex app-server ready').length,
+        adopted: gw.logs.filter((l) => l.msg === 'handover: child adopted').length,
         warmRestart: warmDone === undefined ? null : { started: warmDone.started, failed: warmDone.failed, ms: warmDone.ms },
         loadavgAtStart: load,
         loadavgAtEnd: loadavg(),
       };
       results.push(r);
-      console.log(`${storm}: init p50 ${round(s.p50, 0)} ms, p99 ${round(s.p99, 0)} ms, max ${round(s.max, 0)} ms; >10 s: ${r.over10s}; resumed ${r.resumed}/${r.clients}; turns ${r.turnsCompleted}; load ${load.join(' ')}`);
+      console.log(`${storm}: init p50 ${round(s.p50, 0)} ms, p99 ${round(s.p99, 0)} ms, max ${round(s.max, 0)} ms; >10 s: ${r.over10s}; resumed ${r.resumed}/${r.clients}; turns ${r.turnsCompleted}; spawns ${r.spawns}, adopted ${r.adopted}; load ${load.join(' ')}`);
     }
   } finally {
     for (const c of live) await c.close().catch(() => {});
@@ -238,6 +265,15 @@ async function main() {
     const r = by['plain-on'];
     checks.push({ target: 'plain storm, warm restart on: init p99 ≤ 2 s', value: `${round(r.initMs.p99, 0)} ms (off: ${round(by['plain-off']?.initMs.p99, 0)} ms)`, ok: r.initMs.p99 <= 2000 });
     checks.push({ target: 'plain storm, warm restart on: no client past 10 s', value: `${r.over10s} of ${r.clients}`, ok: r.over10s === 0 && r.failed === 0 });
+  }
+  if (by['plain-handover'] !== undefined) {
+    const r = by['plain-handover'];
+    checks.push({ target: 'plain storm, handover restart: init p99 ≤ 2 s', value: `${round(r.initMs.p99, 0)} ms`, ok: r.initMs.p99 <= 2000 });
+    checks.push({ target: 'plain storm, handover restart: no client past 10 s', value: `${r.over10s} of ${r.clients}`, ok: r.over10s === 0 && r.failed === 0 });
+  }
+  if (by['turns-handover'] !== undefined) {
+    const r = by['turns-handover'];
+    checks.push({ target: 'with turns running, handover restart: no client past 10 s', value: `${r.over10s} of ${r.clients}`, ok: r.over10s === 0 && r.failed === 0 });
   }
   if (by['turns-on'] !== undefined) {
     const r = by['turns-on'];

@@ -29,7 +29,7 @@ import { secureDataDir } from '../src/main/isolation.js';
 import { DEFAULT_ENV_ALLOWLIST } from '../src/shared/child-env.js';
 import { resolveChildUser } from '../src/shared/spawn-user.js';
 import { childLaunch } from '../src/workers/parent-death.js';
-import { childPids } from '../src/workers/spawn.js';
+import { childPids } from '../src/workers/renice.js';
 import { processStartTicks } from '../src/shared/proc.js';
 import { stopLeftoverChild } from '../src/workers/recovery.js';
 import { AppServerClient } from './fixtures/app-server-client.js';

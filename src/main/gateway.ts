@@ -32,6 +32,7 @@ import type { SupervisorObserver, SupervisorOptions } from './supervisor/supervi
 import type { TemplatedApp } from './http/uws.js';
 import { WarmRestart, liveForRecord, takeWarmRecord, writeWarmRecord } from './supervisor/warm-restart.js';
 import type { WarmRestartOptions } from './supervisor/warm-restart.js';
+import type { HandoverRecord } from '../shared/handover.js';
 
 const EMPTY_MEMORY: FrontMemory = { bufferedBytes: 0, maxBufferedBytes: null, toClientBufferedBytes: 0, slowChildCloses: 0, overloadCloses: 0 };
 
@@ -216,6 +217,32 @@ export class Gateway extends EventEmitter implements GatewayView {
   drain(): Promise<DrainReport> {
     if (this.draining === undefined) {
       this.draining = this.runDrain();
+      this.emit('drain-begin');
+    }
+    return this.draining;
+  }
+
+  /**
+   * restart.handover (handover.ts): stop accepting, close clients with 1012,
+   * let go of every child without stopping it, close the listeners, and
+   * give the children's records to `deliver`. The homes stay with their
+   * running children; nothing is uploaded. Counts as this gateway's drain.
+   */
+  handOver(deliver: (records: HandoverRecord[]) => Promise<void>): Promise<DrainReport> {
+    if (this.draining === undefined) {
+      this.draining = (async () => {
+        this.front.draining = true;
+        this.reaperAbort.abort();
+        this.warm?.stop();
+        await this.front.closeClients(CloseCode.ServiceRestart, 'GW_RESTARTING: gateway restarting; reconnect', 2000);
+        const records = await this.sup.handover();
+        this.front.close();
+        this.internal.close();
+        this.metrics.close();
+        this.o.log.info({ children: records.length }, 'handover: children released; listeners closed');
+        await deliver(records);
+        return { results: [], saved: 0, unsaved: [], timedOut: false };
+      })();
       this.emit('drain-begin');
     }
     return this.draining;

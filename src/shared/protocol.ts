@@ -12,6 +12,7 @@ import type { ArchiveOutcome, ArchiveTask, ArchiveValue, UnpackLimits } from './
 import type { SpawnConfig } from './codex-config.js';
 import type { SerializedError } from './errors.js';
 import type { StoreSpec } from './store-spec.js';
+import type { HandoverRecord } from './handover.js';
 
 /** What a shard reports about a live child; the main thread wraps it in a ChildHandle. */
 export interface ChildInfo {
@@ -142,6 +143,10 @@ export interface ShardInit {
   logPretty: boolean;
   dataPlane: DataPlaneLimits;
   approvals: ApprovalPolicies;
+  /** restart.handover: children may outlive the gateway, for a successor to adopt (handover.ts). */
+  handover?: boolean;
+  /** Children a previous gateway handed over; each shard adopts its own before recovery. */
+  adopt?: HandoverRecord[];
   /** With [cluster]: starts claim the workspace first, and stored state goes to fenced snapshots (cluster.ts). Absent: off. */
   cluster?: boolean;
 }
@@ -221,6 +226,8 @@ export type ShardMethods = {
   /** Stops that child if it is still idle since `lastActivity`; true when a stop began. */
   evict: { params: { workspaceId: string; lastActivity: number }; result: boolean };
   close: { params: Record<string, never>; result: StopResult[] };
+  /** Lets go of every running child for a successor (WorkspaceTable.release); the shard is closed afterwards. */
+  handover: { params: Record<string, never>; result: HandoverRecord[] };
   /** Runs one turn over the shard's own connection to the child; never rejects for turn failures (TurnOutcome). */
   runTurn: { params: TurnRequest; result: TurnOutcome };
   /** Starts the workspace speculatively (warm restart); its start yields to client starts. */
@@ -248,7 +255,8 @@ export type ShardNotices = {
 };
 
 export type HostNotices = {
-  childStarted: { workspaceId: string; generation: string; pid: number };
+  /** `adopted`: handed over by a previous gateway (it takes a child slot without a start). */
+  childStarted: { workspaceId: string; generation: string; pid: number; adopted?: boolean };
   /** The start of `generation` finished (ready or failed): its spawn permit is free; on failure, its slot too. */
   spawnSettled: { generation: string; ok: boolean };
   /** A client now waits for the pre-start of `generation`: it goes before other pre-starts at the gate. */

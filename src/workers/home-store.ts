@@ -22,7 +22,7 @@ import type { HomeState } from './home.js';
 import { LEGACY_MARKER, clearLegacyNotes, quarantine, stopLeftoverChild } from './recovery.js';
 import type { LeftoverWorkspace } from './recovery.js';
 import { Spool, unretryable } from './spool.js';
-import type { TableHost } from './workspaces.js';
+import type { TableHost } from './table-host.js';
 import { ClusterHomes } from './cluster-homes.js';
 import { HomeUploads, storedState } from './home-upload.js';
 import type { HomeStoreHooks } from './home-upload.js';

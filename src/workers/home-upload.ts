@@ -15,7 +15,7 @@ import type { HomeCache } from './home-cache.js';
 import { deleteHome, dirBytes, newGeneration, writeHomeState } from './home.js';
 import type { Home, HomeState } from './home.js';
 import { quarantine } from './recovery.js';
-import type { TableHost } from './workspaces.js';
+import type { TableHost } from './table-host.js';
 
 /** A stored home's state on disk: no process, contents equal to `generation` in the store. */
 export function storedState(generation: string | null): HomeState {

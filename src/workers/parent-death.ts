@@ -71,6 +71,14 @@ export interface LaunchOptions {
   runAs?: ChildUser;
   /** spawn.sandbox = bubblewrap. */
   sandbox?: SandboxSpec;
+  /**
+   * restart.handover: no parent-death signal, so the child can outlive this
+   * gateway and be adopted by its successor. A gateway that dies without
+   * handing over then leaves it running until the next start's recovery
+   * stops it and stores its home. Not with the sandbox: bwrap's own
+   * --die-with-parent ties it to the thread that started it.
+   */
+  outliveParent?: boolean;
 }
 
 /**
@@ -97,13 +105,16 @@ export function bubblewrapBinary(): string | undefined {
  * settings earlier).
  */
 export function childLaunch(command: string, args: readonly string[], o: LaunchOptions = {}): Launch {
+  if (o.outliveParent === true && o.sandbox !== undefined) throw new GatewayError('GW_SANDBOX_UNAVAILABLE', 'restart.handover cannot keep children started in the bubblewrap sandbox (bwrap ends them with their parent)');
+  if (o.outliveParent === true && o.runAs === undefined) return { command, args: [...args], guarded: false };
   if (o.runAs === undefined && o.sandbox === undefined) return withParentDeathSignal(command, args);
   const launcher = parentDeathLauncher();
   if (launcher === undefined) {
     throw new GatewayError(o.sandbox !== undefined ? 'GW_SANDBOX_UNAVAILABLE' : 'GW_SPAWN_USER', 'util-linux setpriv is needed to start children as spawn.user or in the sandbox, and this system has none');
   }
   if (o.sandbox === undefined) {
-    return { command: launcher, args: [...userArgs(o.runAs), '--pdeathsig', PARENT_DEATH_SIGNAL, '--', command, ...args], guarded: true };
+    const pdeath = o.outliveParent === true ? [] : ['--pdeathsig', PARENT_DEATH_SIGNAL];
+    return { command: launcher, args: [...userArgs(o.runAs), ...pdeath, '--', command, ...args], guarded: true };
   }
   const bin = bubblewrapBinary();
   if (bin === undefined) throw new GatewayError('GW_SANDBOX_UNAVAILABLE', 'spawn.sandbox is bubblewrap, and this system has no bwrap (Debian: apt-get install bubblewrap)');

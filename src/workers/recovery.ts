@@ -20,7 +20,7 @@ import { WORKSPACE_ID_PATTERN } from '../shared/workspace-id.js';
 import { HOME_DIR, INCOMING_PREFIX, readHomeState } from './home.js';
 import { processEnded, processStartTicks } from '../shared/proc.js';
 import type { HomeState } from './home.js';
-import { signalGroup } from './spawn.js';
+import { signalGroup } from './process-group.js';
 
 /** The process a home's state (or an earlier layout's marker) recorded. */
 export interface ProcessRecord {

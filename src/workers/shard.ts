@@ -8,6 +8,7 @@ import type { SnapshotRef } from '../shared/cluster.js';
 import { createThreadLogger, flushLogger } from '../shared/logger.js';
 import { LoopDelayWindow } from '../shared/loop-delay.js';
 import type { HostMethods, HostNotices, ShardMethods, ShardNotices, ShardStats, ShardWorkerData } from '../shared/protocol.js';
+import { CloseCode } from '../shared/close-codes.js';
 import { RpcPeer } from '../shared/rpc.js';
 import { ChildProxy } from './child-proxy.js';
 import { parentDeathLauncher } from './parent-death.js';
@@ -44,6 +45,12 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
     evict: (p) => table.evict(p.workspaceId, p.lastActivity),
     runTurn: (p) => turns.run(p),
     prestart: (p) => table.ensure(p.workspaceId, 0, { rank: p.rank, lastActivity: p.lastActivity }),
+    handover: async () => {
+      proxy.closeAll(CloseCode.ServiceRestart, 'GW_RESTARTING: gateway restarting; reconnect');
+      const records = await table.release();
+      log.info({ handedOver: records.length }, 'shard: children handed over');
+      return records;
+    },
     close: async () => {
       proxy.closeAll(1001, 'GW_CLOSED: gateway shutting down');
       const results = await table.close(Math.max(1, Math.ceil(init.shutdownConcurrency)));
@@ -64,7 +71,7 @@ const table: WorkspaceTable = new WorkspaceTable(
   {
     buildConfig: (builderId, workspaceId, loopbackToken) => peer.call('buildConfig', { builderId, workspaceId, loopbackToken }),
     archive: (task) => peer.call('archive', task),
-    childStarted: (workspaceId, generation, pid) => peer.notify('childStarted', { workspaceId, generation, pid }),
+    childStarted: (workspaceId, generation, pid, adopted) => peer.notify('childStarted', { workspaceId, generation, pid, ...(adopted === true ? { adopted } : {}) }),
     childExited: (workspaceId, generation, exit) => peer.notify('childExited', { workspaceId, generation, code: exit.code, signal: exit.signal }),
     enterSpawn: (workspaceId, generation, priority, rank) => peer.call('enterSpawn', { workspaceId, generation, priority, rank }),
     spawnSettled: (generation, ok) => peer.notify('spawnSettled', { generation, ok }),
@@ -106,4 +113,4 @@ const turns: TurnRunner = new TurnRunner(
   },
   log,
 );
-table.recover();
+table.recover(init.adopt);

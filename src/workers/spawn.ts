@@ -12,8 +12,6 @@
  * later build may append a path or query.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
-import os from 'node:os';
 import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
@@ -23,11 +21,11 @@ import { parseBwrapInfo } from '../shared/sandbox.js';
 import type { SandboxSpec } from '../shared/sandbox.js';
 import type { ChildUser } from '../shared/spawn-user.js';
 import { childLaunch, findExecutable } from './parent-death.js';
+import { signalGroup } from './process-group.js';
+import type { ExitInfo, RunningChild } from './process-group.js';
+import { renice } from './renice.js';
 
-export interface ExitInfo {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
+export type { ExitInfo, RunningChild } from './process-group.js';
 
 export interface SpawnRequest {
   codexBin: string;
@@ -43,20 +41,14 @@ export interface SpawnRequest {
   runAs?: ChildUser;
   /** spawn.sandbox = bubblewrap: what the sandbox shows. */
   sandbox?: SandboxSpec;
+  /** restart.handover: the child may outlive the gateway (no parent-death signal, parent-death.ts). */
+  outliveGateway?: boolean;
   /** Called once the process exists (it may write to CODEX_HOME from here on). */
   onSpawned: (pid: number) => void;
   /** Called synchronously when the spawned process has exited, before `exited` resolves. */
   onExit?: () => void;
   /** Output lines after the banner, and before it while waiting. */
   onOutput: (stream: 'stdout' | 'stderr', line: string) => void;
-}
-
-export interface RunningChild {
-  readonly pid: number;
-  readonly wsUrl: string;
-  readonly httpUrl: string;
-  readonly exited: Promise<ExitInfo>;
-  exitInfo(): ExitInfo | undefined;
 }
 
 const WS_URL = /\bws:\/\/[^\s"'<>]+/;
@@ -91,6 +83,7 @@ export async function spawnAppServer(req: SpawnRequest): Promise<RunningChild> {
   const launch = childLaunch(req.codexBin, appServerArgs(req.wsToken), {
     ...(req.runAs === undefined ? {} : { runAs: req.runAs }),
     ...(req.sandbox === undefined ? {} : { sandbox: req.sandbox }),
+    ...(req.outliveGateway === true ? { outliveParent: true } : {}),
   });
   if (launch.guarded && findExecutable(req.codexBin, req.env.PATH) === undefined) {
     throw spawnError(req.codexBin, Object.assign(new Error(`${req.codexBin} is not an executable file`), { code: 'ENOENT' }));
@@ -199,53 +192,6 @@ async function sandboxedPid(child: ChildProcess, fd: number, exited: Promise<Exi
   return raceStartup(reported, exited, deadline, () => new GatewayError('GW_SANDBOX_UNAVAILABLE', 'bwrap did not report the sandboxed pid in time'), []);
 }
 
-/**
- * Lowers the priority of every thread of a process (Linux priorities are per
- * thread; threads started later inherit from their creator). The gateway's
- * own threads then keep serving frames when many children compete for CPU,
- * as in a burst of starts.
- */
-export function renice(pid: number, nice: number): void {
-  reniceThreads(pid, nice);
-  // Under bubblewrap `pid` is the sandbox's init; codex is its child.
-  for (const child of childPids(pid)) reniceThreads(child, nice);
-}
-
-/** Direct children of a process (/proc/PID/task/TID/children; none when it cannot be read). */
-export function childPids(pid: number): number[] {
-  const out: number[] = [];
-  let tids: string[];
-  try {
-    tids = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return out;
-  }
-  for (const tid of tids) {
-    try {
-      for (const c of readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/)) if (c !== '') out.push(Number(c));
-    } catch {
-      // Gone: no children to find.
-    }
-  }
-  return out;
-}
-
-function reniceThreads(pid: number, nice: number): void {
-  let tids: string[];
-  try {
-    tids = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    tids = [String(pid)];
-  }
-  for (const tid of tids) {
-    try {
-      os.setPriority(Number(tid), Math.min(19, Math.max(os.getPriority(Number(tid)), os.getPriority(0) + nice)));
-    } catch {
-      // Gone, or not permitted: it keeps its priority.
-    }
-  }
-}
-
 /** The first promise to settle wins: a result, the child's exit, or the deadline. */
 async function raceStartup<T>(p: Promise<T>, exited: Promise<ExitInfo>, deadline: number, onTimeout: () => GatewayError, tail: string[]): Promise<T> {
   const ac = new AbortController();
@@ -342,59 +288,4 @@ function splitLines(stream: NodeJS.ReadableStream | null, onLine: (line: string)
   stream.on('end', () => {
     if (buf.length > 0) onLine(buf);
   });
-}
-
-/** Signals a whole process group; a group that is already gone is not an error. */
-export function signalGroup(pgid: number, signal: NodeJS.Signals): boolean {
-  try {
-    process.kill(-pgid, signal);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function groupAlive(pgid: number): boolean {
-  try {
-    process.kill(-pgid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * SIGTERM to the process group; a second SIGTERM halfway through the grace
- * period; SIGKILL at its end. codex (0.169.0) finishes a turn in flight
- * before it honours the first SIGTERM, and exits at once, cleanly, on the
- * second, so a stuck turn costs half the grace, not a SIGKILL. Whatever else
- * is left in the group once the leader is gone (an MCP server, a tool) gets
- * SIGKILL too, so stopping a child stops all of it.
- */
-export async function stopProcessGroup(c: RunningChild, graceMs: number): Promise<ExitInfo> {
-  const exitedWithin = async (ms: number): Promise<boolean> => {
-    const ac = new AbortController();
-    try {
-      return await Promise.race([c.exited.then(() => true), sleep(ms, false, { signal: ac.signal }).catch(() => false)]);
-    } finally {
-      ac.abort();
-    }
-  };
-  if (c.exitInfo() === undefined) {
-    signalGroup(c.pid, 'SIGTERM');
-    if (!(await exitedWithin(graceMs / 2))) {
-      signalGroup(c.pid, 'SIGTERM');
-      if (!(await exitedWithin(graceMs / 2))) signalGroup(c.pid, 'SIGKILL');
-    }
-  }
-  const info = await c.exited;
-  await reapGroup(c.pid, Math.min(graceMs, 2000));
-  return info;
-}
-
-/** Gives the rest of a group a moment to follow its leader out, then SIGKILL. */
-export async function reapGroup(pgid: number, waitMs: number): Promise<void> {
-  const until = Date.now() + waitMs;
-  while (groupAlive(pgid) && Date.now() < until) await sleep(20);
-  if (groupAlive(pgid)) signalGroup(pgid, 'SIGKILL');
 }

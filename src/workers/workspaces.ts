@@ -13,107 +13,55 @@
  * 4. Homes are deleted only through deleteHome, after their upload (HomeStore).
  * 6. Stopping a child stops its process group (spawn.ts).
  *
- * Where homes come from and go to (spool, store, recovery) is home-store.ts.
+ * Its parts: a start (child-start.ts), a child's end (child-end.ts), idle
+ * reaping and eviction (reaping.ts), start-up recovery (recovery-scan.ts),
+ * handover (handover-table.ts); homes come and go through home-store.ts.
  */
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../shared/archive-protocol.js';
-import { buildChildEnv, parseEnvEntries } from '../shared/child-env.js';
-import { renderCodexConfig } from '../shared/codex-config.js';
-import type { SpawnConfig } from '../shared/codex-config.js';
 import { mapLimit, withTimeout } from '../shared/concurrency.js';
 import { CrashLoopGuard } from '../shared/crash-loop.js';
 import { GatewayError, toGatewayError } from '../shared/errors.js';
-import { stripAnsi } from '../shared/logger.js';
-import type { ChildInfo, PrestartTicket, ReapOptions, ShardInit, SpawnPriority, StopReason, StopResult, WorkspaceState, WorkspaceStatus } from '../shared/protocol.js';
-import { shouldReap } from '../shared/reap-policy.js';
-import { shardOf, validateWorkspaceId } from '../shared/workspace-id.js';
-import type { ClusterHost } from './cluster-homes.js';
+import type { HandoverRecord } from '../shared/handover.js';
+import type { ChildInfo, PrestartTicket, ReapOptions, ShardInit, StopReason, StopResult, WorkspaceStatus } from '../shared/protocol.js';
+import { validateWorkspaceId } from '../shared/workspace-id.js';
+import { startChild } from './child-start.js';
+import { release } from './handover-table.js';
 import { HomeStore } from './home-store.js';
-import { ensureWorkDir, homePath, newGeneration, writeHomeState, writePrivateFile } from './home.js';
-import { processEnded, processStartTicks } from '../shared/proc.js';
-import type { Home } from './home.js';
-import { findLeftovers } from './recovery.js';
-import { describeExit, reapGroup, spawnAppServer, stopProcessGroup } from './spawn.js';
-import { closeWorkspaceDir, openHomeTo } from './home-owner.js';
-import type { ExitInfo, RunningChild } from './spawn.js';
+import { newGeneration } from './home.js';
+import { processEnded } from '../shared/proc.js';
+import { LoopbackTokens } from './loopback-tokens.js';
+import { recoverAtStart } from './recovery-scan.js';
+import { evict, evictCandidate, reapIdle, trimCache } from './reaping.js';
+import type { ExitInfo } from './spawn.js';
+import { childExited, stopChild } from './child-end.js';
+import { describeEntry } from './workspace-entry.js';
+import type { Entry, TableCore, TableEvents } from './workspace-entry.js';
+import type { TableHost } from './table-host.js';
 
-export interface TableHost {
-  buildConfig(builderId: number, workspaceId: string, loopbackToken: string): Promise<SpawnConfig>;
-  archive(task: ArchiveTask): Promise<ArchiveOutcome<ArchiveValue>>;
-  childStarted(workspaceId: string, generation: string, pid: number): void;
-  childExited(workspaceId: string, generation: string, exit: ExitInfo): void;
-  /** Resolves when limits allow a spawn (only called when spawns are gated), with the time it was queued. */
-  enterSpawn(workspaceId: string, generation: string, priority: SpawnPriority, rank: number): Promise<{ queuedMs: number; priority: SpawnPriority }>;
-  spawnSettled(generation: string, ok: boolean): void;
-  /** A client now waits for the queued pre-start of `generation`. */
-  promoteSpawn(generation: string): void;
-  workspaceStopped(workspaceId: string, reason: string, saved: boolean): void;
-  /** A start finished: ready (errorCode null) or failed with that code. */
-  startFinished(workspaceId: string, ms: number, errorCode: string | null): void;
-  /** With [cluster] only: ownership through the main thread (cluster-homes.ts, used by HomeStore). */
-  cluster?: ClusterHost;
-}
+export type { GoneReason, TableEvents } from './workspace-entry.js';
+export type { TableHost } from './table-host.js';
 
-/** Start failures that mean the process itself is broken (they feed crash-loop protection). */
-const PROCESS_FAILURES: ReadonlySet<string> = new Set(['GW_SPAWN_EXITED', 'GW_SPAWN_TIMEOUT', 'GW_SPAWN_NOT_READY']);
-
-/** Why a child's clients lose it: a stop reason, or the child ended by itself. */
-export type GoneReason = StopReason | 'crash';
-
-export interface TableEvents {
-  /** The child of `generation` is going away; its client connections must close. */
-  childGone(workspaceId: string, generation: string, reason: GoneReason): void;
-}
-
-interface Entry {
-  workspaceId: string;
-  generation: string;
-  state: WorkspaceState;
-  ready: Promise<ChildInfo>;
-  info: ChildInfo | undefined;
-  home: Home | undefined;
-  child: RunningChild | undefined;
-  pid: number | undefined;
-  loopbackToken: string;
-  loopbackKey: string;
-  wsToken: string;
-  lastActivity: number;
-  startedAt: number;
-  readyAt: number;
-  clients: number;
-  exitHandled: boolean;
-  /** `prestart` until a client asks for it (then `client`: it is promoted at the gate). */
-  priority: SpawnPriority;
-  rank: number;
-  /** A pre-start no client has claimed yet: the activity its drain record gave it. */
-  prestarted: { lastActivity: number } | undefined;
-}
-
-function tokenKey(token: string): string {
-  return createHash('sha256').update(token).digest('hex');
-}
-
-export class WorkspaceTable {
-  private readonly live = new Map<string, Entry>();
-  private readonly busy = new Map<string, Promise<unknown>>();
-  private readonly tokens = new Map<string, { token: Buffer; workspaceId: string }>();
+export class WorkspaceTable implements TableCore {
+  // TableCore: open to the files that implement parts of the table (workspace-entry.ts), not to other callers.
+  readonly live = new Map<string, Entry>();
+  readonly busy = new Map<string, Promise<unknown>>();
+  readonly tokens = new LoopbackTokens();
   readonly homes: HomeStore;
-  private readonly crashLoop: CrashLoopGuard;
-  private closed = false;
+  readonly crashLoop: CrashLoopGuard;
+  closed = false;
   /** Pending while recover() scans homes.root; starts wait for it (see recover). */
   private scanning: Promise<void> | undefined;
   /** True from recover() until every leftover it found is handled. */
   recovering = false;
 
   constructor(
-    private readonly init: ShardInit,
-    private readonly host: TableHost,
-    private readonly events: TableEvents,
-    private readonly log: Logger,
+    readonly init: ShardInit,
+    readonly host: TableHost,
+    readonly events: TableEvents,
+    readonly log: Logger,
   ) {
-    this.homes = new HomeStore(init, host, log, { cached: () => this.trimCache() });
+    this.homes = new HomeStore(init, host, log, { cached: () => trimCache(this) });
     this.crashLoop = new CrashLoopGuard(init.crashLoop);
   }
 
@@ -191,7 +139,6 @@ export class WorkspaceTable {
       child: undefined,
       pid: undefined,
       loopbackToken,
-      loopbackKey: tokenKey(loopbackToken),
       wsToken: randomBytes(32).toString('base64url'),
       lastActivity: now,
       startedAt: now,
@@ -203,12 +150,12 @@ export class WorkspaceTable {
       prestarted: prestart === undefined ? undefined : { lastActivity: prestart.lastActivity },
     };
     this.live.set(workspaceId, e);
-    e.ready = this.start(e, builderId).then(
+    e.ready = startChild(this, e, builderId).then(
       (info) => {
         e.info = info;
         e.state = 'running';
         e.readyAt = Date.now();
-        this.tokens.set(e.loopbackKey, { token: Buffer.from(e.loopbackToken), workspaceId });
+        this.tokens.add(e.loopbackToken, workspaceId);
         // A crash during the last await of start is handled once we are running.
         const exit = e.child?.exitInfo();
         if (exit !== undefined) this.onExit(e, exit);
@@ -231,150 +178,11 @@ export class WorkspaceTable {
     return e;
   }
 
-  private async start(e: Entry, builderId: number): Promise<ChildInfo> {
-    const t0 = Date.now();
-    const log = this.log.child({ workspaceId: e.workspaceId, generation: e.generation });
-    const spawnConfig = await this.build(e, builderId);
-    const toml = renderCodexConfig(spawnConfig.config, e.loopbackToken);
-    parseEnvEntries(spawnConfig.env, 'config builder env');
-
-    const home = await this.homes.prepare(e.workspaceId);
-    e.home = home;
-    // What the home holds before this run, for a start that fails before any process ran in it.
-    const before = { generation: home.generation, stored: home.origin !== 'spool' };
-    let gated = false;
-    let queuedMs = 0;
-    try {
-      await writePrivateFile(path.join(home.dir, 'config.toml'), toml);
-      await ensureWorkDir(home);
-      if (this.init.gatedSpawns) {
-        const admitted = await this.host.enterSpawn(e.workspaceId, e.generation, e.priority, e.rank);
-        queuedMs = Math.round(admitted.queuedMs);
-        gated = true;
-      }
-      // The new generation is recorded before the process exists: recovery then knows this home may hold unsaved work.
-      await writeHomeState(home.dir, { generation: e.generation, stored: false, pid: null, startTicks: null, gatewayPid: process.pid });
-      home.generation = e.generation;
-      const runAs = this.init.runAs;
-      if (runAs !== undefined) await openHomeTo(runAs, home.dir);
-      const env = buildChildEnv({
-        parent: process.env,
-        allowlist: this.init.envAllowlist,
-        extraEnv: this.init.extraEnv,
-        builderEnv: spawnConfig.env,
-        codexHome: home.dir,
-        loopbackToken: e.loopbackToken,
-        ...(runAs?.name === undefined ? {} : { userName: runAs.name }),
-      });
-      const wsDir = path.dirname(home.dir);
-      let pidFile: Promise<void> = Promise.resolve();
-      const child = await spawnAppServer({
-        codexBin: this.init.codexBin,
-        cwd: home.workDir,
-        env,
-        wsToken: e.wsToken,
-        readyTimeoutMs: this.init.readyTimeoutMs,
-        nice: this.init.childNice,
-        ...(runAs === undefined ? {} : { runAs }),
-        ...(this.init.sandbox === 'bubblewrap' ? { sandbox: { workspaceDir: wsDir, cwd: home.workDir, codexBin: this.init.codexBin } } : {}),
-        ...(runAs === undefined
-          ? {}
-          : {
-              onExit: () => {
-                const err = closeWorkspaceDir(wsDir);
-                if (err !== undefined) log.error({ err: err.message }, 'could not take the workspace directory back from spawn.user');
-              },
-            }),
-        onSpawned: (pid) => {
-          home.ran = true;
-          e.pid = pid;
-          this.host.childStarted(e.workspaceId, e.generation, pid);
-          pidFile = this.recordPid(home, pid);
-        },
-        onOutput: (stream, line) => log.info({ pid: e.pid, stream }, `[codex ${e.workspaceId}] ${stripAnsi(line)}`),
-      });
-      await pidFile;
-      e.child = child;
-      if (gated) this.host.spawnSettled(e.generation, true);
-      void child.exited.then((exit) => this.onExit(e, exit));
-      log.info({ pid: child.pid, wsUrl: child.wsUrl, origin: home.origin, priority: e.priority, queuedMs, ms: Date.now() - t0 }, 'codex app-server ready');
-      return {
-        workspaceId: e.workspaceId,
-        generation: e.generation,
-        pid: child.pid,
-        wsUrl: child.wsUrl,
-        wsToken: e.wsToken,
-        httpUrl: child.httpUrl,
-        codexHome: home.dir,
-        startedAt: e.startedAt,
-        shard: this.init.shard,
-      };
-    } catch (err) {
-      // spawnAppServer kills and reaps the process before it throws.
-      if (e.pid !== undefined) this.host.childExited(e.workspaceId, e.generation, { code: null, signal: null });
-      // A start that failed before any process existed had no exit handler to take the directory back.
-      if (this.init.runAs !== undefined) closeWorkspaceDir(path.dirname(home.dir));
-      if (gated) this.host.spawnSettled(e.generation, false);
-      const failure = toGatewayError(err);
-      if (PROCESS_FAILURES.has(failure.code)) this.crashLoop.failed(e.workspaceId);
-      log.warn({ err: failure.describe(), failures: this.crashLoop.failures(e.workspaceId) }, 'start failed');
-      this.abandon(home, before, log);
-      throw err;
-    }
-  }
-
-  private async build(e: Entry, builderId: number): Promise<SpawnConfig> {
-    let cfg: SpawnConfig;
-    try {
-      cfg = await withTimeout(
-        this.host.buildConfig(builderId, e.workspaceId, e.loopbackToken),
-        this.init.builderTimeoutMs,
-        () => new GatewayError('GW_BUILDER_FAILED', `config builder did not answer within ${this.init.builderTimeoutMs} ms`),
-      );
-    } catch (err) {
-      if (err instanceof GatewayError && err.code === 'GW_BUILDER_FAILED') throw err;
-      throw new GatewayError('GW_BUILDER_FAILED', `config builder failed for workspace ${e.workspaceId}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-    }
-    if (cfg === null || typeof cfg !== 'object') throw new GatewayError('GW_BAD_CONFIG', 'config builder returned no SpawnConfig');
-    return cfg;
-  }
-
-  private async recordPid(home: Home, pid: number): Promise<void> {
-    try {
-      await writeHomeState(home.dir, { generation: home.generation, stored: false, pid, startTicks: await processStartTicks(pid), gatewayPid: process.pid });
-    } catch (err) {
-      this.log.warn({ workspaceId: home.workspaceId, err: toGatewayError(err).describe() }, 'could not record the child in its home');
-    }
-  }
-
-  /** After a failed start: a home no process ran in goes back as it was; the rest is persisted. */
-  private abandon(home: Home, before: { generation: string | null; stored: boolean }, log: Logger): void {
-    const work = home.ran ? this.homes.persist(home, 'failed-start') : this.homes.release(home, before.generation, before.stored);
-    this.setBusy(home.workspaceId, work.catch((err: unknown) => log.error({ err: toGatewayError(err).describe() }, 'could not put the home back after a failed start')));
-  }
-
   // ---- exit, stop, persist --------------------------------------------------
 
-  private onExit(e: Entry, exit: ExitInfo): void {
-    if (e.exitHandled) return;
-    if (e.state === 'starting') return; // start() reports it and cleans up
-    e.exitHandled = true;
-    this.tokens.delete(e.loopbackKey);
-    this.host.childExited(e.workspaceId, e.generation, exit);
-    if (e.state !== 'running') return; // a stop in progress owns the rest
-    this.crashLoop.exited(e.workspaceId, Date.now() - e.readyAt);
-    this.log.warn({ workspaceId: e.workspaceId, generation: e.generation, pid: e.pid, exit: describeExit(exit), failures: this.crashLoop.failures(e.workspaceId) }, 'codex app-server exited unexpectedly');
-    e.state = 'stopping';
-    if (this.live.get(e.workspaceId) === e) this.live.delete(e.workspaceId);
-    this.events.childGone(e.workspaceId, e.generation, 'crash');
-    const home = e.home as Home;
-    this.setBusy(
-      e.workspaceId,
-      (async () => {
-        await reapGroup(e.pid as number, 1000);
-        return this.homes.persist(home, 'crash');
-      })(),
-    );
+  /** The child of `e` exited: a crash unless a stop is under way (child-end.ts). */
+  onExit(e: Entry, exit: ExitInfo): void {
+    childExited(this, e, exit);
   }
 
   /**
@@ -421,32 +229,14 @@ export class WorkspaceTable {
   }
 
   async reapIdle(o: ReapOptions): Promise<StopResult[]> {
-    const now = Date.now();
-    const idle = [...this.live.values()].filter((e) => e.state === 'running' && shouldReap(e, now, o));
-    const results = await mapLimit(idle, 8, async (e) => {
-      // Decided again when its turn comes: with more than eight to stop, a
-      // client may have connected or spoken while the earlier ones stopped.
-      const at = Date.now();
-      if (this.live.get(e.workspaceId) !== e || e.state !== 'running' || !shouldReap(e, at, o)) return undefined;
-      this.log.info({ workspaceId: e.workspaceId, idleMs: at - e.lastActivity, clients: e.clients }, 'reaping idle child');
-      return this.shutdown(e.workspaceId, 'idle');
-    });
-    return results.filter((r): r is StopResult => r !== undefined);
+    return reapIdle(this, o, (id) => this.shutdown(id, 'idle'));
   }
 
-  private async stop(e: Entry, reason: StopReason): Promise<StopResult> {
-    e.state = 'stopping';
-    this.live.delete(e.workspaceId);
-    this.tokens.delete(e.loopbackKey);
-    this.events.childGone(e.workspaceId, e.generation, reason);
-    const child = e.child as RunningChild;
-    const exit = await stopProcessGroup(child, this.init.stopGraceMs);
-    if (Date.now() - e.readyAt >= this.init.crashLoop.windowMs) this.crashLoop.healthy(e.workspaceId);
-    this.log.info({ workspaceId: e.workspaceId, pid: child.pid, reason, exit: describeExit(exit) }, 'codex app-server stopped');
-    return this.homes.persist(e.home as Home, reason);
+  private stop(e: Entry, reason: StopReason): Promise<StopResult> {
+    return stopChild(this, e, reason);
   }
 
-  private setBusy(workspaceId: string, p: Promise<unknown>): void {
+  setBusy(workspaceId: string, p: Promise<unknown>): void {
     this.busy.set(workspaceId, p);
     const clear = (): void => {
       if (this.busy.get(workspaceId) === p) this.busy.delete(workspaceId);
@@ -457,75 +247,39 @@ export class WorkspaceTable {
   // ---- recovery and eviction ---------------------------------------------------
 
   /**
-   * Takes over homes a previous gateway left under homes.root for this
-   * shard's workspaces (recovery.ts): leftover processes are stopped, homes
-   * that ran something go to the spool and are uploaded at once, the rest are
-   * removed. Starts of those workspaces wait until their home is handled.
+   * Adopts handed-over children, then takes over the homes a previous
+   * gateway left for this shard's workspaces (recovery-scan.ts). Starts of
+   * those workspaces wait until their home is handled.
    */
-  recover(): void {
+  recover(adopt: readonly HandoverRecord[] = []): void {
     this.recovering = true;
-    const scan = (async () => {
-      const leftovers = await findLeftovers(this.init.homeRoot, (id) => shardOf(id, this.init.shards) === this.init.shard);
-      return leftovers.map((w) => {
-        const p = this.homes.recoverWorkspace(w);
-        this.setBusy(w.workspaceId, p);
-        return p.catch((err: unknown) => this.log.error({ workspaceId: w.workspaceId, err: toGatewayError(err).describe() }, 'recovery of a workspace failed'));
-      });
-    })();
+    const { scanned, done } = recoverAtStart(this, adopt, () => trimCache(this));
     // Until the scan has marked every leftover's workspace busy, a start could
     // download state older than its leftover home, and the scan could take
     // the home of that start for a leftover. So starts wait for the scan (not
     // for the recoveries it began, which `busy` covers for their workspaces).
-    const scanning = scan.then(
-      () => {},
-      () => {},
-    );
-    this.scanning = scanning;
-    void scanning.then(() => {
-      if (this.scanning === scanning) this.scanning = undefined;
+    this.scanning = scanned;
+    void scanned.then(() => {
+      if (this.scanning === scanned) this.scanning = undefined;
     });
-    scan.then(
-      async (done) => {
-        await Promise.all(done);
-        // Homes kept warm while their workspace was busy recovering are weighed against the budget now.
-        this.trimCache();
-        this.recovering = false;
-        if (done.length > 0) this.log.info({ workspaces: done.length }, 'recovery: homes left by a previous gateway taken over');
-      },
-      (err: unknown) => {
-        this.recovering = false;
-        this.log.error({ err: toGatewayError(err).describe() }, 'recovery failed');
-      },
-    );
-  }
-
-
-  /**
-   * Removes least recently used warm homes past the cache's budget, each
-   * serialized with its workspace's starts (a workspace live, busy or
-   * spooled keeps its home).
-   */
-  private trimCache(): void {
-    const removable = (id: string): boolean => !this.live.has(id) && !this.busy.has(id) && !this.homes.spool.has(id);
-    for (const id of this.homes.cache.overBudget(removable)) this.setBusy(id, this.homes.evict(id));
+    void done.then(() => (this.recovering = false));
   }
 
   /** The least recently active running child without clients, for the capacity limit. */
   evictCandidate(): { workspaceId: string; lastActivity: number } | null {
-    let best: Entry | undefined;
-    for (const e of this.live.values()) {
-      if (e.state === 'running' && e.clients === 0 && (best === undefined || e.lastActivity < best.lastActivity)) best = e;
-    }
-    return best === undefined ? null : { workspaceId: best.workspaceId, lastActivity: best.lastActivity };
+    return evictCandidate(this);
   }
 
   /** Starts stopping that child if nothing touched it since; true when it began. */
   evict(workspaceId: string, lastActivity: number): boolean {
-    const e = this.live.get(workspaceId);
-    if (e === undefined || e.state !== 'running' || e.clients > 0 || e.lastActivity !== lastActivity) return false;
-    this.log.info({ workspaceId, idleMs: Date.now() - lastActivity }, 'stopping the least recently active child to make room');
-    void this.shutdown(workspaceId, 'evict');
-    return true;
+    return evict(this, workspaceId, lastActivity, (id) => void this.shutdown(id, 'evict'));
+  }
+
+  // ---- handover -----------------------------------------------------------------
+
+  /** Lets go of every running child for a successor (handover-table.ts). */
+  release(): Promise<HandoverRecord[]> {
+    return release(this);
   }
 
   // ---- activity, lookup, status ----------------------------------------------
@@ -556,35 +310,16 @@ export class WorkspaceTable {
   }
 
   lookup(token: string): string | null {
-    if (typeof token !== 'string' || token.length === 0) return null;
-    const hit = this.tokens.get(tokenKey(token));
-    if (hit === undefined) return null;
-    const given = Buffer.from(token);
-    return given.length === hit.token.length && timingSafeEqual(given, hit.token) ? hit.workspaceId : null;
+    return this.tokens.lookup(token);
   }
 
   status(workspaceId: string): WorkspaceStatus | null {
     const e = this.live.get(workspaceId);
-    return e === undefined ? null : this.describe(e);
+    return e === undefined ? null : describeEntry(this.init, e);
   }
 
   statuses(): WorkspaceStatus[] {
-    return [...this.live.values()].map((e) => this.describe(e));
-  }
-
-  private describe(e: Entry): WorkspaceStatus {
-    return {
-      workspaceId: e.workspaceId,
-      state: e.state,
-      generation: e.generation,
-      pid: e.pid,
-      shard: this.init.shard,
-      clients: e.clients,
-      lastActivity: e.lastActivity,
-      startedAt: e.startedAt,
-      codexHome: e.home?.dir ?? homePath(this.init.homeRoot, e.workspaceId),
-      ...(e.prestarted === undefined ? {} : { prestarted: { ...e.prestarted } }),
-    };
+    return [...this.live.values()].map((e) => describeEntry(this.init, e));
   }
 
   /** Workspaces whose stop or upload is under way without a live entry (a drain must count their homes). */

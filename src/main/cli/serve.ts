@@ -28,6 +28,8 @@ import type { ConfigBuilder } from '../supervisor/supervisor.js';
 import { storeSpecFromSettings } from '../settings/load.js';
 import { DEFAULT_DATA_PLANE } from '../supervisor/supervisor.js';
 import { WARM_RESTART_FILE } from '../supervisor/warm-restart.js';
+import { HANDOVER_SOCKET } from '../../shared/handover.js';
+import { listenForHandover, requestHandover } from '../supervisor/handover.js';
 
 export function createLogger(settings: Settings): Logger {
   return createThreadLogger({ level: settings.log.level, pretty: process.stdout.isTTY === true, base: { thread: 'main', pid: process.pid, host: os.hostname() } });
@@ -139,9 +141,13 @@ export async function serve(settings: Settings): Promise<number> {
   const log = createLogger(settings);
   await checkSettingsWithCodex(settings, log);
   let gw: Gateway | undefined;
+  const handoverSocket = path.join(settings.data.dir, HANDOVER_SOCKET);
   try {
+    // Before anything binds a port or looks at homes: a running predecessor hands over its children (handover.ts).
+    const adopt = settings.restart.handover ? await requestHandover(handoverSocket, log) : undefined;
     // Children start only after the internal listener is up, so `gw` is set by then.
     const options = await gatewayOptions(settings, log, () => (gw === undefined ? undefined : `http://127.0.0.1:${gw.internal.port}`));
+    if (settings.restart.handover) options.supervisor = { ...options.supervisor, handover: true, ...(adopt === undefined ? {} : { adopt }) };
     gw = await Gateway.start(options);
   } catch (err) {
     log.fatal({ err: toGatewayError(err).describe() }, 'gateway failed to start');
@@ -149,6 +155,7 @@ export async function serve(settings: Settings): Promise<number> {
     return 1;
   }
   const started = gw;
+  const handover = settings.restart.handover ? await listenForHandover(handoverSocket, log, (send) => started.handOver(send)) : undefined;
   log.info({ url: started.url, internalUrl: `http://${settings.internal.host}:${started.internal.port}`, shards: started.sup.shardCount, homeRoot: settings.homes.root, store: settings.store.url }, 'gateway listening');
 
   // A drain starts from a signal or from POST /admin/drain; either way the process exits after it,
@@ -193,6 +200,7 @@ export async function serve(settings: Settings): Promise<number> {
     log.error({ err: toGatewayError(err).describe() }, 'drain failed');
     return 1;
   } finally {
+    handover?.close();
     for (const signal of DRAIN_SIGNALS) process.off(signal, onSignal);
     flushLogger(log);
   }

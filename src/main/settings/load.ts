@@ -94,6 +94,12 @@ async function crossChecks(r: Resolved): Promise<string[]> {
   if (listen?.value !== 0 && listen?.value === internal?.value) {
     errors.push(`internal.port (from ${internal?.source}): must differ from listen.port (${String(listen?.value)})`);
   }
+  if (r.get('restart.handover')?.value === true) {
+    // Adopted children call back to the internal port their first gateway gave them.
+    if (internal?.value === 0) errors.push('restart.handover: needs a fixed internal.port (adopted children keep the internal URL they were started with)');
+    if (r.get('spawn.sandbox')?.value === 'bubblewrap') errors.push('restart.handover: not with spawn.sandbox = bubblewrap (bwrap ends a child with the gateway that started it)');
+    if (((r.get('cluster.etcd.endpoints')?.value as string[] | undefined) ?? []).length > 0) errors.push('restart.handover: not with [cluster] (a successor on another node cannot adopt; each start claims its workspaces)');
+  }
   // An explicitly configured key file must work now, not at the first client.
   const secretFile = r.get('auth.jwt.secret_file');
   const needsFile = r.get('auth.jwt.secret')?.value === undefined && r.get('auth.verify_url')?.value === undefined;

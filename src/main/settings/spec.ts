@@ -180,6 +180,8 @@ export const SETTINGS = [
     description: 'Longest backoff of a crash-looping workspace.' },
   { key: 'warm_restart.max', kind: { type: 'int', min: 0, max: 100_000 }, default: 64,
     description: 'Workspaces a start brings back before their clients return: those whose children ran at the last drain, most recently active first, from their warm homes where kept (0: off). They yield to every start a client waits for; those no client claims are stopped by the idle reaper.' },
+  { key: 'restart.handover', kind: { type: 'bool' }, default: false,
+    description: 'Handover restart: a gateway started with the same data.dir while another runs takes over its live codex children instead of having them stopped and started again (see docs/operations.md#handover-restart). Children then have no parent-death signal: a gateway that dies without handing over leaves them to the next start\'s recovery. Needs a fixed internal.port; not with spawn.sandbox or [cluster].' },
   { key: 'shutdown.budget', kind: TIMEOUT, default: 60_000,
     description: 'Time a drain may take (stop children, save their state) before the gateway exits anyway.' },
   { key: 'shutdown.workspace_budget', kind: TIMEOUT, default: 30_000,

@@ -22,6 +22,11 @@ export class Children {
     this.pids.set(generation, { pid, shard });
   }
 
+  /** A child handed over to a successor (restart.handover): not killed at exit any more. */
+  released(generation: string): void {
+    this.pids.delete(generation);
+  }
+
   /** The handle of a started child; already settled when it has exited. */
   handle(info: ChildInfo): ChildHandle {
     let h = this.handles.get(info.generation);

@@ -16,6 +16,7 @@ import type { ApprovalPolicies, DataPlaneLimits, ShardInit } from '../../shared/
 import type { ObjectStore } from '../../shared/stores/object-store.js';
 import type { StoreSpec } from '../../shared/store-spec.js';
 import type { ClusterOwnership } from '../cluster/ownership.js';
+import type { HandoverRecord } from '../../shared/handover.js';
 import type { SpawnLimits } from './spawn-gate.js';
 import type { SandboxMode } from '../../shared/sandbox.js';
 import { resolveChildUser } from '../../shared/spawn-user.js';
@@ -101,6 +102,10 @@ export interface SupervisorOptions {
    * every child is stopped.
    */
   cluster?: ClusterOwnership;
+  /** restart.handover: children may outlive this gateway, for a successor to adopt (Supervisor.handover). */
+  handover?: boolean;
+  /** Children a previous gateway handed over, adopted by their shards before recovery. */
+  adopt?: HandoverRecord[];
 }
 
 export interface SupervisorObserver {
@@ -182,6 +187,7 @@ export function resolveInit(o: SupervisorOptions): ResolvedInit {
     homeCacheBytes: o.homeCache?.enabled === false ? 0 : nonNegative('homeCache.maxBytes', o.homeCache?.maxBytes, DEFAULT_HOME_CACHE_BYTES),
     approvals: approvalsOf(o.approvals),
     cluster: o.cluster !== undefined,
+    handover: o.handover === true,
   };
 }
 

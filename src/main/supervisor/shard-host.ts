@@ -48,7 +48,10 @@ export function shardHost(h: HostParts, ref: ShardRef, current: () => boolean): 
       },
     },
     notices: {
-      childStarted: (p) => h.children.started(p.generation, p.pid, ref.index),
+      childStarted: (p) => {
+        h.children.started(p.generation, p.pid, ref.index);
+        if (p.adopted === true) h.admission.adopt(p.generation);
+      },
       spawnSettled: (p) => h.admission.settled(ref, p.generation, p.ok),
       promoteSpawn: (p) => h.admission.promote(p.generation),
       workspaceStopped: (p) => {

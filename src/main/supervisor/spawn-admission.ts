@@ -44,6 +44,11 @@ export class SpawnAdmission {
     this.gate.promote(generation);
   }
 
+  /** A child adopted after a handover takes a slot until it exits. */
+  adopt(generation: string): void {
+    this.gate.adopt(generation);
+  }
+
   /** A child exited: its slot goes back. */
   release(generation: string): void {
     this.gate.release(generation);

@@ -131,6 +131,11 @@ export class SpawnGate {
   }
 
   /** The process of `generation` exited. */
+  /** A child adopted after a handover holds a slot until it exits, as one started here. */
+  adopt(generation: string): void {
+    this.held.add(generation);
+  }
+
   release(generation: string): void {
     if (!this.held.delete(generation)) return;
     const next = this.waitingForRoom.shift();

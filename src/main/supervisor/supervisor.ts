@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import { GatewayError, toGatewayError } from '../../shared/errors.js';
 import { createThreadLogger, defaultLogLevel } from '../../shared/logger.js';
 import type { ChildInfo, PrestartTicket, ReapOptions, ShardStats, SpawnPriority, StopResult, TurnOutcome, TurnRequest, WorkspaceStatus } from '../../shared/protocol.js';
-import { validateWorkspaceId } from '../../shared/workspace-id.js';
+import { shardOf, validateWorkspaceId } from '../../shared/workspace-id.js';
 import { ArchivePool } from './archive-pool.js';
 import type { ClusterOwnership } from '../cluster/ownership.js';
 import type { ChildHandle } from './child-handle.js';
@@ -23,6 +23,8 @@ import { ShardPool } from './shard-pool.js';
 import { TurnStreams } from './turn-streams.js';
 import type { ShardRef } from './shard-pool.js';
 import { SpawnAdmission } from './spawn-admission.js';
+import type { HandoverRecord } from '../../shared/handover.js';
+import { releaseShards } from './shard-handover.js';
 import { describeStore, resolveInit } from './options.js';
 import { checkSandbox, secureHomesRoot } from '../isolation.js';
 import type { ConfigBuilder, SupervisorOptions, WorkspaceKey } from './options.js';
@@ -100,6 +102,7 @@ export class Supervisor extends EventEmitter {
         shutdownConcurrency: Math.max(1, Math.ceil(concurrency / shards)),
         // Each shard keeps the homes of its own workspaces warm.
         homeCacheBytes: Math.floor(init.homeCacheBytes / shards),
+        ...(options.adopt === undefined ? {} : { adopt: options.adopt.filter((r) => shardOf(r.workspaceId, shards) === i) }),
       });
     }
     process.once('exit', sup.killAllOnExit);
@@ -316,6 +319,17 @@ export class Supervisor extends EventEmitter {
       return per.flat();
     })();
     return this.closing;
+  }
+
+  /** Lets go of every running child for a successor (restart.handover; shard-handover.ts), then ends the shards. */
+  handover(): Promise<HandoverRecord[]> {
+    let records: HandoverRecord[] = [];
+    this.closing ??= releaseShards(this.liveShards(), this.children, this.log).then(async (r) => {
+      records = r;
+      await this.destroy();
+      return [];
+    });
+    return this.closing.then(() => records);
   }
 
   /** Immediate: ends workers and the pool without stopping children cleanly. */

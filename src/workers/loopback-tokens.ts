@@ -1,0 +1,32 @@
+/**
+ * The loopback tokens of a shard's running children: each child sends its
+ * token back to the gateway's internal API, which asks every shard which
+ * workspace it belongs to. Kept by SHA-256 (the map never holds the token as
+ * a key) and compared in constant time.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+
+function tokenKey(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
+}
+
+export class LoopbackTokens {
+  private readonly byKey = new Map<string, { token: Buffer; workspaceId: string }>();
+
+  add(token: string, workspaceId: string): void {
+    this.byKey.set(tokenKey(token), { token: Buffer.from(token), workspaceId });
+  }
+
+  remove(token: string): void {
+    this.byKey.delete(tokenKey(token));
+  }
+
+  /** The workspace whose running child holds `token`, or null. */
+  lookup(token: string): string | null {
+    if (typeof token !== 'string' || token.length === 0) return null;
+    const hit = this.byKey.get(tokenKey(token));
+    if (hit === undefined) return null;
+    const given = Buffer.from(token);
+    return given.length === hit.token.length && timingSafeEqual(given, hit.token) ? hit.workspaceId : null;
+  }
+}
