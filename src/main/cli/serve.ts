@@ -142,6 +142,25 @@ export async function serve(settings: Settings): Promise<number> {
   await checkSettingsWithCodex(settings, log);
   let gw: Gateway | undefined;
   const handoverSocket = path.join(settings.data.dir, HANDOVER_SOCKET);
+  // Signals are ours from the start: one that comes while the gateway is
+  // still starting (adopting children, recovering homes) is kept and drains
+  // it once it is up, instead of killing the process half-way.
+  let signals = 0;
+  let drainNow: (() => void) | undefined = undefined;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals++;
+    if (signals > 1) {
+      log.warn({ signal }, 'second signal: exiting now; unsaved homes stay on disk for the next start');
+      flushLogger(log);
+      process.exit(130);
+    }
+    log.info({ signal, budgetMs: settings.shutdown.budgetMs, starting: drainNow === undefined }, 'draining');
+    drainNow?.();
+  };
+  for (const signal of DRAIN_SIGNALS) process.on(signal, onSignal);
+  const stopListening = (): void => {
+    for (const signal of DRAIN_SIGNALS) process.off(signal, onSignal);
+  };
   try {
     // Before anything binds a port or looks at homes: a running predecessor hands over its children (handover.ts).
     const adopt = settings.restart.handover ? await requestHandover(handoverSocket, log) : undefined;
@@ -151,6 +170,7 @@ export async function serve(settings: Settings): Promise<number> {
     gw = await Gateway.start(options);
   } catch (err) {
     log.fatal({ err: toGatewayError(err).describe() }, 'gateway failed to start');
+    stopListening();
     flushLogger(log);
     return 1;
   }
@@ -176,18 +196,8 @@ export async function serve(settings: Settings): Promise<number> {
       resolve(started.drain());
     }),
   );
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    signals++;
-    if (signals > 1) {
-      log.warn({ signal }, 'second signal: exiting now; unsaved homes stay on disk for the next start');
-      flushLogger(log);
-      process.exit(130);
-    }
-    log.info({ signal, budgetMs: settings.shutdown.budgetMs }, 'draining');
-    void started.drain();
-  };
-  for (const signal of DRAIN_SIGNALS) process.on(signal, onSignal);
+  drainNow = () => void started.drain();
+  if (signals > 0) drainNow();
   try {
     const report = await drained;
     log.info({ saved: report.saved, unsaved: report.unsaved.length, timedOut: report.timedOut }, 'gateway stopped');
@@ -201,7 +211,7 @@ export async function serve(settings: Settings): Promise<number> {
     return 1;
   } finally {
     handover?.close();
-    for (const signal of DRAIN_SIGNALS) process.off(signal, onSignal);
+    stopListening();
     flushLogger(log);
   }
 }
