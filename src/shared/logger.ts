@@ -65,9 +65,3 @@ export function flushLogger(logger: Logger): void {
     // A destination that was never opened has nothing to flush.
   }
 }
-
-/** Removes terminal colour codes from child output before it is logged. */
-export function stripAnsi(line: string): string {
-  // eslint-disable-next-line no-control-regex
-  return line.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
-}

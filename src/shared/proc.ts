@@ -36,6 +36,15 @@ export async function processEnded(pid: number): Promise<boolean> {
   }
 }
 
+/** A process's environment as `NAME=value` entries, or undefined when it cannot be read. */
+export async function processEnviron(pid: number): Promise<string[] | undefined> {
+  try {
+    return (await fs.readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
+  } catch {
+    return undefined;
+  }
+}
+
 /** Resident memory of a process in bytes (VmRSS), or null when it cannot be read. */
 export async function processRssBytes(pid: number): Promise<number | null> {
   try {

@@ -12,10 +12,9 @@
  * its log writes fail with EPIPE and are dropped, and it keeps serving. Its
  * output is therefore not seen after a handover; its exit still is.
  */
-import { promises as fs } from 'node:fs';
 import http from 'node:http';
 import type { HandoverRecord } from '../shared/handover.js';
-import { processEnded, processStartTicks } from '../shared/proc.js';
+import { processEnded, processEnviron, processStartTicks } from '../shared/proc.js';
 import type { ExitInfo, RunningChild } from './spawn.js';
 
 /** How often an adopted child's /proc entry is looked at. */
@@ -25,12 +24,8 @@ const WATCH_MS = 250;
 export async function adoptionRefusal(rec: HandoverRecord, codexHome: string): Promise<string | undefined> {
   if ((await processStartTicks(rec.pid)) !== rec.startTicks) return 'no process with the recorded pid and start time';
   if (await processEnded(rec.pid)) return 'the process has exited';
-  let env: string[];
-  try {
-    env = (await fs.readFile(`/proc/${rec.pid}/environ`, 'utf8')).split('\0');
-  } catch {
-    return 'its environment cannot be read';
-  }
+  const env = await processEnviron(rec.pid);
+  if (env === undefined) return 'its environment cannot be read';
   // The loopback token is a secret only its gateway and the child know: the record names this very child.
   if (!env.includes(`CXG_LOOPBACK_TOKEN=${rec.loopbackToken}`) || !env.includes(`CODEX_HOME=${codexHome}`)) return 'its environment is not the recorded one';
   if (!(await readyz(rec.httpUrl))) return 'its /readyz does not answer 200';

@@ -5,6 +5,7 @@
  * the home, and the spawn itself (spawn.ts). A start that fails puts the
  * home back as it was, or persists it once a process has run in it.
  */
+import { stripVTControlCharacters } from 'node:util';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { buildChildEnv, parseEnvEntries } from '../shared/child-env.js';
@@ -12,7 +13,6 @@ import { renderCodexConfig } from '../shared/codex-config.js';
 import type { SpawnConfig } from '../shared/codex-config.js';
 import { withTimeout } from '../shared/concurrency.js';
 import { GatewayError, toGatewayError } from '../shared/errors.js';
-import { stripAnsi } from '../shared/logger.js';
 import type { ChildInfo } from '../shared/protocol.js';
 import { closeWorkspaceDir, openHomeTo } from './home-owner.js';
 import { ensureWorkDir, writeHomeState, writePrivateFile } from './home.js';
@@ -83,7 +83,7 @@ export async function startChild(core: TableCore, e: Entry, builderId: number): 
         core.host.childStarted(e.workspaceId, e.generation, pid);
         pidFile = recordPid(core, home, pid);
       },
-      onOutput: (stream, line) => log.info({ pid: e.pid, stream }, `[codex ${e.workspaceId}] ${stripAnsi(line)}`),
+      onOutput: (stream, line) => log.info({ pid: e.pid, stream }, `[codex ${e.workspaceId}] ${stripVTControlCharacters(line)}`),
     });
     await pidFile;
     e.child = child;

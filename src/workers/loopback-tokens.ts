@@ -4,11 +4,7 @@
  * workspace it belongs to. Kept by SHA-256 (the map never holds the token as
  * a key) and compared in constant time.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
-
-function tokenKey(token: string): string {
-  return createHash('sha256').update(token).digest('hex');
-}
+import { sameSecret, tokenKey } from '../shared/secrets.js';
 
 export class LoopbackTokens {
   private readonly byKey = new Map<string, { token: Buffer; workspaceId: string }>();
@@ -26,7 +22,6 @@ export class LoopbackTokens {
     if (typeof token !== 'string' || token.length === 0) return null;
     const hit = this.byKey.get(tokenKey(token));
     if (hit === undefined) return null;
-    const given = Buffer.from(token);
-    return given.length === hit.token.length && timingSafeEqual(given, hit.token) ? hit.workspaceId : null;
+    return sameSecret(token, hit.token) ? hit.workspaceId : null;
   }
 }

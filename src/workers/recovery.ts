@@ -18,7 +18,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WORKSPACE_ID_PATTERN } from '../shared/workspace-id.js';
 import { HOME_DIR, INCOMING_PREFIX, readHomeState } from './home.js';
-import { processEnded, processStartTicks } from '../shared/proc.js';
+import { processEnded, processEnviron, processStartTicks } from '../shared/proc.js';
 import type { HomeState } from './home.js';
 import { signalGroup } from './process-group.js';
 
@@ -125,12 +125,8 @@ export async function isRecordedProcess(rec: ProcessRecord): Promise<boolean> {
 
 /** Whether a process has the environment every child is started with (child-env.ts). */
 async function isGatewayChild(pid: number): Promise<boolean> {
-  try {
-    const env = (await fs.readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
-    return env.some((e) => e.startsWith('CODEX_HOME=')) && env.some((e) => e.startsWith('CXG_LOOPBACK_TOKEN='));
-  } catch {
-    return false;
-  }
+  const env = await processEnviron(pid);
+  return env !== undefined && env.some((e) => e.startsWith('CODEX_HOME=')) && env.some((e) => e.startsWith('CXG_LOOPBACK_TOKEN='));
 }
 
 /**

@@ -11,9 +11,10 @@
  * refused, so one copied off the wire cannot be used again. The mac is
  * compared in constant time before anything in the payload is believed.
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import { GatewayError } from '../../shared/errors.js';
 import { validateWorkspaceId } from '../../shared/workspace-id.js';
+import { sameSecret } from '../../shared/secrets.js';
 
 export const FORWARD_HEADER = 'x-cxg-forward';
 
@@ -66,7 +67,7 @@ export class ForwardVerifier {
     const payload = header.slice(0, dot);
     const given = Buffer.from(header.slice(dot + 1), 'base64url');
     const want = mac(this.secret, payload);
-    if (given.length !== want.length || !timingSafeEqual(given, want)) throw new GatewayError('GW_UNAUTHORIZED', 'forward proof: bad signature (does cluster.secret differ between the nodes?)');
+    if (!sameSecret(given, want)) throw new GatewayError('GW_UNAUTHORIZED', 'forward proof: bad signature (does cluster.secret differ between the nodes?)');
     const claim = parseClaim(payload);
     if (claim.to !== this.nodeId) throw new GatewayError('GW_UNAUTHORIZED', `forward proof: meant for node ${claim.to}, this is ${this.nodeId}`);
     const now = this.now();
