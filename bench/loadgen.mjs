@@ -38,9 +38,13 @@ function connect(url, headers, localAddress) {
   });
 }
 
-async function echo({ url, headers, conns, size, warmupMs, durationMs }) {
-  const payload = frameOf(size);
-  const sockets = await Promise.all(Array.from({ length: conns }, () => connect(url, headers)));
+/**
+ * A closed loop over `sockets`: each sends its next request when the answer
+ * to the last one arrives. `request(ws, n)` sends request n of a socket;
+ * `answer(ws, data, n)` says whether `data` answers it ('ok' or 'bad') or is
+ * something else to skip. Counts and round trips over the measured window.
+ */
+async function closedLoop(sockets, { request, answer, warmupMs, durationMs }) {
   const rtts = new Samples();
   let measuring = false;
   let stopping = false;
@@ -52,20 +56,24 @@ async function echo({ url, headers, conns, size, warmupMs, durationMs }) {
   let drained;
   for (const ws of sockets) {
     let sentAt = 0;
+    let n = 1;
     const send = () => {
       inFlight++;
       sentAt = performance.now();
-      ws.send(payload, { binary: false });
+      request(ws, n);
     };
     ws.on('message', (data) => {
+      const verdict = answer(ws, data, n);
+      if (verdict === undefined) return;
       const now = performance.now();
       inFlight--;
       all++;
-      if (data.length !== payload.length) bad++;
+      if (verdict === 'bad') bad++;
       if (measuring) {
         rtts.push((now - sentAt) * 1000);
         count++;
       }
+      n++;
       if (!stopping) send();
       else if (inFlight === 0) drained?.();
     });
@@ -86,7 +94,20 @@ async function echo({ url, headers, conns, size, warmupMs, durationMs }) {
   const unexpectedCloses = closed;
   for (const ws of sockets) ws.close(1000);
   await Promise.race([Promise.all(sockets.map((ws) => (ws.readyState === WebSocket.CLOSED ? undefined : new Promise((r) => ws.once('close', r))))), sleep(5000)]);
-  return { msgs: count, allMsgs: all, seconds, msgsPerSec: count / seconds, mbPerSec: (count * size) / seconds / 1e6, rttUs: summarize(rtts), badFrames: bad, unexpectedCloses, lostInFlight: inFlight };
+  // A message is one round trip (a request and its answer).
+  return { msgs: count, allMsgs: all, seconds, msgsPerSec: count / seconds, rttUs: summarize(rtts), badFrames: bad, unexpectedCloses, lostInFlight: inFlight };
+}
+
+async function echo({ url, headers, conns, size, warmupMs, durationMs }) {
+  const payload = frameOf(size);
+  const sockets = await Promise.all(Array.from({ length: conns }, () => connect(url, headers)));
+  const res = await closedLoop(sockets, {
+    request: (ws) => ws.send(payload, { binary: false }),
+    answer: (_ws, data) => (data.length === payload.length ? 'ok' : 'bad'),
+    warmupMs,
+    durationMs,
+  });
+  return { ...res, mbPerSec: (res.msgs * size) / res.seconds / 1e6 };
 }
 
 /** Sends `msg` and resolves with the answer carrying its id (notifications are skipped). */
@@ -110,57 +131,17 @@ async function rpc({ url, headers, conns, method, params, warmupMs, durationMs }
     await request(ws, { jsonrpc: '2.0', id: 0, method: 'initialize', params: { clientInfo: { name: 'cxg-bench', version: '0' } } });
     ws.send(JSON.stringify({ jsonrpc: '2.0', method: 'initialized' }));
   }
-  const rtts = new Samples();
-  let measuring = false;
-  let stopping = false;
-  let inFlight = 0;
-  let count = 0;
-  let all = 0;
-  let bad = 0;
-  let closed = 0;
-  let drained;
-  for (const ws of sockets) {
-    let sentAt = 0;
-    let id = 1;
-    const send = () => {
-      inFlight++;
-      sentAt = performance.now();
-      ws.send(JSON.stringify({ jsonrpc: '2.0', id, method, params }));
-    };
-    ws.on('message', (data) => {
+  const res = await closedLoop(sockets, {
+    request: (ws, n) => ws.send(JSON.stringify({ jsonrpc: '2.0', id: n, method, params })),
+    answer: (_ws, data, n) => {
       const m = JSON.parse(data.toString());
-      if (m.id !== id) return;
-      const now = performance.now();
-      inFlight--;
-      all++;
-      if (m.error !== undefined) bad++;
-      if (measuring) {
-        rtts.push((now - sentAt) * 1000);
-        count++;
-      }
-      id++;
-      if (!stopping) send();
-      else if (inFlight === 0) drained?.();
-    });
-    ws.on('close', () => {
-      closed++;
-    });
-    ws.on('error', () => {});
-    send();
-  }
-  await sleep(warmupMs);
-  measuring = true;
-  const t0 = performance.now();
-  await sleep(durationMs);
-  measuring = false;
-  const seconds = (performance.now() - t0) / 1000;
-  stopping = true;
-  if (inFlight > 0) await Promise.race([new Promise((r) => (drained = r)), sleep(10_000)]);
-  const unexpectedCloses = closed;
-  for (const ws of sockets) ws.close(1000);
-  await Promise.race([Promise.all(sockets.map((ws) => (ws.readyState === WebSocket.CLOSED ? undefined : new Promise((r) => ws.once('close', r))))), sleep(5000)]);
-  // As in echo, a message is one round trip (a request and its answer).
-  return { msgs: count, allMsgs: all, seconds, msgsPerSec: count / seconds, mbPerSec: 0, rttUs: summarize(rtts), badFrames: bad, unexpectedCloses, lostInFlight: inFlight };
+      if (m.id !== n) return undefined;
+      return m.error === undefined ? 'ok' : 'bad';
+    },
+    warmupMs,
+    durationMs,
+  });
+  return { ...res, mbPerSec: 0 };
 }
 
 // ---- many idle connections ------------------------------------------------------
