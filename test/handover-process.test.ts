@@ -6,7 +6,7 @@
  * nothing and leaves no process; adopted children are reaped when idle and
  * their homes stored; SIGTERM still drains and stores everything.
  */
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -17,29 +17,12 @@ import { startResponsesMock } from './fixtures/responses-mock.js';
 import type { ResponsesMock } from './fixtures/responses-mock.js';
 import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess, writeConfig } from './gateway-process.js';
 import type { GatewayProcess, LogLine } from './gateway-process.js';
-import { homeState, tempDir, waitFor } from './helpers.js';
+import { processEnded } from '../src/shared/proc.js';
+import { freePort, homeState, tempDir, waitFor } from './helpers.js';
 
 const SECRET = 'handover-secret-handover-secret-handover-00';
 const DELTAS = ['Same', ' process', ' after', ' the', ' restart.'];
 
-/** A free loopback port for internal.port (a handover needs a fixed one). */
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
-
-/** Gone or a zombie: orphans here may be reparented to an init that does not reap them. */
-async function ended(pid: number): Promise<boolean> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
-  } catch {
-    return true;
-  }
-}
 
 /** The handover exchange of a successor that exits as soon as it has the records (handover.ts). */
 async function askAndDie(socketPath: string): Promise<Array<{ workspaceId: string; pid: number }>> {
@@ -125,19 +108,19 @@ describe('handover restart (real codex)', () => {
     // Adoption runs in the shards before their recovery; a client that came first would wait for it.
     await b.waitForLog((l) => l.msg === 'handover: children adopted', 60_000);
     expect(adopted(b).map((l) => [l.workspaceId, l.pid])).toEqual([[workspaceId, pid]]);
-    expect(await ended(pid)).toBe(false);
+    expect(await processEnded(pid)).toBe(false);
 
     // The client comes back: its initialize answer without a spawn, the same process, the same thread.
     const again = await continueThread(b, token, threadId, 'turn 2 after the handover');
     expect(readyPids(b)).toEqual([]);
-    expect(await ended(pid)).toBe(false);
+    expect(await processEnded(pid)).toBe(false);
     await again.close();
 
     // Idle: the adopted child is stopped like one of the gateway's own, and its home stored.
     const stopped = await b.waitForLog((l) => l.msg === 'codex app-server stopped' && l.workspaceId === workspaceId, 150_000);
     expect(stopped).toMatchObject({ pid, reason: 'idle' });
     await waitFor(async () => (await homeState(path.join(dir, 'homes'), workspaceId))?.stored === true, 60_000, 'the adopted child\'s home to be stored');
-    await waitFor(() => ended(pid), 20_000, 'the adopted child to be gone');
+    await waitFor(() => processEnded(pid), 20_000, 'the adopted child to be gone');
 
     // SIGTERM keeps the safe path: a new child, a turn, then a drain that stops it and stores the home.
     const d = await continueThread(b, token, threadId, 'turn 3 after the idle stop');
@@ -149,7 +132,7 @@ describe('handover restart (real codex)', () => {
     expect((await drained).code).toBe(1001);
     expect(b.logs.find((l) => l.msg === 'drain: done')).toMatchObject({ saved: 1, unsaved: 0 });
     expect((await homeState(path.join(dir, 'homes'), workspaceId))?.stored).toBe(true);
-    await waitFor(() => ended(fresh), 20_000, 'the drained child to be gone');
+    await waitFor(() => processEnded(fresh), 20_000, 'the drained child to be gone');
   }, 400_000);
 
   it('a successor killed half-way loses nothing and leaves no process: the next start stops the child and stores its home', async () => {
@@ -167,12 +150,12 @@ describe('handover restart (real codex)', () => {
     const records = await askAndDie(path.join(dir, 'handover.sock'));
     expect(records.map((r) => [r.workspaceId, r.pid])).toEqual([[workspaceId, pid]]);
     expect((await a.exited).code).toBe(0);
-    expect(await ended(pid)).toBe(false);
+    expect(await processEnded(pid)).toBe(false);
     void c.close();
 
     // The next start has no predecessor: its recovery stops the child and stores the home.
     const n = await start();
-    await waitFor(() => ended(pid), 60_000, 'the left child to be stopped');
+    await waitFor(() => processEnded(pid), 60_000, 'the left child to be stopped');
     await waitFor(async () => (await homeState(path.join(dir, 'homes'), workspaceId))?.stored === true, 60_000, 'the left home to be stored');
     const d = await continueThread(n, token, threadId, 'turn 2 after the failed handover');
     for (const p of readyPids(n)) children.add(p);
@@ -203,7 +186,7 @@ describe('handover restart (real codex)', () => {
     // The slot is free once the child has exited; the stop's own log line may come a moment later.
     expect(await b.waitForLog((l) => l.msg === 'codex app-server stopped' && l.workspaceId === first, 30_000)).toMatchObject({ pid, reason: 'evict' });
     await waitFor(async () => (await homeState(path.join(dir, 'homes'), first))?.stored === true, 60_000, 'the evicted child\'s home to be stored');
-    await waitFor(() => ended(pid), 20_000, 'the evicted child to be gone');
+    await waitFor(() => processEnded(pid), 20_000, 'the evicted child to be gone');
     await other.close();
     expect((await b.stop('SIGTERM')).code).toBe(0);
   }, 300_000);
@@ -228,7 +211,7 @@ describe('handover restart (real codex)', () => {
     // Homes earlier tests left to recovery may still be in the spool: only this workspace's home is judged.
     expect(b.logs.filter((l) => l.msg === 'drain: home not uploaded; kept on disk' && l.workspaceId === workspaceId)).toEqual([]);
     expect((await homeState(path.join(dir, 'homes'), workspaceId))?.stored).toBe(true);
-    await waitFor(() => ended(pid), 20_000, 'the drained adopted child to be gone');
+    await waitFor(() => processEnded(pid), 20_000, 'the drained adopted child to be gone');
   }, 300_000);
 });
 

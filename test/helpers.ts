@@ -3,6 +3,7 @@
  * Supervisor on the fake or real codex, and process checks.
  */
 import { mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
@@ -135,4 +136,16 @@ export async function readObject(store: ObjectStore, id: string): Promise<Buffer
   const chunks: Buffer[] = [];
   for await (const chunk of body as AsyncIterable<Buffer>) chunks.push(chunk);
   return Buffer.concat(chunks);
+}
+
+/** A loopback port free now (for servers that need one before they start: nginx, etcd, a fixed internal port). */
+export async function freePort(): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
 }

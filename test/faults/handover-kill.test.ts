@@ -13,24 +13,15 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
 import { AppServerClient } from '../fixtures/app-server-client.js';
 import { BIN, realCodexToml, startGatewayProcess, writeConfig } from '../gateway-process.js';
-import { waitFor } from '../helpers.js';
+import { freePort, waitFor } from '../helpers.js';
 import { countLosses, isRunning, processesUnder, recordedChildPid } from './markers.js';
 import { MARKER_FILE, whatComesBack } from './what-comes-back.js';
 import { FAULT_SECRET, useFaultGateways } from './fault-gateways.js';
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
 
 describe('fault: the successor of a handover restart is SIGKILLed half-way (real codex)', () => {
   const fx = useFaultGateways('cxg-faults-handover-', ['Back', ' after', ' a', ' lost', ' handover.']);
