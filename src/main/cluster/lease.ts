@@ -101,8 +101,11 @@ export class NodeLease extends EventEmitter {
       if (this.leaseId === undefined) {
         const res = await this.client.leaseClient.leaseGrant({ TTL: this.ttlSeconds, ID: 0 }, callDeadline);
         this.leaseId = String(res.ID);
-        this.prove(sentAt, Number(res.TTL));
         this.o.log.info({ lease: this.leaseId, ttlSeconds: this.ttlSeconds }, 'cluster: lease granted');
+        if (!this.prove(sentAt, Number(res.TTL))) {
+          this.schedule(0);
+          return;
+        }
       } else {
         const ttl = await this.keepAliveOnce(this.leaseId, callDeadline);
         if (ttl <= 0) {
@@ -113,9 +116,15 @@ export class NodeLease extends EventEmitter {
           this.schedule(0);
           return;
         }
-        this.prove(sentAt, ttl);
+        if (!this.prove(sentAt, ttl)) {
+          // Answered so late (etcd coming back) that the proof has run out already: ask again now.
+          this.schedule(0);
+          return;
+        }
       }
-      this.schedule(every);
+      // A late answer proves less than a full TTL: the next keep-alive goes
+      // out well before that proof runs out, not a whole interval later.
+      this.schedule(Math.min(every, Math.max(0, Math.floor((this.validUntil - performance.now()) / 2))));
     } catch (err) {
       this.o.log.warn({ lease: this.leaseId, err: (err as Error).message, remainingMs: this.remainingMs() }, 'cluster: lease keep-alive failed');
       this.check();
@@ -123,16 +132,20 @@ export class NodeLease extends EventEmitter {
     }
   }
 
-  private prove(sentAt: number, ttlSeconds: number): void {
+  /** Records a proof of life; false when it has run out already (nothing is proven now). */
+  private prove(sentAt: number, ttlSeconds: number): boolean {
     // etcd answers with the TTL it restarted; trust no more than we asked for.
     const ttlMs = Math.min(ttlSeconds, this.ttlSeconds) * 1000;
-    this.validUntil = sentAt + ttlMs - this.marginMs;
+    const until = sentAt + ttlMs - this.marginMs;
+    if (until <= performance.now()) return false;
+    this.validUntil = until;
     clearTimeout(this.deadline);
     this.deadline = setTimeout(() => this.check(), Math.max(0, this.validUntil - performance.now()));
     if (this.lost) {
       this.lost = false;
       this.emit('alive', this.leaseId);
     }
+    return true;
   }
 
   /**
