@@ -34,6 +34,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { signWorkspaceToken } from '../dist/index.js';
+import { processEnded } from '../dist/shared/proc.js';
 import { AppServerClient } from '../test/fixtures/app-server-client.ts';
 import { TEST_API_KEY } from '../test/fixtures/codex-home.ts';
 import { startResponsesMock } from '../test/fixtures/responses-mock.ts';
@@ -59,6 +60,15 @@ async function freePort() {
   const { port } = srv.address();
   await new Promise((resolve) => srv.close(resolve));
   return port;
+}
+
+/** Waits (bounded) until none of `pids` runs: a child SIGKILLed a moment ago may still be writing its home. */
+async function waitGone(pids) {
+  const until = Date.now() + 10_000;
+  for (const pid of pids) {
+    // A zombie counts as gone: an orphan's reaper may never come here.
+    while (Date.now() < until && !(await processEnded(pid))) await sleep(50);
+  }
 }
 
 /** A seeded shuffle (mulberry32): arrival order neither follows nor reverses recency. */
@@ -127,19 +137,32 @@ async function main() {
   for (const id of [...ids, ...turnIds]) tokens.set(id, await signWorkspaceToken({ secret: SECRET, workspaceId: id, expiresIn: '2h' }));
   const threads = new Map();
   let gw;
-  // Should this process die unexpectedly, its gateway goes too (its children follow: parent-death signal).
-  process.once('exit', () => {
-    try {
-      if (gw !== undefined) process.kill(gw.proc.pid, 'SIGKILL');
-    } catch {
-      // Gone.
+  // Every gateway of the run: with restart.handover its children outlive it
+  // (no parent-death signal), so they are ended by the pids its log names.
+  const gateways = [];
+  const start = async () => {
+    const g = await startGatewayProcess(config, env, 60_000);
+    gateways.push(g);
+    return g;
+  };
+  const killAll = () => {
+    for (const g of gateways) {
+      for (const pid of [g.proc.pid, ...g.logs.filter((l) => l.msg === 'codex app-server ready' || l.msg === 'handover: child adopted').map((l) => l.pid)]) {
+        try {
+          process.kill(pid === g.proc.pid ? pid : -pid, 'SIGKILL');
+        } catch {
+          // Gone.
+        }
+      }
     }
-  });
+  };
+  // Should this process die unexpectedly, its gateways and their children go too.
+  process.once('exit', killAll);
   let live = [];
   const results = [];
   try {
     await writeConfig(100);
-    gw = await startGatewayProcess(config, env, 60_000);
+    gw = await start();
     // Set-up: a thread with one finished turn in every workspace.
     const t0 = performance.now();
     await mapLimit([...ids, ...turnIds], 4, async (id) => {
@@ -167,13 +190,13 @@ async function main() {
       if (mode === 'handover') {
         // The new process asks the old one for its children; it listens once the old one has let go of them and exited.
         const old = gw;
-        gw = await startGatewayProcess(config, env, 60_000);
+        gw = await start();
         exit = await old.exited;
         for (const c of live) await c.close().catch(() => {});
       } else {
         exit = await gw.stop('SIGTERM');
         for (const c of live) await c.close().catch(() => {});
-        gw = await startGatewayProcess(config, env, 60_000);
+        gw = await start();
       }
       const drainMs = performance.now() - down;
       const load = loadavg();
@@ -241,6 +264,8 @@ async function main() {
   } finally {
     for (const c of live) await c.close().catch(() => {});
     if (gw !== undefined) await gw.stop('SIGKILL');
+    killAll();
+    await waitGone(gateways.flatMap((g) => g.logs.filter((l) => l.msg === 'codex app-server ready' || l.msg === 'handover: child adopted').map((l) => l.pid)));
     await mock.close();
     await removeDir(dir);
   }
