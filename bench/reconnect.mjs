@@ -29,7 +29,6 @@
 // Bounded: a client gives up after 60 s, set-up after 10 min; every process
 // is stopped by pid at the end.
 import { writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -39,7 +38,7 @@ import { AppServerClient } from '../test/fixtures/app-server-client.ts';
 import { TEST_API_KEY } from '../test/fixtures/codex-home.ts';
 import { startResponsesMock } from '../test/fixtures/responses-mock.ts';
 import { GATEWAY_KEY_ENV, realCodexToml, startGatewayProcess } from '../test/gateway-process.ts';
-import { checkQuiet, machine, machineLine, mapLimit, removeDir, round, scratchDir, summarize, table, verdict, writeResult } from './common.mjs';
+import { checkQuiet, freePort, machine, machineLine, mapLimit, removeDir, round, scratchDir, summarize, table, verdict, writeResult } from './common.mjs';
 
 const WORKSPACES = Number(process.env.BENCH_RECONNECT_WORKSPACES ?? 60);
 const CLIENTS = Number(process.env.BENCH_RECONNECT_CLIENTS ?? 2);
@@ -52,15 +51,6 @@ const ADMIN = 'bench-reconnect-admin-token-00';
 const CLIENT_DEADLINE_MS = 60_000;
 const TUI_DEADLINE_MS = 10_000;
 const SPREAD_MS = Number(process.env.BENCH_RECONNECT_SPREAD_MS ?? 10_000);
-
-/** A free loopback port (internal.port must be fixed for a handover). */
-async function freePort() {
-  const srv = net.createServer();
-  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address();
-  await new Promise((resolve) => srv.close(resolve));
-  return port;
-}
 
 /** Waits (bounded) until none of `pids` runs: a child SIGKILLed a moment ago may still be writing its home. */
 async function waitGone(pids) {

@@ -12,10 +12,10 @@
  * its log writes fail with EPIPE and are dropped, and it keeps serving. Its
  * output is therefore not seen after a handover; its exit still is.
  */
-import http from 'node:http';
 import type { HandoverRecord } from '../shared/handover.js';
 import { processEnded, processEnviron, processStartTicks } from '../shared/proc.js';
 import type { ExitInfo, RunningChild } from './spawn.js';
+import { probe } from './spawn.js';
 
 /** How often an adopted child's /proc entry is looked at. */
 const WATCH_MS = 250;
@@ -28,19 +28,8 @@ export async function adoptionRefusal(rec: HandoverRecord, codexHome: string): P
   if (env === undefined) return 'its environment cannot be read';
   // The loopback token is a secret only its gateway and the child know: the record names this very child.
   if (!env.includes(`CXG_LOOPBACK_TOKEN=${rec.loopbackToken}`) || !env.includes(`CODEX_HOME=${codexHome}`)) return 'its environment is not the recorded one';
-  if (!(await readyz(rec.httpUrl))) return 'its /readyz does not answer 200';
+  if (!(await probe(`${rec.httpUrl}/readyz`, 5000))) return 'its /readyz does not answer 200';
   return undefined;
-}
-
-function readyz(httpUrl: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const req = http.get(`${httpUrl}/readyz`, { timeout: 5000, agent: false }, (res) => {
-      res.resume();
-      resolve(res.statusCode === 200);
-    });
-    req.on('timeout', () => req.destroy());
-    req.on('error', () => resolve(false));
-  });
 }
 
 export interface AdoptedChild extends RunningChild {

@@ -249,7 +249,8 @@ async function waitReady(httpUrl: string, deadline: number): Promise<void> {
   await new Promise(() => {});
 }
 
-function probe(url: string, timeoutMs: number): Promise<boolean> {
+/** Whether `url` answers 200 within `timeoutMs` (a child's /readyz). */
+export function probe(url: string, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
     const req = http.get(url, { timeout: timeoutMs, agent: false }, (res) => {
       res.resume();
