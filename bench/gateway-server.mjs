@@ -147,7 +147,7 @@ serveIpc({
       const t = performance.now();
       try {
         const h = await sup.ensureSubprocess({ workspaceId }, builder);
-        return { workspaceId, ms: performance.now() - t, codexHome: h.codexHome, pid: h.pid };
+        return { workspaceId, ms: performance.now() - t, codexHome: h.codexHome, pid: h.pid, wsUrl: h.wsUrl, wsToken: h.wsToken };
       } catch (err) {
         return { workspaceId, ms: performance.now() - t, error: `${err.code ?? ''} ${err.message}` };
       }
