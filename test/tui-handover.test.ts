@@ -12,6 +12,7 @@
  */
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signWorkspaceToken } from 'codex-app-gateway';
 import { processEnded } from '../src/shared/proc.js';
@@ -127,7 +128,12 @@ describe('the codex TUI through a handover restart (tmux)', () => {
 
   /** The TUI is back: connected to `g` (the gateway counts its client) and no longer offline on screen. */
   const reconnected = async (g: GatewayProcess, workspaceId: string, shown: string): Promise<string> => {
-    await waitFor(async () => (await workspace(g, workspaceId)).clients === 1, 150_000, 'the TUI to reconnect to the new gateway');
+    // Asked every quarter second: each answer is an admin request that asks every shard.
+    const connected = async (): Promise<boolean> => {
+      await sleep(250);
+      return (await workspace(g, workspaceId)).clients === 1;
+    };
+    await waitFor(connected, 150_000, 'the TUI to reconnect to the new gateway');
     return await tui.waitForScreen(workspaceId, 'the conversation, online again', (s) => !s.includes(OFFLINE) && s.includes(shown), 150_000);
   };
 
