@@ -8,7 +8,7 @@
 // many children as BENCH_LOOKUP_TOKENS says (default 300 then); the table
 // says how many tokens were live. Lookups run one at a time inside the
 // gateway process (latency of the library call); one in ten is an unknown
-// token, which every shard must answer too.
+// token, which must cost what a known one does.
 //
 // Env: BENCH_LOOKUP_TOKENS (default 10000), BENCH_LOOKUP_ITERATIONS (20000).
 import { spawnSync } from 'node:child_process';

@@ -217,7 +217,6 @@ export type ShardMethods = {
   ensure: { params: { workspaceId: string; builderId: number }; result: ChildInfo };
   shutdown: { params: { workspaceId: string; reason: StopReason }; result: StopResult };
   shutdownAll: { params: { reason: StopReason; concurrency: number }; result: StopResult[] };
-  lookup: { params: { token: string }; result: string | null };
   status: { params: { workspaceId: string }; result: WorkspaceStatus | null };
   stats: { params: Record<string, never>; result: ShardStats };
   reapIdle: { params: ReapOptions; result: StopResult[] };
@@ -245,6 +244,12 @@ export type HostMethods = {
   clusterCurrent: { params: { workspaceId: string }; result: SnapshotRef | null };
   clusterCommit: { params: { workspaceId: string; runEpoch: number; ref: SnapshotRef; homePath?: string }; result: CommitOutcome };
   clusterRelease: { params: { workspaceId: string }; result: null };
+  /**
+   * The SHA-256 (hex) of a loopback token, registered before the child that
+   * holds it is spawned or adopted: lookups are answered on the main thread
+   * (token-registry.ts). Forgotten by the forgetToken notice.
+   */
+  registerToken: { params: { key: string; workspaceId: string }; result: null };
 };
 
 /** One-way notices. */
@@ -266,6 +271,8 @@ export type HostNotices = {
   /** A start finished: ready (errorCode null) or failed. */
   startFinished: { workspaceId: string; ms: number; errorCode: string | null };
   childExited: { workspaceId: string; generation: string; code: number | null; signal: string | null };
+  /** The process holding the token of this digest is gone (or handed over): it no longer resolves. */
+  forgetToken: { key: string };
   /** A notification of a streamed HTTP turn, as codex sent it. */
   turnEvent: { turnRequestId: number; method: string; params: unknown };
   /** The gateway answered an approval request itself (a policy was applied). */

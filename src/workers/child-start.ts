@@ -48,6 +48,8 @@ export async function startChild(core: TableCore, e: Entry, builderId: number): 
     home.generation = e.generation;
     const runAs = core.init.runAs;
     if (runAs !== undefined) await openHomeTo(runAs, home.dir);
+    // Known to the main thread before the process exists: the child may call the internal API at once.
+    await core.tokens.add(e.loopbackToken, e.workspaceId);
     const env = buildChildEnv({
       parent: process.env,
       allowlist: core.init.envAllowlist,
@@ -103,6 +105,7 @@ export async function startChild(core: TableCore, e: Entry, builderId: number): 
     };
   } catch (err) {
     // spawnAppServer kills and reaps the process before it throws.
+    core.tokens.remove(e.loopbackToken);
     if (e.pid !== undefined) core.host.childExited(e.workspaceId, e.generation, { code: null, signal: null });
     // A start that failed before any process existed had no exit handler to take the directory back.
     if (core.init.runAs !== undefined) closeWorkspaceDir(path.dirname(home.dir));

@@ -60,8 +60,9 @@ export async function adoptAll(core: TableCore, records: readonly HandoverRecord
     const wsDir = path.dirname(dir);
     const child = adoptedChild(rec, core.init.runAs === undefined ? undefined : () => void closeWorkspaceDir(wsDir));
     e.child = child;
+    // Known to the main thread before the entry is: from here on a stop or exit forgets it.
+    await core.tokens.add(e.loopbackToken, rec.workspaceId);
     core.live.set(rec.workspaceId, e);
-    core.tokens.add(e.loopbackToken, rec.workspaceId);
     core.host.childStarted(rec.workspaceId, rec.generation, rec.pid, true);
     // The home's state names this gateway from now on (recovery reads pid and start time, not this).
     await recordPid(core, home, rec.pid);

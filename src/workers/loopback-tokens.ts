@@ -1,27 +1,40 @@
 /**
- * The loopback tokens of a shard's running children: each child sends its
- * token back to the gateway's internal API, which asks every shard which
- * workspace it belongs to. Kept by SHA-256 (the map never holds the token as
- * a key) and compared in constant time.
+ * The loopback tokens of a shard's children, as the shard tells the main
+ * thread about them: each child sends its token back to the gateway's
+ * internal API, and the main thread answers from its own registry of
+ * digests (src/main/supervisor/token-registry.ts) without asking a shard.
+ *
+ * Only the SHA-256 of a token crosses the thread. `add` waits for the main
+ * thread's answer: a start calls it before it spawns the child that holds
+ * the token, so the child can use it from its first moment. `remove` is a
+ * notice on the same port, so it is processed after the registration even
+ * when it is sent before the answer came; it is sent once per token.
  */
-import { sameSecret, tokenKey } from '../shared/secrets.js';
+import { tokenKey } from '../shared/secrets.js';
+
+export interface TokenSink {
+  registerToken(key: string, workspaceId: string): Promise<void>;
+  forgetToken(key: string): void;
+}
 
 export class LoopbackTokens {
-  private readonly byKey = new Map<string, { token: Buffer; workspaceId: string }>();
+  private readonly registered = new Set<string>();
 
-  add(token: string, workspaceId: string): void {
-    this.byKey.set(tokenKey(token), { token: Buffer.from(token), workspaceId });
+  constructor(private readonly sink: TokenSink) {}
+
+  async add(token: string, workspaceId: string): Promise<void> {
+    const key = tokenKey(token);
+    // Before the call: a remove() while it is in flight must send its notice.
+    this.registered.add(key);
+    await this.sink.registerToken(key, workspaceId);
   }
 
   remove(token: string): void {
-    this.byKey.delete(tokenKey(token));
+    const key = tokenKey(token);
+    if (this.registered.delete(key)) this.sink.forgetToken(key);
   }
 
-  /** The workspace whose running child holds `token`, or null. */
-  lookup(token: string): string | null {
-    if (typeof token !== 'string' || token.length === 0) return null;
-    const hit = this.byKey.get(tokenKey(token));
-    if (hit === undefined) return null;
-    return sameSecret(token, hit.token) ? hit.workspaceId : null;
+  get size(): number {
+    return this.registered.size;
   }
 }

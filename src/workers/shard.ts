@@ -27,7 +27,6 @@ const peer = new RpcPeer<ShardMethods, HostMethods, ShardNotices, HostNotices>(
     ensure: (p) => table.ensure(p.workspaceId, p.builderId),
     shutdown: (p) => table.shutdown(p.workspaceId, p.reason),
     shutdownAll: (p) => table.shutdownAll(p.reason, p.concurrency),
-    lookup: (p) => table.lookup(p.token),
     status: (p) => table.status(p.workspaceId),
     stats: (): ShardStats => ({
       shard: init.shard,
@@ -78,6 +77,8 @@ const table: WorkspaceTable = new WorkspaceTable(
     promoteSpawn: (generation) => peer.notify('promoteSpawn', { generation }),
     workspaceStopped: (workspaceId, reason, saved) => peer.notify('workspaceStopped', { workspaceId, reason, saved }),
     startFinished: (workspaceId, ms, errorCode) => peer.notify('startFinished', { workspaceId, ms, errorCode }),
+    registerToken: async (key, workspaceId) => void (await peer.call('registerToken', { key, workspaceId })),
+    forgetToken: (key) => peer.notify('forgetToken', { key }),
     ...(init.cluster
       ? {
           cluster: {

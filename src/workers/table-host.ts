@@ -7,9 +7,11 @@ import type { ArchiveOutcome, ArchiveTask, ArchiveValue } from '../shared/archiv
 import type { SpawnConfig } from '../shared/codex-config.js';
 import type { SpawnPriority } from '../shared/protocol.js';
 import type { ClusterHost } from './cluster-homes.js';
+import type { TokenSink } from './loopback-tokens.js';
 import type { ExitInfo } from './spawn.js';
 
-export interface TableHost {
+/** TokenSink: the loopback tokens of its children, registered with the main thread (loopback-tokens.ts). */
+export interface TableHost extends TokenSink {
   buildConfig(builderId: number, workspaceId: string, loopbackToken: string): Promise<SpawnConfig>;
   archive(task: ArchiveTask): Promise<ArchiveOutcome<ArchiveValue>>;
   childStarted(workspaceId: string, generation: string, pid: number, adopted?: boolean): void;

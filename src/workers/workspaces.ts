@@ -46,7 +46,7 @@ export class WorkspaceTable implements TableCore {
   // TableCore: open to the files that implement parts of the table (workspace-entry.ts), not to other callers.
   readonly live = new Map<string, Entry>();
   readonly busy = new Map<string, Promise<unknown>>();
-  readonly tokens = new LoopbackTokens();
+  readonly tokens: LoopbackTokens;
   readonly homes: HomeStore;
   readonly crashLoop: CrashLoopGuard;
   closed = false;
@@ -62,6 +62,7 @@ export class WorkspaceTable implements TableCore {
     readonly log: Logger,
   ) {
     this.homes = new HomeStore(init, host, log, { cached: () => trimCache(this) });
+    this.tokens = new LoopbackTokens(host);
     this.crashLoop = new CrashLoopGuard(init.crashLoop);
   }
 
@@ -155,7 +156,6 @@ export class WorkspaceTable implements TableCore {
         e.info = info;
         e.state = 'running';
         e.readyAt = Date.now();
-        this.tokens.add(e.loopbackToken, workspaceId);
         // A crash during the last await of start is handled once we are running.
         const exit = e.child?.exitInfo();
         if (exit !== undefined) this.onExit(e, exit);
@@ -282,7 +282,7 @@ export class WorkspaceTable implements TableCore {
     return release(this);
   }
 
-  // ---- activity, lookup, status ----------------------------------------------
+  // ---- activity, status ----------------------------------------------
 
   touch(workspaceId: string): void {
     const e = this.live.get(workspaceId);
@@ -307,10 +307,6 @@ export class WorkspaceTable implements TableCore {
       e.clients -= 1;
       e.lastActivity = Date.now();
     }
-  }
-
-  lookup(token: string): string | null {
-    return this.tokens.lookup(token);
   }
 
   status(workspaceId: string): WorkspaceStatus | null {

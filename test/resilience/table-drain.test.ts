@@ -94,6 +94,8 @@ async function harness(drainBudgetMs: number): Promise<Harness> {
     promoteSpawn: () => {},
     workspaceStopped: () => {},
     startFinished: () => {},
+    registerToken: () => Promise.resolve(),
+    forgetToken: () => {},
   };
   h.table = new WorkspaceTable(init, host, { childGone: () => {} }, pino({ level: 'silent' }));
   harnesses.push(h);

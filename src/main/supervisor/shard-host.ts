@@ -4,6 +4,7 @@
  * started and exited, stops, turn events), each handed to the part of the
  * supervisor that keeps it.
  */
+import { GatewayError } from '../../shared/errors.js';
 import type { HostMethods, HostNotices } from '../../shared/protocol.js';
 import type { Handlers, NoticeHandlers } from '../../shared/rpc.js';
 import type { ClusterOwnership } from '../cluster/ownership.js';
@@ -13,6 +14,7 @@ import type { ConfigBuilders } from './config-builders.js';
 import type { SupervisorOptions } from './options.js';
 import type { ShardRef } from './shard-pool.js';
 import type { SpawnAdmission } from './spawn-admission.js';
+import type { TokenRegistry } from './token-registry.js';
 import type { TurnStreams } from './turn-streams.js';
 
 export interface HostParts {
@@ -22,12 +24,15 @@ export interface HostParts {
   admission: SpawnAdmission;
   children: Children;
   turns: TurnStreams;
+  tokens: TokenRegistry;
   cluster(): ClusterOwnership;
   childGone(generation: string, exit: { code: number | null; signal: string | null }): void;
 }
 
 export function shardHost(h: HostParts, ref: ShardRef, current: () => boolean): { methods: Handlers<HostMethods>; notices: NoticeHandlers<HostNotices> } {
   const { opts } = h;
+  // This worker's epoch: its tokens are its own (token-registry.ts).
+  const epoch = ref.epoch;
   return {
     methods: {
       buildConfig: (p) => h.builders.build(p.builderId, p.workspaceId, p.loopbackToken),
@@ -46,6 +51,12 @@ export function shardHost(h: HostParts, ref: ShardRef, current: () => boolean): 
         await h.cluster().release(p.workspaceId);
         return null;
       },
+      registerToken: (p) => {
+        // A worker that died already had its tokens dropped; what it sent before dying must not add one back.
+        if (!current()) throw new GatewayError('GW_SHARD_FAILED', `shard ${ref.index} worker was replaced`);
+        h.tokens.register(p.key, p.workspaceId, ref.index, epoch);
+        return null;
+      },
     },
     notices: {
       childStarted: (p) => {
@@ -59,6 +70,7 @@ export function shardHost(h: HostParts, ref: ShardRef, current: () => boolean): 
         opts.observer?.workspaceStopped?.(p);
       },
       startFinished: (p) => opts.observer?.startFinished?.(p),
+      forgetToken: (p) => h.tokens.forget(p.key, ref.index, epoch),
       childExited: (p) => h.childGone(p.generation, { code: p.code, signal: p.signal }),
       turnEvent: (p) => h.turns.deliver(p),
       approvalAnswered: (p) => opts.observer?.approvalAnswered?.(p),

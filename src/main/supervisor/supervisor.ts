@@ -20,6 +20,7 @@ import { stopOrphanedGroups } from './orphans.js';
 import { ConfigBuilders } from './config-builders.js';
 import { shardHost } from './shard-host.js';
 import { ShardPool } from './shard-pool.js';
+import { TokenRegistry } from './token-registry.js';
 import { TurnStreams } from './turn-streams.js';
 import type { ShardRef } from './shard-pool.js';
 import { SpawnAdmission } from './spawn-admission.js';
@@ -35,7 +36,7 @@ export type { ConfigBuilder, SupervisorObserver, SupervisorOptions, WorkspaceKey
 /**
  * Calls that only read or flag a shard's state answer at once from a healthy
  * shard; one that does not answer within this is stuck, and the caller (a
- * metrics scrape, a loopback lookup, an upgrade waiting for a slot) gets
+ * metrics scrape, a workspace's status, an upgrade waiting for a slot) gets
  * GW_SHARD_FAILED instead of waiting forever. Calls that do work (ensure,
  * shutdown, reapIdle, close) carry their own time limits.
  */
@@ -51,6 +52,7 @@ export class Supervisor extends EventEmitter {
   private readonly children = new Children();
   private readonly builders: ConfigBuilders;
   private readonly turns = new TurnStreams();
+  private readonly tokens = new TokenRegistry();
   private closing: Promise<StopResult[]> | undefined;
   private readonly shards: ShardPool;
   private readonly admission: SpawnAdmission;
@@ -67,7 +69,7 @@ export class Supervisor extends EventEmitter {
     this.shards = new ShardPool(
       {
         host: (ref, current) =>
-          shardHost({ opts, pool, builders: this.builders, admission: this.admission, children: this.children, turns: this.turns, cluster: () => this.cluster(), childGone: (g, e) => this.childGone(g, e) }, ref, current),
+          shardHost({ opts, pool, builders: this.builders, admission: this.admission, children: this.children, turns: this.turns, tokens: this.tokens, cluster: () => this.cluster(), childGone: (g, e) => this.childGone(g, e) }, ref, current),
         died: (ref) => this.shardDied(ref),
         restarted: (i) => this.emit('shard-restarted', i),
         givenUp: (i) => this.emit('shard-down', i),
@@ -139,14 +141,14 @@ export class Supervisor extends EventEmitter {
   }
 
   /**
-   * A shard worker is gone (shard-pool.ts). 'shard-died' tells the front to
-   * close its clients now, and its children are stopped (orphans.ts):
-   * nothing can proxy to them any more. Their homes stay on disk; a new
-   * worker takes the shard over and its start-up recovery uploads them, so
-   * nothing is lost. A shard that keeps dying is given up and the
-   * supervisor reports itself unhealthy; its homes wait for the next start.
+   * A shard worker is gone (shard-pool.ts). Its children's loopback tokens
+   * go, 'shard-died' tells the front to close its clients, and its children
+   * are stopped (orphans.ts). Their homes stay on disk; a new worker takes
+   * the shard over and its recovery uploads them. A shard that keeps dying
+   * is given up (unhealthy); its homes wait for the next start.
    */
   private shardDied(ref: ShardRef): void {
+    this.tokens.forgetShard(ref.index);
     const orphans = this.children.ofShard(ref.index);
     for (const c of orphans) this.childGone(c.generation, { code: null, signal: null });
     if (orphans.length > 0) {
@@ -257,11 +259,9 @@ export class Supervisor extends EventEmitter {
     return per.flat();
   }
 
-  /** The workspace whose live child holds this loopback token. Asks every shard at once. */
-  async lookupWorkspaceForLoopbackToken(token: string): Promise<string | undefined> {
-    if (typeof token !== 'string' || token.length === 0 || token.length > 256) return undefined;
-    const answers = await Promise.all(this.liveShards().map((s) => s.rpc.call('lookup', { token }, QUERY_DEADLINE)));
-    return answers.find((a) => a !== null) ?? undefined;
+  /** The workspace whose live child holds this loopback token, from the shards' registrations (token-registry.ts). */
+  lookupWorkspaceForLoopbackToken(token: string): Promise<string | undefined> {
+    return Promise.resolve(this.tokens.lookup(token));
   }
 
   /** Live status of one workspace, or undefined when it has no child. */
@@ -335,6 +335,7 @@ export class Supervisor extends EventEmitter {
   /** Immediate: ends workers and the pool without stopping children cleanly. */
   async destroy(): Promise<void> {
     await this.shards.terminate();
+    this.tokens.clear(); // their children are stopped below, or were handed over
     // The shards are done: any upload still running outlived its drain budget.
     // Uploads are atomic and its home stays on disk for the next start, so it
     // is abandoned rather than waited for.
