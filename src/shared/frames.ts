@@ -38,6 +38,16 @@ const DEFAULT_BATCH_BYTES = 64 * 1024;
  */
 const ACK_DELAY_MS = 5;
 const ACK_EAGER_BYTES = 32 * 1024;
+/**
+ * A pooled batcher writes into buffers of this size, posts them whole and
+ * gets them back from the reader (give) to write again: no fresh memory per
+ * batch, and no copy into an exact-size buffer. Twice the batch threshold,
+ * so a 64 KiB frame rides in one too. Only buffers of exactly this size are
+ * handed back; a frame too large for one travels alone as before.
+ */
+export const POOLED_BATCH_BYTES = 128 * 1024;
+/** Buffers a pooled batcher keeps for reuse; more are left to the GC. */
+const MAX_FREE = 16;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -46,16 +56,19 @@ export type RecordHandler = (kind: RecordKind, flags: number, code: number, conn
 
 export class FrameBatcher {
   /**
-   * Records are written into this staging buffer, which never leaves the
-   * thread; a flush posts a copy of exactly the bytes used. A fresh 64 KiB
-   * buffer per batch would cost a 64 KiB zero-fill (and 64 KiB of external
-   * memory for the GC to account) for every batch, most of which carry one
-   * small frame.
+   * Records are written into this buffer. Unpooled, it is a staging buffer
+   * that never leaves the thread, and a flush posts a copy of exactly the
+   * bytes used: a fresh 64 KiB buffer per batch would cost a 64 KiB
+   * zero-fill (and 64 KiB of external memory for the GC to account) for
+   * every batch, most of which carry one small frame. Pooled, the buffer
+   * itself is posted and comes back through give().
    */
-  private readonly staging: ArrayBuffer;
-  private readonly view: DataView;
-  private readonly bytes: Uint8Array;
+  private buffer: ArrayBuffer | undefined;
+  private view: DataView | undefined;
+  private bytes: Uint8Array | undefined;
   private used = 0;
+  private readonly capacity: number;
+  private readonly free: ArrayBuffer[] = [];
   private scheduled = false;
   /** Credit owed per connection, written into the next batch posted. */
   private readonly owed = new Map<number, number>();
@@ -67,10 +80,21 @@ export class FrameBatcher {
   constructor(
     private readonly post: (batch: ArrayBuffer) => void,
     private readonly batchBytes = DEFAULT_BATCH_BYTES,
+    private readonly pooled = false,
   ) {
-    this.staging = new ArrayBuffer(batchBytes);
-    this.view = new DataView(this.staging);
-    this.bytes = new Uint8Array(this.staging);
+    this.capacity = pooled ? Math.max(POOLED_BATCH_BYTES, batchBytes) : batchBytes;
+  }
+
+  /** A pooled buffer back from the reader, done with: written into again. */
+  give(buffer: ArrayBuffer): void {
+    if (this.pooled && buffer.byteLength === this.capacity && this.free.length < MAX_FREE) this.free.push(buffer);
+  }
+
+  private take(): void {
+    const b = this.pooled ? (this.free.pop() ?? new ArrayBuffer(this.capacity)) : (this.buffer ?? new ArrayBuffer(this.capacity));
+    this.buffer = b;
+    this.view = new DataView(b);
+    this.bytes = new Uint8Array(b);
   }
 
   /** Queues one record; `payload` is copied, so the caller may reuse its memory at once. */
@@ -83,7 +107,7 @@ export class FrameBatcher {
     const body = typeof payload === 'string' ? encoder.encode(payload) : payload;
     const len = body?.byteLength ?? 0;
     const need = HEADER_BYTES + len;
-    if (need > this.batchBytes) {
+    if (need > this.capacity) {
       // A large frame travels alone, in a buffer of exactly its size.
       this.flush();
       const ab = new ArrayBuffer(need);
@@ -92,8 +116,9 @@ export class FrameBatcher {
       this.post(ab);
       return false;
     }
-    if (this.used + need > this.batchBytes) this.postCurrent();
-    writeRecord(this.view, this.bytes, this.used, kind, flags, code, connId, body);
+    if (this.used > 0 && this.used + need > this.batchBytes) this.postCurrent();
+    if (this.view === undefined || this.bytes === undefined) this.take();
+    writeRecord(this.view as DataView, this.bytes as Uint8Array, this.used, kind, flags, code, connId, body);
     this.used += need;
     return true;
   }
@@ -142,10 +167,21 @@ export class FrameBatcher {
   }
 
   private postCurrent(): void {
-    if (this.used === 0) return;
-    // new + set measured faster than ArrayBuffer.prototype.slice here (Node 20).
-    const ab = new ArrayBuffer(this.used);
-    new Uint8Array(ab).set(this.bytes.subarray(0, this.used));
+    if (this.used === 0 || this.buffer === undefined || this.bytes === undefined) return;
+    let ab: ArrayBuffer;
+    if (this.pooled) {
+      // The buffer goes as it is: a zero kind byte ends what this batch wrote
+      // (what follows is an earlier batch's).
+      if (this.used < this.capacity) this.bytes[this.used] = 0;
+      ab = this.buffer;
+      this.buffer = undefined;
+      this.view = undefined;
+      this.bytes = undefined;
+    } else {
+      // new + set measured faster than ArrayBuffer.prototype.slice here (Node 20).
+      ab = new ArrayBuffer(this.used);
+      new Uint8Array(ab).set(this.bytes.subarray(0, this.used));
+    }
     this.used = 0;
     this.posted++;
     this.post(ab);
@@ -176,6 +212,35 @@ export function readBatch(batch: ArrayBuffer, onRecord: RecordHandler): void {
     onRecord(kind as RecordKind, view.getUint8(at + 1), view.getUint16(at + 2, true), view.getUint32(at + 4, true), new Uint8Array(batch, at + HEADER_BYTES, len));
     at += HEADER_BYTES + len;
   }
+}
+
+/**
+ * A data-port message: a batch, or a batch with pooled buffers the sender
+ * gave back (`[batch, ...returned]`), all transferred.
+ */
+export type DataMessage = ArrayBuffer | ArrayBuffer[];
+
+/** Posts `batch` with the pooled buffers waiting in `returns` (emptied). */
+export function postBatch(port: { postMessage(m: unknown, transfer: ArrayBuffer[]): void }, batch: ArrayBuffer, returns: ArrayBuffer[]): void {
+  if (returns.length === 0) {
+    port.postMessage(batch, [batch]);
+    return;
+  }
+  const m = [batch, ...returns];
+  returns.length = 0;
+  port.postMessage(m, m);
+}
+
+/** The batch of a data-port message; returned buffers go to `give`. */
+export function batchOf(m: DataMessage, give: (buffer: ArrayBuffer) => void): ArrayBuffer {
+  if (!Array.isArray(m)) return m;
+  for (let k = 1; k < m.length; k++) give(m[k] as ArrayBuffer);
+  return m[0] as ArrayBuffer;
+}
+
+/** Whether a batch came in a pooled buffer, to hand back once read. */
+export function isPooledBatch(batch: ArrayBuffer): boolean {
+  return batch.byteLength === POOLED_BATCH_BYTES;
 }
 
 /** Payload of an Ack record. */

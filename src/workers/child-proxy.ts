@@ -27,7 +27,8 @@ import type { MessagePort } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { toGatewayError } from '../shared/errors.js';
-import { FLAG_BINARY, FrameBatcher, RecordKind, decodeText, readAck, readBatch } from '../shared/frames.js';
+import { FLAG_BINARY, FrameBatcher, RecordKind, batchOf, decodeText, readAck, readBatch } from '../shared/frames.js';
+import type { DataMessage } from '../shared/frames.js';
 import type { ChildInfo, DataPlaneLimits, WebSocketApprovalPolicy } from '../shared/protocol.js';
 import { approvalReply, isApprovalRequest } from './approval-policy.js';
 import { CloseCode, RETRY_LATER_CODES, closeCodeForGone, forwardableCloseCode } from '../shared/close-codes.js';
@@ -79,10 +80,13 @@ export class ChildProxy {
     private readonly approvals: WebSocketApprovalPolicy = 'client',
     private readonly onApproval: (workspaceId: string, method: string, decision: string) => void = () => {},
   ) {
-    this.out = new FrameBatcher((batch) => port.postMessage(batch, [batch]));
-    port.on('message', (batch: ArrayBuffer) => {
+    // Pooled: the front hands each batch buffer back with its next batch.
+    const out = new FrameBatcher((batch) => port.postMessage(batch, [batch]), undefined, true);
+    this.out = out;
+    const give = (b: ArrayBuffer): void => out.give(b);
+    port.on('message', (m: DataMessage) => {
       try {
-        readBatch(batch, this.onRecord);
+        readBatch(batchOf(m, give), this.onRecord);
       } catch (err) {
         this.log.error({ err: toGatewayError(err).describe() }, 'bad frame batch from front');
       }

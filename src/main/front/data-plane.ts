@@ -20,7 +20,7 @@
 import { CloseCode } from '../../shared/close-codes.js';
 import { toGatewayError } from '../../shared/errors.js';
 import { reasonFor } from '../../shared/public-error.js';
-import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, ackPayload, decodeText, readAck, readBatch } from '../../shared/frames.js';
+import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, ackPayload, decodeText, isPooledBatch, postBatch, readAck, readBatch } from '../../shared/frames.js';
 import type { Client, ClientData } from './client.js';
 import { ConnectionIds } from './connection-ids.js';
 import type { FrontMemory, FrontOptions } from './limits.js';
@@ -30,12 +30,16 @@ import type { FrontMemory, FrontOptions } from './limits.js';
  * requests of a client whose child reads are far below it.
  */
 const OVERLOAD_SHARE = 1024 * 1024;
+/** Pooled buffers waiting to go back to a shard; more are left to the GC. */
+const MAX_RETURNS = 16;
 
 export class DataPlane {
   private readonly conns = new Map<number, Client>();
   private readonly behind = new Set<Client>();
   private readonly toShard: FrameBatcher[];
   private readonly acks: AckTally[];
+  /** Per shard: its pooled batch buffers, read and going back with the next batch to it. */
+  private readonly returns: ArrayBuffer[][];
   /** Shards without a live worker (dead, not yet replaced, or given up): their workspaces get 503. */
   private readonly downShards = new Set<number>();
   private readonly ids: ConnectionIds;
@@ -53,6 +57,7 @@ export class DataPlane {
     this.ids = new ConnectionIds(o.firstConnectionId);
     this.maxBuffered = o.limits.maxBufferedBytes ?? Number.POSITIVE_INFINITY;
     this.acks = Array.from({ length: sup.shardCount }, () => new AckTally());
+    this.returns = Array.from({ length: sup.shardCount }, () => []);
     this.toShard = Array.from({ length: sup.shardCount }, (_, i) => this.bind(i));
     sup.on('shard-died', (i: number) => this.shardLost(i));
     sup.on('shard-restarted', (i: number) => this.shardBack(i));
@@ -62,8 +67,10 @@ export class DataPlane {
 
   private bind(i: number): FrameBatcher {
     const port = this.o.sup.dataPort(i);
+    const returns: ArrayBuffer[] = [];
+    this.returns[i] = returns;
     port.on('message', (batch: ArrayBuffer) => this.fromShard(i, batch));
-    return new FrameBatcher((batch) => port.postMessage(batch, [batch]));
+    return new FrameBatcher((batch) => postBatch(port, batch, returns));
   }
 
   /**
@@ -216,6 +223,9 @@ export class DataPlane {
     } catch (err) {
       this.o.log.error({ err: toGatewayError(err).describe() }, 'bad frame batch from shard');
     }
+    // Every payload has been sent (uWS copies) or decoded: the buffer can go back.
+    const returns = this.returns[shard] as ArrayBuffer[];
+    if (isPooledBatch(batch) && returns.length < MAX_RETURNS) returns.push(batch);
     (this.acks[shard] as AckTally).flushTo(this.toShard[shard] as FrameBatcher);
   }
 
