@@ -61,7 +61,8 @@ describe('limits.max_children (Supervisor)', () => {
   });
 
   it('two concurrent starts into a full supervisor evict one idle child each; never more than max_children processes at once', async () => {
-    const t = await startTestSupervisor({ limits: { maxChildren: 2 } });
+    const stored: string[] = [];
+    const t = await startTestSupervisor({ limits: { maxChildren: 2 }, onWorkspaceStopped: (e) => { if (e.saved) stored.push(e.workspaceId); } });
     try {
       const build = countingBuilder();
       await t.sup.ensureSubprocess({ workspaceId: 'mcc-0' }, build);
@@ -80,6 +81,9 @@ describe('limits.max_children (Supervisor)', () => {
       expect(handles.every((h) => h.isAlive())).toBe(true);
       expect(max).toBeLessThanOrEqual(2);
       expect((await statuses(t.sup)).map((w) => w.workspaceId).sort()).toEqual(['mcc-2', 'mcc-3']);
+      // The slot is given back when the evicted child exits; its upload ends after that.
+      await waitFor(() => stored.length === 2, 30_000, 'both evicted homes to be stored');
+      expect(stored.sort()).toEqual(['mcc-0', 'mcc-1']);
       for (const id of ['mcc-0', 'mcc-1']) expect(existsSync(path.join(t.storeDir, `${id}.tar.gz`))).toBe(true);
     } finally {
       await t.close();
