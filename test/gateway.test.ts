@@ -133,6 +133,37 @@ describe('gateway front door (fake codex)', () => {
     again.close();
   });
 
+  it('a reconnect that reaches a child whose sockets are gone before its exit is seen gets the next child, with its state and its first request answered', async () => {
+    const ws = await openWs(t.url, await t.token('ws-dying'));
+    await rpc(ws, 'fake/writeFile', { path: 'marker.txt', content: 'kept' });
+    const info = await rpc<FakeInfo>(ws, 'fake/info');
+    const closed = closeOf(ws);
+    // The child stops listening and drops its connections now, and exits a second later.
+    await rpc(ws, 'fake/dying', { exitAfterMs: 1000 });
+    expect((await closed).code).toBe(1011);
+    expect(processAlive(info.pid)).toBe(true);
+    const again = await openWs(t.url, await t.token('ws-dying'));
+    const info2 = await rpc<FakeInfo>(again, 'fake/info');
+    expect(info2.pid).not.toBe(info.pid);
+    expect(processAlive(info.pid)).toBe(false);
+    expect(await readFile(path.join(info2.codexHome, 'marker.txt'), 'utf8')).toBe('kept');
+    again.close();
+  });
+
+  it('a child that lives but cannot be reached closes a new client with 1011 GW_CHILD_CONNECT', async () => {
+    const ws = await openWs(t.url, await t.token('ws-unreachable'));
+    const info = await rpc<FakeInfo>(ws, 'fake/info');
+    const closed = closeOf(ws);
+    await rpc(ws, 'fake/dying', { exitAfterMs: -1 });
+    await closed;
+    const again = await openWs(t.url, await t.token('ws-unreachable'));
+    const c = await closeOf(again);
+    expect(c.code).toBe(1011);
+    expect(c.reason).toContain('GW_CHILD_CONNECT');
+    expect(processAlive(info.pid)).toBe(true);
+    process.kill(info.pid, 'SIGKILL');
+  });
+
   it('a child that fails to start closes the client with 1011 naming the error code', async () => {
     t.childEnv.set('ws-broken', ['FAKE_CODEX_MODE=exit-before-banner']);
     const ws = await openWs(t.url, await t.token('ws-broken'));

@@ -57,7 +57,15 @@ interface Conn {
   held: number;
   /** Write callback of every send to the child: one function per connection, not per frame. */
   written: () => void;
+  /** Children tried for this client; a dead one found before its exit is seen costs one more. */
+  attempts: number;
 }
+
+/**
+ * How long a failed connection to a child waits for the table to see that
+ * child's exit before the client is told the child could not be reached.
+ */
+const EXIT_SEEN_WAIT_MS = 2000;
 
 /** Send options, shared: no object per frame. */
 const SEND_BINARY = { binary: true } as const;
@@ -117,26 +125,46 @@ export class ChildProxy {
   };
 
   private open(id: number, workspaceId: string): void {
-    const c: Conn = { id, workspaceId, generation: undefined, ws: undefined, open: false, closed: false, queue: [], queuedBytes: 0, unacked: 0, paused: false, held: 0, written: () => this.settle(c) };
+    const c: Conn = { id, workspaceId, generation: undefined, ws: undefined, open: false, closed: false, queue: [], queuedBytes: 0, unacked: 0, paused: false, held: 0, written: () => this.settle(c), attempts: 0 };
     this.conns.set(id, c);
-    this.table.ensure(workspaceId, 0).then(
-      (info) => this.connectChild(c, info, 1),
+    this.startChild(c);
+  }
+
+  /** Finds or starts the workspace's child for a client whose child connection is not open. */
+  private startChild(c: Conn): void {
+    c.attempts += 1;
+    this.table.ensure(c.workspaceId, 0).then(
+      (info) => this.connectChild(c, info),
       (err: unknown) => this.startFailed(c, err),
     );
   }
 
-  private connectChild(c: Conn, info: ChildInfo, attempt: number): void {
+  /**
+   * The child this client was about to reach is gone (it exited, or was
+   * never reachable and then exited): the client's frames are still queued,
+   * so it gets the workspace's next child, once. A child that dies after
+   * ensure returned it and before its exit is processed is what a client
+   * reconnecting right after a crash meets.
+   */
+  private retryStart(c: Conn, code: number, reason: string): void {
+    if (c.closed) return;
+    if (c.attempts > 1) {
+      this.closeClient(c, code, reason);
+      return;
+    }
+    if (c.generation !== undefined) this.table.detachClient(c.workspaceId, c.generation);
+    c.generation = undefined;
+    const ws = c.ws;
+    c.ws = undefined;
+    if (ws !== undefined && ws.readyState !== WebSocket.CLOSED) ws.terminate();
+    this.startChild(c);
+  }
+
+  private connectChild(c: Conn, info: ChildInfo): void {
     if (c.closed) return;
     if (!this.table.attachClient(c.workspaceId, info.generation)) {
-      // The child went away between ensure and now: start over once.
-      if (attempt > 1) {
-        this.closeClient(c, CloseCode.InternalError, reasonFor('GW_CHILD_EXITED'));
-        return;
-      }
-      this.table.ensure(c.workspaceId, 0).then(
-        (next) => this.connectChild(c, next, attempt + 1),
-        (err: unknown) => this.startFailed(c, err),
-      );
+      // The child went away between ensure and now.
+      this.retryStart(c, CloseCode.InternalError, reasonFor('GW_CHILD_EXITED'));
       return;
     }
     c.generation = info.generation;
@@ -171,14 +199,51 @@ export class ChildProxy {
       }
     });
     ws.on('close', (code: number, reason: Buffer) => {
-      if (c.closed) return;
+      if (c.closed || c.ws !== ws) return;
+      if (!c.open) {
+        this.childUnreachable(c, ws, info.generation);
+        return;
+      }
       // codex's own reason stays in the log: it is not ours to vouch for.
       this.log.info({ workspaceId: c.workspaceId, connId: c.id, code, reason: reason.toString() }, 'child closed the connection');
       this.closeClient(c, forwardableCloseCode(code), code === 1009 ? reasonFor('GW_TOO_LARGE') : reasonFor('GW_CHILD_EXITED'));
     });
     ws.on('error', (err) => {
+      if (c.ws !== ws) return;
       this.log.warn({ workspaceId: c.workspaceId, connId: c.id, err: err.message }, 'child connection error');
-      if (!c.open && !c.closed) this.closeClient(c, CloseCode.InternalError, reasonFor('GW_CHILD_CONNECT'));
+      if (!c.open) this.childUnreachable(c, ws, info.generation);
+    });
+  }
+
+  /**
+   * The connection to the child failed before it opened. A child that died
+   * has its socket refused before the table sees its exit: wait (bounded)
+   * for that exit, which calls childGone and starts the client over. A child
+   * that lives and still cannot be reached (a handshake that timed out) gets
+   * the client a 1011 GW_CHILD_CONNECT.
+   */
+  private childUnreachable(c: Conn, ws: WebSocket, generation: string): void {
+    if (c.closed || c.ws !== ws || c.generation !== generation) return;
+    c.ws = undefined;
+    const connectFailed = (): void => {
+      if (!c.closed && c.generation === generation && c.ws === undefined) this.closeClient(c, CloseCode.InternalError, reasonFor('GW_CHILD_CONNECT'));
+    };
+    const exited = this.table.childExit(c.workspaceId, generation);
+    if (exited === undefined) {
+      // Its exit was seen already: childGone ran before this client's generation was set, or the child is no longer current.
+      this.retryStart(c, CloseCode.InternalError, reasonFor('GW_CHILD_CONNECT'));
+      return;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const seen = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), EXIT_SEEN_WAIT_MS);
+      void exited.then(() => resolve(true));
+    });
+    void seen.then((exitSeen) => {
+      clearTimeout(timer);
+      // On an exit childGone has already started the client over (or closed it); otherwise it was never reachable.
+      if (!exitSeen) connectFailed();
+      else if (!c.closed && c.generation === generation) this.retryStart(c, CloseCode.InternalError, reasonFor('GW_CHILD_CONNECT'));
     });
   }
 
@@ -298,7 +363,10 @@ export class ChildProxy {
   childGone(workspaceId: string, generation: string, reason: GoneReason): void {
     const { code, text } = closeCodeForGone(reason);
     for (const c of this.conns.values()) {
-      if (c.workspaceId === workspaceId && c.generation === generation) this.closeClient(c, code, text);
+      if (c.workspaceId !== workspaceId || c.generation !== generation) continue;
+      // A client still waiting for this child's socket never talked to it: after a crash it gets the next child.
+      if (reason === 'crash' && !c.open) this.retryStart(c, code, text);
+      else this.closeClient(c, code, text);
     }
   }
 

@@ -301,6 +301,17 @@ export class WorkspaceTable implements TableCore {
     return true;
   }
 
+  /**
+   * The exit of the workspace's current child when it is `generation` and
+   * running: it resolves after the table has handled that exit. Undefined
+   * when that child is no longer the current one.
+   */
+  childExit(workspaceId: string, generation: string): Promise<unknown> | undefined {
+    const e = this.live.get(workspaceId);
+    if (e === undefined || e.generation !== generation || e.state !== 'running' || e.child === undefined) return undefined;
+    return e.child.exited;
+  }
+
   detachClient(workspaceId: string, generation: string): void {
     const e = this.live.get(workspaceId);
     if (e !== undefined && e.generation === generation && e.clients > 0) {
