@@ -29,6 +29,24 @@ export function isApprovalRequest(method: string): boolean {
 
 const REJECTION = 'declined by the gateway (approvals policy)';
 
+/**
+ * The answer to a frame from the child when it is an approval request and
+ * the policy answers it: the reply to send back (the frame is then not
+ * forwarded). Every approval method name ends in `Approval`, so other frames
+ * cost one byte search.
+ */
+export function policyAnswer(data: Buffer, decision: HeadlessApprovalPolicy): { reply: string; method: string } | undefined {
+  if (data.length > 1 << 20 || !data.includes('Approval"')) return undefined;
+  let msg: { id?: unknown; method?: unknown; params?: unknown };
+  try {
+    msg = JSON.parse(data.toString('utf8')) as typeof msg;
+  } catch {
+    return undefined;
+  }
+  if (msg === null || typeof msg !== 'object' || typeof msg.method !== 'string' || (typeof msg.id !== 'number' && typeof msg.id !== 'string') || !isApprovalRequest(msg.method)) return undefined;
+  return { reply: JSON.stringify({ id: msg.id, result: approvalReply(msg.method, msg.params, decision) }), method: msg.method };
+}
+
 /** The result to answer an approval request with, or undefined when `method` is not one. */
 export function approvalReply(method: string, params: unknown, decision: HeadlessApprovalPolicy): unknown {
   const accept = decision === 'accept';

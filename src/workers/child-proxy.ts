@@ -26,11 +26,12 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
+import { withTimeout } from '../shared/concurrency.js';
 import { toGatewayError } from '../shared/errors.js';
 import { FLAG_BINARY, FrameBatcher, RecordKind, batchOf, decodeText, readAck, readBatch } from '../shared/frames.js';
 import type { DataMessage } from '../shared/frames.js';
 import type { ChildInfo, DataPlaneLimits, WebSocketApprovalPolicy } from '../shared/protocol.js';
-import { approvalReply, isApprovalRequest } from './approval-policy.js';
+import { policyAnswer } from './approval-policy.js';
 import { CloseCode, RETRY_LATER_CODES, closeCodeForGone, forwardableCloseCode } from '../shared/close-codes.js';
 import { publicReason, reasonFor, truncateReason } from '../shared/public-error.js';
 import type { GoneReason, WorkspaceTable } from './workspaces.js';
@@ -61,10 +62,7 @@ interface Conn {
   attempts: number;
 }
 
-/**
- * How long a failed connection to a child waits for the table to see that
- * child's exit before the client is told the child could not be reached.
- */
+/** How long a failed connection to a child waits for the table to see that child's exit. */
 const EXIT_SEEN_WAIT_MS = 2000;
 
 /** Send options, shared: no object per frame. */
@@ -140,23 +138,17 @@ export class ChildProxy {
   }
 
   /**
-   * The child this client was about to reach is gone (it exited, or was
-   * never reachable and then exited): the client's frames are still queued,
-   * so it gets the workspace's next child, once. A child that dies after
-   * ensure returned it and before its exit is processed is what a client
-   * reconnecting right after a crash meets.
+   * The child a client was about to reach is gone before the client talked
+   * to it (what a reconnect right after a crash meets): its frames are still
+   * queued, so it gets the workspace's next child, once.
    */
   private retryStart(c: Conn, code: number, reason: string): void {
     if (c.closed) return;
-    if (c.attempts > 1) {
-      this.closeClient(c, code, reason);
-      return;
-    }
+    if (c.attempts > 1) return this.closeClient(c, code, reason);
     if (c.generation !== undefined) this.table.detachClient(c.workspaceId, c.generation);
     c.generation = undefined;
-    const ws = c.ws;
+    c.ws?.terminate();
     c.ws = undefined;
-    if (ws !== undefined && ws.readyState !== WebSocket.CLOSED) ws.terminate();
     this.startChild(c);
   }
 
@@ -217,54 +209,29 @@ export class ChildProxy {
 
   /**
    * The connection to the child failed before it opened. A child that died
-   * has its socket refused before the table sees its exit: wait (bounded)
-   * for that exit, which calls childGone and starts the client over. A child
-   * that lives and still cannot be reached (a handshake that timed out) gets
-   * the client a 1011 GW_CHILD_CONNECT.
+   * has its sockets gone before the table sees its exit: once it does (a
+   * bounded wait), the client starts over with the next child. A child that
+   * lives and cannot be reached gets the client a 1011 GW_CHILD_CONNECT.
    */
   private childUnreachable(c: Conn, ws: WebSocket, generation: string): void {
-    if (c.closed || c.ws !== ws || c.generation !== generation) return;
+    if (c.closed || c.ws !== ws) return;
     c.ws = undefined;
-    const connectFailed = (): void => {
-      if (!c.closed && c.generation === generation && c.ws === undefined) this.closeClient(c, CloseCode.InternalError, reasonFor('GW_CHILD_CONNECT'));
-    };
-    const exited = this.table.childExit(c.workspaceId, generation);
-    if (exited === undefined) {
-      // Its exit was seen already: childGone ran before this client's generation was set, or the child is no longer current.
-      this.retryStart(c, CloseCode.InternalError, reasonFor('GW_CHILD_CONNECT'));
-      return;
-    }
-    let timer: NodeJS.Timeout | undefined;
-    const seen = new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), EXIT_SEEN_WAIT_MS);
-      void exited.then(() => resolve(true));
-    });
-    void seen.then((exitSeen) => {
-      clearTimeout(timer);
-      // On an exit childGone has already started the client over (or closed it); otherwise it was never reachable.
-      if (!exitSeen) connectFailed();
-      else if (!c.closed && c.generation === generation) this.retryStart(c, CloseCode.InternalError, reasonFor('GW_CHILD_CONNECT'));
-    });
+    const failed = reasonFor('GW_CHILD_CONNECT');
+    // childGone may have started the client over already: then its generation moved on.
+    void withTimeout(this.table.childExit(c.workspaceId, generation) ?? Promise.resolve(), EXIT_SEEN_WAIT_MS, () => new Error('exit not seen')).then(
+      () => c.generation === generation && this.retryStart(c, CloseCode.InternalError, failed),
+      () => c.generation === generation && c.ws === undefined && this.closeClient(c, CloseCode.InternalError, failed),
+    );
   }
 
-  /**
-   * Answers an approval request from the child by the `approvals.websocket`
-   * policy; true when it did (the frame is not forwarded). Every approval
-   * method name ends in `Approval`, so other frames cost one byte search.
-   */
+  /** Answers an approval request from the child by the `approvals.websocket` policy; true when it did (the frame is not forwarded). */
   private answeredByPolicy(c: Conn, ws: WebSocket, data: Buffer): boolean {
-    if (data.length > 1 << 20 || !data.includes('Approval"')) return false;
-    let msg: { id?: unknown; method?: unknown; params?: unknown };
-    try {
-      msg = JSON.parse(data.toString('utf8')) as typeof msg;
-    } catch {
-      return false;
-    }
-    if (msg === null || typeof msg !== 'object' || typeof msg.method !== 'string' || (typeof msg.id !== 'number' && typeof msg.id !== 'string') || !isApprovalRequest(msg.method)) return false;
     const decision = this.approvals === 'accept' ? 'accept' : 'decline';
-    ws.send(JSON.stringify({ id: msg.id, result: approvalReply(msg.method, msg.params, decision) }));
-    this.log.info({ workspaceId: c.workspaceId, connId: c.id, method: msg.method, decision, policy: 'approvals.websocket' }, 'approval request answered by policy');
-    this.onApproval(c.workspaceId, msg.method, decision);
+    const answer = policyAnswer(data, decision);
+    if (answer === undefined) return false;
+    ws.send(answer.reply);
+    this.log.info({ workspaceId: c.workspaceId, connId: c.id, method: answer.method, decision, policy: 'approvals.websocket' }, 'approval request answered by policy');
+    this.onApproval(c.workspaceId, answer.method, decision);
     return true;
   }
 

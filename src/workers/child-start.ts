@@ -22,6 +22,16 @@ import { spawnAppServer } from './spawn.js';
 import { PROCESS_FAILURES } from './workspace-entry.js';
 import type { Entry, TableCore } from './workspace-entry.js';
 
+/** A client waits for this start from now on: a queued pre-start moves ahead of the others. */
+export function claimStart(core: TableCore, e: Entry): void {
+  e.prestarted = undefined;
+  if (e.priority === 'client') return;
+  e.priority = 'client';
+  // Sent after the entry's enterSpawn (if any) on the same port, so the gate has it queued or admitted;
+  // a start that has not asked yet asks with the new priority.
+  if (core.init.gatedSpawns) core.host.promoteSpawn(e.generation);
+}
+
 export async function startChild(core: TableCore, e: Entry, builderId: number): Promise<ChildInfo> {
   const t0 = Date.now();
   const log = core.log.child({ workspaceId: e.workspaceId, generation: e.generation });

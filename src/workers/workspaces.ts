@@ -25,7 +25,7 @@ import { GatewayError, toGatewayError } from '../shared/errors.js';
 import type { HandoverRecord } from '../shared/handover.js';
 import type { ChildInfo, PrestartTicket, ReapOptions, ShardInit, StopReason, StopResult, WorkspaceStatus } from '../shared/protocol.js';
 import { validateWorkspaceId } from '../shared/workspace-id.js';
-import { startChild } from './child-start.js';
+import { claimStart, startChild } from './child-start.js';
 import { release } from './handover-table.js';
 import { HomeStore } from './home-store.js';
 import { newGeneration } from './home.js';
@@ -83,7 +83,7 @@ export class WorkspaceTable implements TableCore {
       const e = this.live.get(workspaceId);
       if (e !== undefined) {
         if (e.state === 'starting') {
-          if (prestart === undefined) this.claim(e);
+          if (prestart === undefined) claimStart(this, e);
           return await e.ready;
         }
         if (e.state === 'running' && e.child !== undefined && e.child.exitInfo() === undefined && e.info !== undefined) {
@@ -115,16 +115,6 @@ export class WorkspaceTable implements TableCore {
       this.crashLoop.check(workspaceId);
       return await this.begin(workspaceId, builderId, prestart).ready;
     }
-  }
-
-  /** A client waits for this start from now on: a queued pre-start moves ahead of the others. */
-  private claim(e: Entry): void {
-    e.prestarted = undefined;
-    if (e.priority === 'client') return;
-    e.priority = 'client';
-    // Sent after the entry's enterSpawn (if any) on the same port, so the gate has it queued or admitted;
-    // a start that has not asked yet asks with the new priority.
-    if (this.init.gatedSpawns) this.host.promoteSpawn(e.generation);
   }
 
   private begin(workspaceId: string, builderId: number, prestart: PrestartTicket | undefined): Entry {
@@ -301,15 +291,10 @@ export class WorkspaceTable implements TableCore {
     return true;
   }
 
-  /**
-   * The exit of the workspace's current child when it is `generation` and
-   * running: it resolves after the table has handled that exit. Undefined
-   * when that child is no longer the current one.
-   */
+  /** The exit of the workspace's running child `generation`, resolved once the table has handled it; undefined if that child is not current. */
   childExit(workspaceId: string, generation: string): Promise<unknown> | undefined {
     const e = this.live.get(workspaceId);
-    if (e === undefined || e.generation !== generation || e.state !== 'running' || e.child === undefined) return undefined;
-    return e.child.exited;
+    return e !== undefined && e.generation === generation && e.state === 'running' ? e.child?.exited : undefined;
   }
 
   detachClient(workspaceId: string, generation: string): void {
