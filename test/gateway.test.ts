@@ -1,6 +1,7 @@
 /**
  * The front door and data plane, in process, on the fake codex.
  */
+import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
@@ -292,6 +293,22 @@ describe('gateway frame limits and backpressure (fake codex)', () => {
     expect(got).toEqual(Array.from({ length: count }, (_, i) => i));
     // Paused for 800 ms while the child could send 64 MiB: the gateway held far less.
     expect(rssPaused - rss0).toBeLessThan(48 * 1024 * 1024);
+    ws.close();
+  });
+
+  it('a child slow to read gets every client frame intact and in order while the frames behind them keep coming', async () => {
+    const ws = await openWs(t.url, await t.token('ws-slow-child'));
+    await rpc(ws, 'fake/pauseReading', { ms: 700 });
+    // Sizes that share batches and that fill them; ~10 MiB in all, under the client's 16 MiB in flight.
+    const sizes = [64 * 1024, 300, 20 * 1024, 100 * 1024, 7];
+    const sent = Array.from({ length: 150 }, (_, i) => randomBytes(sizes[i % sizes.length] as number));
+    const got: Buffer[] = [];
+    ws.on('message', (data: Buffer, binary: boolean) => {
+      if (binary) got.push(data);
+    });
+    for (const f of sent) ws.send(f, { binary: true });
+    await waitFor(() => got.length === sent.length, 30_000, 'every frame echoed');
+    for (let i = 0; i < sent.length; i++) expect(got[i]?.equals(sent[i] as Buffer), `frame ${i}`).toBe(true);
     ws.close();
   });
 

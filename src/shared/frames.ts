@@ -47,7 +47,7 @@ const ACK_EAGER_BYTES = 32 * 1024;
  */
 export const POOLED_BATCH_BYTES = 128 * 1024;
 /** Buffers a pooled batcher keeps for reuse; more are left to the GC. */
-const MAX_FREE = 16;
+const MAX_FREE = 32;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

@@ -28,55 +28,24 @@ import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { withTimeout } from '../shared/concurrency.js';
 import { toGatewayError } from '../shared/errors.js';
-import { FLAG_BINARY, FrameBatcher, RecordKind, batchOf, decodeText, readAck, readBatch } from '../shared/frames.js';
+import { FLAG_BINARY, FrameBatcher, RecordKind, batchOf, decodeText, postBatch, readAck, readBatch } from '../shared/frames.js';
 import type { DataMessage } from '../shared/frames.js';
 import type { ChildInfo, DataPlaneLimits, WebSocketApprovalPolicy } from '../shared/protocol.js';
 import { policyAnswer } from './approval-policy.js';
+import { BatchLeases } from './batch-leases.js';
+import { SEND_BINARY, SEND_TEXT, zeroMask } from './child-conn.js';
+import type { Conn } from './child-conn.js';
 import { CloseCode, RETRY_LATER_CODES, closeCodeForGone, forwardableCloseCode } from '../shared/close-codes.js';
 import { publicReason, reasonFor, truncateReason } from '../shared/public-error.js';
 import type { GoneReason, WorkspaceTable } from './workspaces.js';
 
-interface Conn {
-  id: number;
-  workspaceId: string;
-  generation: string | undefined;
-  ws: WebSocket | undefined;
-  open: boolean;
-  closed: boolean;
-  /** Client frames waiting for the child connection to open. */
-  queue: Array<{ data: Uint8Array; binary: boolean }>;
-  queuedBytes: number;
-  /** Bytes sent toward the client and not yet acked by the front. */
-  unacked: number;
-  /** The child connection is paused because `unacked` passed the window. */
-  paused: boolean;
-  /**
-   * Client bytes received from the front and not yet acked to it: queued
-   * before the child connection opened, or handed to it and not yet taken
-   * by its socket.
-   */
-  held: number;
-  /** Write callback of every send to the child: one function per connection, not per frame. */
-  written: () => void;
-  /** Children tried for this client; a dead one found before its exit is seen costs one more. */
-  attempts: number;
-}
-
 /** How long a failed connection to a child waits for the table to see that child's exit. */
 const EXIT_SEEN_WAIT_MS = 2000;
-
-/** Send options, shared: no object per frame. */
-const SEND_BINARY = { binary: true } as const;
-const SEND_TEXT = { binary: false } as const;
-
-/** ws's mask buffer is shared by every client socket of the thread: it is filled, not left as it is. */
-function zeroMask(mask: Buffer): void {
-  mask.fill(0);
-}
 
 export class ChildProxy {
   private readonly conns = new Map<number, Conn>();
   private readonly out: FrameBatcher;
+  private readonly leases = new BatchLeases();
 
   constructor(
     port: MessagePort,
@@ -86,16 +55,20 @@ export class ChildProxy {
     private readonly approvals: WebSocketApprovalPolicy = 'client',
     private readonly onApproval: (workspaceId: string, method: string, decision: string) => void = () => {},
   ) {
-    // Pooled: the front hands each batch buffer back with its next batch.
-    const out = new FrameBatcher((batch) => port.postMessage(batch, [batch]), undefined, true);
+    // Pooled both ways: each side hands the other's batch buffers back with its next batch.
+    const leases = this.leases;
+    const out = new FrameBatcher((batch) => postBatch(port, batch, leases.returns), undefined, true);
     this.out = out;
     const give = (b: ArrayBuffer): void => out.give(b);
     port.on('message', (m: DataMessage) => {
+      const batch = batchOf(m, give);
+      leases.begin(batch);
       try {
-        readBatch(batchOf(m, give), this.onRecord);
+        readBatch(batch, this.onRecord);
       } catch (err) {
         this.log.error({ err: toGatewayError(err).describe() }, 'bad frame batch from front');
       }
+      leases.end();
     });
   }
 
@@ -123,7 +96,7 @@ export class ChildProxy {
   };
 
   private open(id: number, workspaceId: string): void {
-    const c: Conn = { id, workspaceId, generation: undefined, ws: undefined, open: false, closed: false, queue: [], queuedBytes: 0, unacked: 0, paused: false, held: 0, written: () => this.settle(c), attempts: 0 };
+    const c: Conn = { id, workspaceId, generation: undefined, ws: undefined, open: false, closed: false, queue: [], queuedBytes: 0, unacked: 0, paused: false, held: 0, written: () => this.written(c), attempts: 0, sent: [] };
     this.conns.set(id, c);
     this.startChild(c);
   }
@@ -175,7 +148,10 @@ export class ChildProxy {
     c.ws = ws;
     ws.on('open', () => {
       c.open = true;
-      for (const f of c.queue) ws.send(f.data, f.binary ? SEND_BINARY : SEND_TEXT, c.written);
+      for (const f of c.queue) {
+        c.sent.push(undefined);
+        ws.send(f.data, f.binary ? SEND_BINARY : SEND_TEXT, c.written);
+      }
       c.queue = [];
       c.queuedBytes = 0;
       this.settle(c);
@@ -253,6 +229,9 @@ export class ChildProxy {
     this.table.touch(c.workspaceId);
     c.held += data.byteLength;
     if (c.open && c.ws !== undefined) {
+      // A closing socket would drop the frame and call back at once, ahead of the writes before it: the leases go by their order.
+      if (c.ws.readyState !== WebSocket.OPEN) return;
+      c.sent.push(this.leases.hold());
       c.ws.send(data, binary ? SEND_BINARY : SEND_TEXT, c.written);
       if (c.ws.bufferedAmount > this.limits.maxPendingToChildBytes) {
         this.closeClient(c, CloseCode.PolicyViolation, reasonFor('GW_SLOW_CHILD'));
@@ -267,8 +246,14 @@ export class ChildProxy {
       this.closeClient(c, CloseCode.PolicyViolation, reasonFor('GW_SLOW_CHILD'));
       return;
     }
-    // The payload is a view into a transferred batch that nothing reuses.
-    c.queue.push({ data, binary });
+    // A copy: the payload is a view into a pooled batch, which goes back to the front once read.
+    c.queue.push({ data: data.slice(), binary });
+  }
+
+  /** A send to the child was written out (or its socket is gone): its batch may go back, and its bytes are acked. */
+  private written(c: Conn): void {
+    this.leases.release(c.sent.shift());
+    this.settle(c);
   }
 
   /**

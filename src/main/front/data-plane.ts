@@ -20,7 +20,8 @@
 import { CloseCode } from '../../shared/close-codes.js';
 import { toGatewayError } from '../../shared/errors.js';
 import { reasonFor } from '../../shared/public-error.js';
-import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, ackPayload, decodeText, isPooledBatch, postBatch, readAck, readBatch } from '../../shared/frames.js';
+import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, ackPayload, batchOf, decodeText, isPooledBatch, postBatch, readAck, readBatch } from '../../shared/frames.js';
+import type { DataMessage } from '../../shared/frames.js';
 import type { Client, ClientData } from './client.js';
 import { ConnectionIds } from './connection-ids.js';
 import type { FrontMemory, FrontOptions } from './limits.js';
@@ -31,7 +32,7 @@ import type { FrontMemory, FrontOptions } from './limits.js';
  */
 const OVERLOAD_SHARE = 1024 * 1024;
 /** Pooled buffers waiting to go back to a shard; more are left to the GC. */
-const MAX_RETURNS = 16;
+const MAX_RETURNS = 32;
 
 export class DataPlane {
   private readonly conns = new Map<number, Client>();
@@ -69,8 +70,10 @@ export class DataPlane {
     const port = this.o.sup.dataPort(i);
     const returns: ArrayBuffer[] = [];
     this.returns[i] = returns;
-    port.on('message', (batch: ArrayBuffer) => this.fromShard(i, batch));
-    return new FrameBatcher((batch) => postBatch(port, batch, returns));
+    // The shard hands the front's pooled buffers back with its batches (once their frames are written to the child).
+    const give = (b: ArrayBuffer): void => this.toShard[i]?.give(b);
+    port.on('message', (m: DataMessage) => this.fromShard(i, batchOf(m, give)));
+    return new FrameBatcher((batch) => postBatch(port, batch, returns), undefined, true);
   }
 
   /**
