@@ -110,7 +110,9 @@ describe('crash loop (Supervisor, fake codex)', () => {
   it('a child that lives past the window before it dies does not count: it is never held back', async () => {
     const t2 = await startTestSupervisor({ crashLoop: { ...CRASH_LOOP, windowMs: 300 }, stopGraceMs: 500 });
     try {
-      const build = switchableBuilder(['FAKE_CODEX_MODE=exit-after-ready', 'FAKE_CODEX_EXIT_AFTER_MS=700']);
+      // Its life counts from when the shard saw it ready (after /readyz answered), its timer from its
+      // banner: far enough past the window that a loaded machine's late /readyz cannot bring it under.
+      const build = switchableBuilder(['FAKE_CODEX_MODE=exit-after-ready', 'FAKE_CODEX_EXIT_AFTER_MS=1500']);
       for (let i = 0; i < CRASH_LOOP.threshold + 1; i++) {
         const h = await t2.sup.ensureSubprocess({ workspaceId: 'cl-long-lived' }, build);
         await h.done();
