@@ -314,16 +314,19 @@ describe('fake codex app-server', () => {
     });
 
     it('slow-ready: /readyz answers 503, then 200 after FAKE_CODEX_READY_AFTER_MS', async () => {
-      const env = { FAKE_CODEX_MODE: 'slow-ready', FAKE_CODEX_READY_AFTER_MS: '400' };
+      // Long enough that the first /readyz, asked once the URL is read, comes before it on a loaded machine.
+      const readyAfterMs = 2000;
+      const env = { FAKE_CODEX_MODE: 'slow-ready', FAKE_CODEX_READY_AFTER_MS: String(readyAfterMs) };
       const t0 = Date.now();
       const r = await waitForUrl(launch(fakeCodexBin(), { codexHome: await tempDir('fake-home'), token, env }));
       expect(await httpStatus(`${r.httpBase}/readyz`)).toBe(503);
       await waitReady(r);
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(400);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(readyAfterMs);
     });
 
     it('exit-after-ready: exits 5 FAKE_CODEX_EXIT_AFTER_MS after it is ready', async () => {
-      const env = { FAKE_CODEX_MODE: 'exit-after-ready', FAKE_CODEX_EXIT_AFTER_MS: '200' };
+      // Long enough for the URL to be read and /readyz to answer 200 first on a loaded machine.
+      const env = { FAKE_CODEX_MODE: 'exit-after-ready', FAKE_CODEX_EXIT_AFTER_MS: '2000' };
       const r = await start(fakeCodexBin(), { codexHome: await tempDir('fake-home'), token, env });
       expect(await r.exited).toEqual({ code: 5, signal: null });
     });
