@@ -31,6 +31,8 @@ interface Launched {
   /** stdout and stderr so far, ANSI colours removed. */
   output(): string;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Its stdout and stderr have ended: `output()` holds all it wrote (the exit can be seen first). */
+  closed: Promise<void>;
 }
 
 interface Running extends Launched {
@@ -73,8 +75,9 @@ function launch(bin: string, opts: { codexHome: string; token?: string; env?: No
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once('exit', (code, signal) => resolve({ code, signal }));
   });
+  const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
   if (child.pid === undefined) throw new Error(`could not spawn ${bin}`);
-  const l: Launched = { child, pid: child.pid, output: () => text, exited };
+  const l: Launched = { child, pid: child.pid, output: () => text, exited, closed };
   launched.add(l);
   return l;
 }
@@ -291,6 +294,7 @@ describe('fake codex app-server', () => {
     it('exit-before-banner: exits 3 with a message and no URL', async () => {
       const l = launch(fakeCodexBin(), { codexHome: await tempDir('fake-home'), token, env: { FAKE_CODEX_MODE: 'exit-before-banner' } });
       expect(await l.exited).toEqual({ code: 3, signal: null });
+      await l.closed;
       expect(l.output()).toContain('failing on purpose');
       expect(l.output()).not.toMatch(WS_URL);
     });
