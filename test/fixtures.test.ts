@@ -31,6 +31,8 @@ interface Launched {
   /** stdout and stderr so far, ANSI colours removed. */
   output(): string;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Its stdout and stderr have ended: `output()` holds all it wrote (the exit can be seen first). */
+  closed: Promise<void>;
 }
 
 interface Running extends Launched {
@@ -73,8 +75,9 @@ function launch(bin: string, opts: { codexHome: string; token?: string; env?: No
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.once('exit', (code, signal) => resolve({ code, signal }));
   });
+  const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
   if (child.pid === undefined) throw new Error(`could not spawn ${bin}`);
-  const l: Launched = { child, pid: child.pid, output: () => text, exited };
+  const l: Launched = { child, pid: child.pid, output: () => text, exited, closed };
   launched.add(l);
   return l;
 }
@@ -291,6 +294,7 @@ describe('fake codex app-server', () => {
     it('exit-before-banner: exits 3 with a message and no URL', async () => {
       const l = launch(fakeCodexBin(), { codexHome: await tempDir('fake-home'), token, env: { FAKE_CODEX_MODE: 'exit-before-banner' } });
       expect(await l.exited).toEqual({ code: 3, signal: null });
+      await l.closed;
       expect(l.output()).toContain('failing on purpose');
       expect(l.output()).not.toMatch(WS_URL);
     });
@@ -314,16 +318,19 @@ describe('fake codex app-server', () => {
     });
 
     it('slow-ready: /readyz answers 503, then 200 after FAKE_CODEX_READY_AFTER_MS', async () => {
-      const env = { FAKE_CODEX_MODE: 'slow-ready', FAKE_CODEX_READY_AFTER_MS: '400' };
+      // Long enough that the first /readyz, asked once the URL is read, comes before it on a loaded machine.
+      const readyAfterMs = 2000;
+      const env = { FAKE_CODEX_MODE: 'slow-ready', FAKE_CODEX_READY_AFTER_MS: String(readyAfterMs) };
       const t0 = Date.now();
       const r = await waitForUrl(launch(fakeCodexBin(), { codexHome: await tempDir('fake-home'), token, env }));
       expect(await httpStatus(`${r.httpBase}/readyz`)).toBe(503);
       await waitReady(r);
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(400);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(readyAfterMs);
     });
 
     it('exit-after-ready: exits 5 FAKE_CODEX_EXIT_AFTER_MS after it is ready', async () => {
-      const env = { FAKE_CODEX_MODE: 'exit-after-ready', FAKE_CODEX_EXIT_AFTER_MS: '200' };
+      // Long enough for the URL to be read and /readyz to answer 200 first on a loaded machine.
+      const env = { FAKE_CODEX_MODE: 'exit-after-ready', FAKE_CODEX_EXIT_AFTER_MS: '2000' };
       const r = await start(fakeCodexBin(), { codexHome: await tempDir('fake-home'), token, env });
       expect(await r.exited).toEqual({ code: 5, signal: null });
     });

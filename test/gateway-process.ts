@@ -116,7 +116,9 @@ export async function startGatewayProcess(configFile: string, env: NodeJS.Proces
       }
     });
   }
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+  // 'close', not 'exit': the process can be reaped before its last lines (`gateway stopped`,
+  // `drain: done`) are read from the pipes, and tests look for them once it has exited.
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.once('close', (code, signal) => resolve({ code, signal })));
   const waitForLog = (pred: (l: LogLine) => boolean, ms = timeoutMs): Promise<LogLine> => {
     const seen = logs.find(pred);
     if (seen !== undefined) return Promise.resolve(seen);

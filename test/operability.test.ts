@@ -265,6 +265,7 @@ function runCli(args: string[]): Promise<{ code: number | null; stdout: string; 
     let stderr = '';
     p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
+    // 'close', not 'exit': what it printed last (a token, the drain's summary) may not be read by its exit.
+    p.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }

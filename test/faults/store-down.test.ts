@@ -127,13 +127,16 @@ describe('fault: object store down during shutdown (real codex, S3)', () => {
       expect(r.error).toMatch(/GW_STORE/);
       expect(await isRunning(h.pid)).toBe(false);
       expect((await processesPerWorkspace(homeRoot)).get(id)).toBeUndefined();
-      // While the store is down the home stays, through several failed retries.
+      // While the store is down the home stays, through several failed retries: watched for at
+      // least 1.5 s and until a retry has failed (each packs a real codex home, slow on a loaded machine).
       const t0 = Date.now();
-      while (Date.now() - t0 < 1500) {
+      let spool = (await sup.stats()).flatMap((s) => s.spool);
+      while (Date.now() - t0 < 1500 || (spool[0]?.attempts ?? 0) < 2) {
+        if (Date.now() - t0 > 30_000) throw new Error(`no retry failed within 30 s: ${JSON.stringify(spool)}`);
         expect(await exists(h.codexHome)).toBe(true);
         await sleep(50);
+        spool = (await sup.stats()).flatMap((s) => s.spool);
       }
-      const spool = (await sup.stats()).flatMap((s) => s.spool);
       expect(spool).toHaveLength(1);
       expect(spool[0]).toMatchObject({ workspaceId: id, dir: h.codexHome });
       expect(spool[0]?.attempts).toBeGreaterThanOrEqual(2);

@@ -14,14 +14,21 @@ import { builderWith, sleep } from './helpers.js';
 describe('IdleReaper with gateway clients', () => {
   it('a child with a client attached is not reaped at idleAfter, but is at hardIdleAfter (1001); one without a client goes at idleAfter', async () => {
     const hardIdleAfterMs = 3000;
-    const t = await startTestGateway({ reaper: { intervalMs: 50, idleAfterMs: 300, hardIdleAfterMs } });
+    // The reaper (the gateway's own, as `reaper` starts it) runs once both children are up: how long
+    // a start takes on a loaded machine must not count against either idle time.
+    const t = await startTestGateway();
+    const reaping = new AbortController();
     try {
       const ws = await openWs(t.url, await t.token('ir-client'));
       const info = await rpc<{ pid: number }>(ws, 'fake/info');
+      const lonely = await t.gw.sup.ensureSubprocess({ workspaceId: 'ir-lonely' }, builderWith());
       await rpc(ws, 'fake/writeFile', { path: 'state.txt', content: 'reaped-with-client' });
       const closed = closeOf(ws);
       const t0 = Date.now();
-      const lonely = await t.gw.sup.ensureSubprocess({ workspaceId: 'ir-lonely' }, builderWith());
+      // The lonely child's last activity comes after the client's last frame.
+      t.gw.sup.touch({ workspaceId: 'ir-lonely' });
+      await waitFor(async () => ((await t.gw.sup.workspaceStatus({ workspaceId: 'ir-lonely' }))?.lastActivity ?? 0) >= t0, 5000, 'the touch to land');
+      void new IdleReaper(t.gw.sup, { intervalMs: 50, idleAfterMs: 300, hardIdleAfterMs }).run(reaping.signal);
 
       // The lonely child goes at idleAfter, long before hardIdleAfter.
       await lonely.done();
@@ -40,6 +47,7 @@ describe('IdleReaper with gateway clients', () => {
       await waitFor(() => !processAlive(info.pid), 5000, 'the reaped child to exit');
       await waitFor(() => existsSync(path.join(t.storeDir, 'ir-client.tar.gz')), 5000, 'the reaped home to be uploaded');
     } finally {
+      reaping.abort();
       await t.close();
     }
   });

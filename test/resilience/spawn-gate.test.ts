@@ -26,6 +26,15 @@ function track(p: Promise<unknown>, name: string, log: string[]): { done: () => 
 
 const tick = (ms = 0): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Polls `cond` until it holds; a gate that never lets the starts in fails here after 10 s. */
+async function until(cond: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await tick(5);
+  }
+}
+
 /** An evictor over a list of idle generations: evicting one releases its slot after `delayMs`. */
 function fakeEvictor(gate: () => SpawnGate | undefined, idle: string[], delayMs = 5): Evictor & { calls: number } {
   const ev = {
@@ -119,7 +128,9 @@ describe('SpawnGate', () => {
     for (const g of ['o1', 'o2', 'o3', 'o4']) await gate.enter(g);
     const order: string[] = [];
     const starts = ['n1', 'n2'].map((g) => track(gate.enter(g), g, order));
-    await tick(100);
+    // The second eviction begins only once the first start has its slot, on a timer of its own:
+    // wait for both starts to settle rather than for a fixed time a loaded machine can overrun.
+    await until(() => order.length === 2, 'both starts to settle');
     expect(order).toEqual(['n1', 'n2']);
     expect(starts.every((s) => s.error() === undefined)).toBe(true);
     expect(ev.calls).toBe(2);

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { SpoolStatus } from 'codex-app-gateway';
 import { countingBuilder, homeState, startTestSupervisor, waitFor } from '../helpers.js';
-import { breakableStore, readInHome, sleep, writeInHome } from './helpers.js';
+import { breakableStore, readInHome, writeInHome } from './helpers.js';
 
 describe('spool', () => {
   it('a failed upload shows in stats() with bytes, since, attempts and the error; retries back off; once the store is back it is uploaded and marked stored', async () => {
@@ -27,6 +27,7 @@ describe('spool', () => {
       expect(r).toMatchObject({ stopped: true, saved: false, spooledDir: h.codexHome });
 
       await waitFor(async () => ((await spool())[0]?.bytes ?? 0) > 0, 5000, 'bytes to be counted');
+      const firstAt = Date.now();
       const [first] = await spool();
       expect(first).toMatchObject({ workspaceId: id, dir: h.codexHome });
       expect(first?.bytes).toBeGreaterThanOrEqual(20_000 + 'unsaved'.length);
@@ -36,10 +37,20 @@ describe('spool', () => {
       expect(first?.lastError).toMatch(/GW_STORE/);
 
       // Retries happen, spaced by the backoff (at most one per base/2 ms), and `since` does not move.
-      await sleep(1500);
-      const [later] = await spool();
+      // Watched for at least 1.5 s and until two more attempts have failed: each one packs the home,
+      // which a loaded machine can make slower than the backoff itself.
+      let later: SpoolStatus | undefined;
+      await waitFor(
+        async () => {
+          [later] = await spool();
+          return Date.now() - firstAt >= 1500 && (later?.attempts ?? 0) >= (first?.attempts ?? 0) + 2;
+        },
+        30_000,
+        'two more attempts',
+      );
+      const watchedMs = Date.now() - firstAt;
       expect(later?.attempts).toBeGreaterThanOrEqual((first?.attempts ?? 0) + 2);
-      expect(later?.attempts).toBeLessThanOrEqual((first?.attempts ?? 0) + Math.ceil(1500 / (base / 2)));
+      expect(later?.attempts).toBeLessThanOrEqual((first?.attempts ?? 0) + Math.ceil(watchedMs / (base / 2)));
       expect(later?.since).toBe(first?.since);
       // Between attempts the next one is scheduled, within the backoff's cap (2 × base).
       // The figure is checked from the read that saw it: a second read can land in the attempt itself.
