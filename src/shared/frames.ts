@@ -46,8 +46,11 @@ const ACK_EAGER_BYTES = 32 * 1024;
  * handed back; a frame too large for one travels alone as before.
  */
 export const POOLED_BATCH_BYTES = 128 * 1024;
-/** Buffers a pooled batcher keeps for reuse; more are left to the GC. */
-const MAX_FREE = 32;
+/**
+ * Pooled buffers kept at one place at a time: free in a batcher, or read and
+ * waiting to go back with the next batch the other way. More are left to the GC.
+ */
+export const MAX_POOLED = 32;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -87,7 +90,7 @@ export class FrameBatcher {
 
   /** A pooled buffer back from the reader, done with: written into again. */
   give(buffer: ArrayBuffer): void {
-    if (this.pooled && buffer.byteLength === this.capacity && this.free.length < MAX_FREE) this.free.push(buffer);
+    if (this.pooled && buffer.byteLength === this.capacity && this.free.length < MAX_POOLED) this.free.push(buffer);
   }
 
   private take(): void {

@@ -11,16 +11,13 @@
  * never comes is never returned, and the buffer is left to the GC: a buffer
  * is handed back late or not at all, never early.
  */
-import { isPooledBatch } from '../shared/frames.js';
+import { MAX_POOLED, isPooledBatch } from '../shared/frames.js';
 
 export class Lease {
   /** The read of the batch counts as one holder. */
   holders = 1;
   constructor(readonly buffer: ArrayBuffer) {}
 }
-
-/** Pooled buffers that may go back to the front, at most this many at once; more are left to the GC. */
-const MAX_RETURNS = 32;
 
 export class BatchLeases {
   /** Buffers free to go back to the front with the next batch to it. */
@@ -48,6 +45,6 @@ export class BatchLeases {
 
   release(l: Lease | undefined): void {
     if (l === undefined || --l.holders > 0) return;
-    if (this.returns.length < MAX_RETURNS) this.returns.push(l.buffer);
+    if (this.returns.length < MAX_POOLED) this.returns.push(l.buffer);
   }
 }

@@ -227,10 +227,14 @@ export class ChildProxy {
     const c = this.conns.get(id);
     if (c === undefined || c.closed) return;
     this.table.touch(c.workspaceId);
+    if (c.open && c.ws !== undefined && c.ws.readyState !== WebSocket.OPEN) {
+      // A closing socket would drop the frame and call back at once, ahead of the writes before it (the leases go
+      // by their order): it is dropped here, and its bytes acked as that callback would have.
+      this.out.ack(c.id, data.byteLength);
+      return;
+    }
     c.held += data.byteLength;
     if (c.open && c.ws !== undefined) {
-      // A closing socket would drop the frame and call back at once, ahead of the writes before it: the leases go by their order.
-      if (c.ws.readyState !== WebSocket.OPEN) return;
       c.sent.push(this.leases.hold());
       c.ws.send(data, binary ? SEND_BINARY : SEND_TEXT, c.written);
       if (c.ws.bufferedAmount > this.limits.maxPendingToChildBytes) {

@@ -20,7 +20,7 @@
 import { CloseCode } from '../../shared/close-codes.js';
 import { toGatewayError } from '../../shared/errors.js';
 import { reasonFor } from '../../shared/public-error.js';
-import { AckTally, FLAG_BINARY, FrameBatcher, RecordKind, ackPayload, batchOf, decodeText, isPooledBatch, postBatch, readAck, readBatch } from '../../shared/frames.js';
+import { AckTally, FLAG_BINARY, FrameBatcher, MAX_POOLED, RecordKind, ackPayload, batchOf, decodeText, isPooledBatch, postBatch, readAck, readBatch } from '../../shared/frames.js';
 import type { DataMessage } from '../../shared/frames.js';
 import type { Client, ClientData } from './client.js';
 import { ConnectionIds } from './connection-ids.js';
@@ -31,8 +31,6 @@ import type { FrontMemory, FrontOptions } from './limits.js';
  * requests of a client whose child reads are far below it.
  */
 const OVERLOAD_SHARE = 1024 * 1024;
-/** Pooled buffers waiting to go back to a shard; more are left to the GC. */
-const MAX_RETURNS = 32;
 
 export class DataPlane {
   private readonly conns = new Map<number, Client>();
@@ -228,7 +226,7 @@ export class DataPlane {
     }
     // Every payload has been sent (uWS copies) or decoded: the buffer can go back.
     const returns = this.returns[shard] as ArrayBuffer[];
-    if (isPooledBatch(batch) && returns.length < MAX_RETURNS) returns.push(batch);
+    if (isPooledBatch(batch) && returns.length < MAX_POOLED) returns.push(batch);
     (this.acks[shard] as AckTally).flushTo(this.toShard[shard] as FrameBatcher);
   }
 
